@@ -1,0 +1,20 @@
+//! One module per subcommand.
+
+pub mod check;
+pub mod env;
+pub mod image;
+pub mod run;
+
+/// What a subcommand returns: its exit code, or an error to print.
+pub type CmdResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
+
+/// Prints an error and its chain of causes, once, on stderr.
+pub fn print_error(err: &dyn std::error::Error) {
+    eprint!("sandvisor: error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        eprint!(": {cause}");
+        source = cause.source();
+    }
+    eprintln!();
+}

@@ -1,0 +1,1 @@
+//! The sandvisor agent protocol.

@@ -1,0 +1,294 @@
+//! The `Hypervisor` trait: one method per method of Kata's `hypervisor`
+//! interface, async and object-safe, so callers hold a `Box<dyn Hypervisor>`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, HypervisorConfig};
+use crate::device::{Device, DeviceType, HotplugResult, MemoryDevice, VcpuThreadIds};
+use crate::hypervisor_type::HypervisorType;
+use crate::socket::{AgentSocket, SocketError};
+
+/// Result of hypervisor operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors from hypervisor operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backend cannot do this; its [`Capabilities`] said so.
+    #[error("{hypervisor} does not support {op}: {reason}")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// The backend.
+        hypervisor: HypervisorType,
+        /// Why.
+        reason: String,
+    },
+    /// The operation needs the VM in another state.
+    #[error("cannot {op}: the VM is {state}")]
+    InvalidState {
+        /// The operation.
+        op: &'static str,
+        /// The state the VM is in.
+        state: VmState,
+    },
+    /// The config is invalid.
+    #[error("invalid hypervisor config")]
+    Config(#[from] ConfigError),
+    /// The agent socket could not be made.
+    #[error("cannot make the agent socket")]
+    Socket(#[from] SocketError),
+    /// A QEMU failure.
+    #[error(transparent)]
+    Qemu(#[from] crate::qemu::QemuError),
+}
+
+impl Error {
+    /// An [`Error::Unsupported`].
+    pub fn unsupported(
+        op: &'static str,
+        hypervisor: HypervisorType,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Unsupported {
+            op,
+            hypervisor,
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether this is [`Error::Unsupported`].
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Error::Unsupported { .. })
+    }
+}
+
+/// The state of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Nothing created yet.
+    #[default]
+    New,
+    /// Created: configured, VMM not yet running the guest.
+    Created,
+    /// The guest runs.
+    Running,
+    /// The guest is paused.
+    Paused,
+    /// The VMM has exited or was stopped.
+    Stopped,
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmState::New => "not created",
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopped => "stopped",
+        })
+    }
+}
+
+/// What a backend can do, known before trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Block devices can be attached.
+    pub block_device: bool,
+    /// Block devices can be hot-plugged.
+    pub block_device_hotplug: bool,
+    /// Multi-queue network devices.
+    pub multi_queue: bool,
+    /// Host directories can be shared (9p or virtio-fs).
+    pub fs_sharing: bool,
+    /// The agent channel can be a hybrid vsock.
+    pub hybrid_vsock: bool,
+    /// vCPUs can be hot-plugged.
+    pub cpu_hotplug: bool,
+    /// Memory can be hot-plugged.
+    pub memory_hotplug: bool,
+    /// Network devices can be hot-plugged.
+    pub net_hotplug: bool,
+    /// VFIO devices can be attached.
+    pub vfio: bool,
+    /// The VM can be paused and resumed.
+    pub pause: bool,
+    /// The VM state can be saved to a file (`save_sandbox`).
+    pub save: bool,
+    /// VMs can be booted as and from templates.
+    pub vm_template: bool,
+    /// The handle can be serialised for a VM cache (`to_grpc`/`from_grpc`).
+    pub vm_cache: bool,
+    /// Another process can re-attach to the running VM (`save`/`load`).
+    pub reattach: bool,
+}
+
+impl Capabilities {
+    /// Whether a device of `kind` can be hot-plugged.
+    pub fn can_hotplug(&self, kind: DeviceType) -> bool {
+        match kind {
+            DeviceType::Block => self.block_device_hotplug,
+            DeviceType::Cpu => self.cpu_hotplug,
+            DeviceType::Memory => self.memory_hotplug,
+            DeviceType::Net => self.net_hotplug,
+            DeviceType::Vfio => self.vfio,
+            _ => false,
+        }
+    }
+}
+
+/// The network namespace a VM runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NetworkNamespace {
+    /// Path of the namespace, such as `/var/run/netns/x`; `None` for the
+    /// caller's.
+    pub path: Option<PathBuf>,
+    /// Whether sandvisor created it (and so removes it).
+    pub created: bool,
+}
+
+/// What a backend persists so that another process can re-attach to a
+/// running VM (Kata's `persistapi.HypervisorState`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HypervisorState {
+    /// The backend.
+    pub hypervisor: HypervisorType,
+    /// The sandbox id.
+    pub id: String,
+    /// VMM pid.
+    pub pid: u32,
+    /// VM UUID.
+    pub uuid: String,
+    /// The VM state when saved.
+    pub state: VmState,
+    /// The VM directory holding its sockets and files.
+    pub vm_dir: PathBuf,
+    /// The VMM control socket (QMP, or the HTTP API).
+    pub api_socket: Option<PathBuf>,
+    /// The console socket.
+    pub console_socket: Option<PathBuf>,
+    /// Block drive indexes in use.
+    pub block_index_map: BTreeSet<u32>,
+    /// Memory hot-plugged so far, in MiB.
+    pub hotplugged_memory_mib: u32,
+    /// Ids of hot-plugged vCPU devices.
+    pub hotplugged_vcpus: Vec<String>,
+    /// Ids of hot-plugged memory devices.
+    pub hotplugged_memory: Vec<String>,
+    /// Ids of other hot-plugged devices (block, net, vfio) and where they sit.
+    pub hotplugged_devices: Vec<String>,
+    /// virtiofsd pid, when one runs.
+    pub virtiofsd_pid: Option<u32>,
+    /// PCIe root ports.
+    pub pcie_root_port: u32,
+    /// Whether VFIO devices go on the root bus.
+    pub hotplug_vfio_on_root_bus: bool,
+    /// The validated config the VM was created with.
+    pub config: HypervisorConfig,
+}
+
+/// One VMM driving one VM.
+///
+/// A backend that cannot do an operation returns [`Error::Unsupported`], and
+/// its [`Hypervisor::capabilities`] says so in advance.
+#[async_trait]
+pub trait Hypervisor: Send + Sync + fmt::Debug {
+    /// Which backend this is.
+    fn hypervisor_type(&self) -> HypervisorType;
+
+    /// Validates `config` and prepares the VM `id`: its directory and
+    /// sockets. The VMM does not run yet.
+    async fn create_sandbox(
+        &mut self,
+        id: &str,
+        network_ns: &NetworkNamespace,
+        config: &HypervisorConfig,
+        stateful: bool,
+    ) -> Result<()>;
+
+    /// Starts the VMM and waits, up to `timeout`, until it answers.
+    async fn start_sandbox(&mut self, timeout: Duration) -> Result<()>;
+
+    /// Stops the VMM, gently then by force.
+    async fn stop_sandbox(&mut self) -> Result<()>;
+
+    /// Pauses the guest.
+    async fn pause_sandbox(&mut self) -> Result<()>;
+
+    /// Saves the VM's device state (for templates).
+    async fn save_sandbox(&mut self) -> Result<()>;
+
+    /// Resumes the guest.
+    async fn resume_sandbox(&mut self) -> Result<()>;
+
+    /// Adds a device before the VM starts.
+    async fn add_device(&mut self, device: Device) -> Result<()>;
+
+    /// Hot-plugs a device into the running VM.
+    async fn hotplug_add_device(&mut self, device: Device) -> Result<HotplugResult>;
+
+    /// Hot-unplugs a device from the running VM.
+    async fn hotplug_remove_device(&mut self, device: Device) -> Result<HotplugResult>;
+
+    /// Grows the VM's memory to `mem_mib`, in blocks of `block_size_mib`;
+    /// `probe` says whether the guest must probe the new memory. Returns the
+    /// new size and the memory device added.
+    async fn resize_memory(
+        &mut self,
+        mem_mib: u32,
+        block_size_mib: u32,
+        probe: bool,
+    ) -> Result<(u32, MemoryDevice)>;
+
+    /// Sets the number of vCPUs. Returns the old and the new count.
+    async fn resize_vcpus(&mut self, vcpus: u32) -> Result<(u32, u32)>;
+
+    /// The console socket of sandbox `id`, when it has one.
+    async fn sandbox_console(&self, id: &str) -> Result<Option<PathBuf>>;
+
+    /// Drops the connection to the VMM without stopping it.
+    async fn disconnect(&mut self);
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The config the VM was created with.
+    fn hypervisor_config(&self) -> HypervisorConfig;
+
+    /// vCPU to host thread ids.
+    async fn thread_ids(&mut self) -> Result<VcpuThreadIds>;
+
+    /// Removes what the VM left on the host: its directory and sockets.
+    async fn cleanup(&mut self) -> Result<()>;
+
+    /// The VMM's pid first, then its helpers' (virtiofsd).
+    fn pids(&self) -> Vec<u32>;
+
+    /// Rebuilds the handle from [`Hypervisor::to_grpc`] output, without
+    /// launching anything (VM cache). Named after Kata's `fromGrpc`.
+    #[allow(clippy::wrong_self_convention)]
+    async fn from_grpc(&mut self, config: &HypervisorConfig, data: &[u8]) -> Result<()>;
+
+    /// Serialises the handle for a VM cache and closes its connections.
+    async fn to_grpc(&mut self) -> Result<Vec<u8>>;
+
+    /// Checks that the VMM is alive and the guest healthy.
+    async fn check(&mut self) -> Result<()>;
+
+    /// The state to persist so that another process can re-attach.
+    fn save(&self) -> HypervisorState;
+
+    /// Re-attaches to the VM described by `state`.
+    async fn load(&mut self, state: HypervisorState) -> Result<()>;
+
+    /// Makes the agent socket of VM `id`.
+    fn generate_socket(&self, id: &str, use_vsock: bool) -> Result<AgentSocket>;
+}
