@@ -426,7 +426,7 @@ pub fn parse_config(
             }
         }
     }
-    apply_kata_rules(kind, &mut config, no_vsock, &mut warnings);
+    apply_kata_rules(kind, &mut config, host, no_vsock, &mut warnings, &file);
     fill_defaults(kind, &mut config);
 
     let factory = match table.get("factory") {
@@ -520,9 +520,16 @@ fn choose_section<'a>(
 fn apply_kata_rules(
     kind: HypervisorType,
     config: &mut HypervisorConfig,
+    host: HostFacts,
     no_vsock: Option<String>,
     warnings: &mut Vec<String>,
+    file: &str,
 ) {
+    config.default_max_vcpus = vocabulary::kata_default_max_vcpus(
+        config.default_max_vcpus,
+        host.cpus,
+        crate::defaults::max_vcpus(),
+    );
     if let (Some(image), Some(initrd)) = (&config.image_path, &config.initrd_path) {
         match (image.exists(), initrd.exists()) {
             (true, false) => {
@@ -545,7 +552,7 @@ fn apply_kata_rules(
         HypervisorType::Qemu if config.use_vsock => {
             if let Some(reason) = no_vsock {
                 warnings.push(format!(
-                    "use_vsock = true but vhost-vsock is unavailable ({reason}); using virtio-serial instead"
+                    "use_vsock = true in [hypervisor.qemu] of {file}, but vhost-vsock is unavailable ({reason}); using virtio-serial instead"
                 ));
                 config.use_vsock = false;
             }

@@ -326,12 +326,9 @@ static IMPLEMENTED: &[KeySpec] = &[
         strings(v)?),
     set!("default_vcpus", |c, v, h| c.num_vcpus =
         kata_default_vcpus(vcpus(v)?, h.cpus)),
+    // Clamped to the host by the loader, present or not, as Kata does.
     set!("default_maxvcpus", |c, v, h| c.default_max_vcpus =
-        kata_default_max_vcpus(
-            uint32(v)?,
-            h.cpus,
-            crate::defaults::max_vcpus()
-        )),
+        uint32(v)?),
     set!("default_memory", |c, v, h| c.memory_size = uint32(v)?),
     set!("memory_slots", |c, v, h| c.mem_slots = uint32(v)?),
     set!("memory_offset", |c, v, h| c.mem_offset = uint32(v)?),
