@@ -27,6 +27,7 @@ pub mod defaults;
 pub mod device;
 pub mod hypervisor;
 pub mod hypervisor_type;
+pub mod image;
 pub mod mock;
 pub mod param;
 pub mod paths;
