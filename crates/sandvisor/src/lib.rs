@@ -34,6 +34,7 @@ pub mod param;
 pub mod paths;
 pub mod probe;
 pub mod qemu;
+pub mod sandbox;
 pub mod socket;
 mod sys;
 pub mod unavailable;

@@ -50,7 +50,7 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The agent did not answer the handshake in time.
-    #[error("the agent at {addr} did not answer within {waited:?}")]
+    #[error("the agent at {addr} did not answer within {waited:.1?}")]
     ConnectTimeout {
         /// The address.
         addr: String,
@@ -61,7 +61,7 @@ pub enum ClientError {
         last: Box<ClientError>,
     },
     /// A call did not complete in time.
-    #[error("{op} timed out after {after:?}")]
+    #[error("{op} timed out after {after:.1?}")]
     Timeout {
         /// The call.
         op: &'static str,
