@@ -341,12 +341,32 @@ where
     let (kind, config) = opts.resolve()?;
     let id = new_sandbox_id();
     tokio::pin!(cancel);
-    let launch = Sandbox::launch(id.clone(), new_hypervisor(kind), &config, opts.boot_timeout);
-    // Cancelling launch drops the half-made VM; the backend's Drop kills
-    // it and removes its files.
-    let sandbox = tokio::select! {
-        s = launch => s?,
-        () = &mut cancel => return Err(SandboxError::Interrupted { id }),
+    let mut hv = new_hypervisor(kind);
+    hv.create_sandbox(&id, &NetworkNamespace::default(), &config, false)
+        .await
+        .map_err(|source| SandboxError::Hypervisor {
+            op: "create",
+            id: id.clone(),
+            source,
+        })?;
+    let booted = tokio::select! {
+        r = Sandbox::boot(&id, hv.as_mut(), &config, opts.boot_timeout) => Some(r),
+        () = &mut cancel => None,
+    };
+    let sandbox = match booted {
+        Some(Ok(agent)) => Sandbox {
+            id: id.clone(),
+            hypervisor: hv,
+            agent,
+        },
+        Some(Err(e)) => {
+            teardown(&id, hv.as_mut()).await;
+            return Err(e);
+        }
+        None => {
+            teardown(&id, hv.as_mut()).await;
+            return Err(SandboxError::Interrupted { id });
+        }
     };
     let req = ExecRequest {
         argv,
