@@ -13,7 +13,7 @@ use sandvisor::agent::{AgentAddress, AgentClient, ClientError};
 use sandvisor::image::{Manifest, MANIFEST_FILE};
 use sandvisor::paths::{asset_dir, INITRD_FILE, KERNEL_FILE};
 use sandvisor_proto::{AgentError, AgentMessage, ExecRequest, ExitStatus, MountRequest};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
@@ -50,6 +50,22 @@ fn assets() -> Assets {
     }
 }
 
+/// Reads the monitor until its next `(qemu) ` prompt, for up to 10 s.
+async fn read_to_prompt(s: &mut UnixStream, seen: &mut Vec<u8>) {
+    let start = seen.len();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !seen[start..].windows(7).any(|w| w == b"(qemu) ") {
+            let n = s.read(&mut buf).await.expect("monitor read");
+            assert!(n > 0, "monitor closed");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("monitor prompt");
+}
+
 struct Vm {
     qemu: Child,
     dir: tempfile::TempDir,
@@ -63,6 +79,22 @@ impl Vm {
 
     fn serial_socket(&self) -> PathBuf {
         self.dir.path().join("serial.sock")
+    }
+
+    /// Sends one HMP command and returns what the monitor printed up to
+    /// its next prompt.
+    async fn monitor(&self, command: &str) -> String {
+        let mut s = UnixStream::connect(self.dir.path().join("monitor.sock"))
+            .await
+            .expect("monitor socket");
+        let mut seen = Vec::new();
+        read_to_prompt(&mut s, &mut seen).await;
+        let from = seen.len();
+        s.write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("monitor write");
+        read_to_prompt(&mut s, &mut seen).await;
+        String::from_utf8_lossy(&seen[from..]).into_owned()
     }
 
     fn qemu_log(&self) -> String {
@@ -87,9 +119,9 @@ impl Vm {
     }
 }
 
-/// Boots the assets with `extra_append` on the kernel command line and
-/// `disk` as a virtio-blk drive.
-fn boot(assets: &Assets, extra_append: &str, disk: Option<&Path>) -> Vm {
+/// Boots the assets with `extra_append` on the kernel command line,
+/// `disk` as a virtio-blk drive and `smp` as QEMU's `-smp`.
+fn boot(assets: &Assets, extra_append: &str, disk: Option<&Path>, smp: &str) -> Vm {
     let dir = tempfile::Builder::new()
         .prefix("sv-vm-")
         .tempdir()
@@ -97,7 +129,7 @@ fn boot(assets: &Assets, extra_append: &str, disk: Option<&Path>) -> Vm {
     let p = |name: &str| dir.path().join(name).display().to_string();
     let log = std::fs::File::create(dir.path().join("qemu.log")).expect("log file");
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-machine", "q35", "-m", "512", "-smp", "2"])
+    cmd.args(["-accel", "tcg", "-machine", "q35", "-m", "512", "-smp", smp])
         .args(["-nodefaults", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(&assets.kernel)
@@ -107,6 +139,8 @@ fn boot(assets: &Assets, extra_append: &str, disk: Option<&Path>) -> Vm {
         .arg(format!("console=ttyS0 quiet panic=1 {extra_append}"))
         .arg("-serial")
         .arg(format!("unix:{},server=on,wait=off", p("serial.sock")))
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", p("monitor.sock")))
         .args(["-device", "virtio-serial-pci"])
         .arg("-chardev")
         .arg(format!(
@@ -164,7 +198,7 @@ fn sh(script: &str) -> ExecRequest {
 async fn vm_agent_exec_and_protocol() {
     let _one = VM_LOCK.lock().await;
     let assets = assets();
-    let vm = boot(&assets, "", None);
+    let vm = boot(&assets, "", None, "2");
     let client = vm.connect().await;
 
     client.check().await.expect("check");
@@ -314,7 +348,7 @@ async fn vm_agent_mounts_an_ext4_disk() {
         .expect("mkfs.ext4 runs (apt-get install e2fsprogs)");
     assert!(status.success());
 
-    let vm = boot(&assets, "", Some(&img));
+    let vm = boot(&assets, "", Some(&img), "2");
     let client = vm.connect().await;
     let devices = client.list_block_devices().await.expect("block devices");
     let disk = devices
@@ -360,7 +394,7 @@ async fn vm_agent_mounts_an_ext4_disk() {
 async fn vm_agent_debug_console_and_shutdown() {
     let _one = VM_LOCK.lock().await;
     let assets = assets();
-    let mut vm = boot(&assets, "sandvisor.debug_console", None);
+    let mut vm = boot(&assets, "sandvisor.debug_console", None, "1");
 
     // The serial socket exists once QEMU is up; read the console until the
     // ready line.
@@ -413,4 +447,40 @@ async fn vm_agent_debug_console_and_shutdown() {
         matches!(err, ClientError::Disconnected | ClientError::Io(_)),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn vm_agent_onlines_a_hotplugged_cpu_and_serves_a_new_connection() {
+    let _one = VM_LOCK.lock().await;
+    let assets = assets();
+    let vm = boot(&assets, "", None, "1,maxcpus=2");
+    let client = vm.connect().await;
+    assert_eq!(
+        client.guest_details().await.expect("details").cpus_online,
+        1
+    );
+
+    let answer = vm
+        .monitor("device_add qemu64-x86_64-cpu,id=cpu1,socket-id=0,core-id=1,thread-id=0")
+        .await;
+    assert!(!answer.contains("Error"), "device_add: {answer}");
+    let r = client
+        .online_cpu_mem(sandvisor_proto::OnlineCpuMemRequest {
+            nb_cpus: 1,
+            cpu_only: true,
+            wait_ms: 10_000,
+            ..Default::default()
+        })
+        .await
+        .expect("online the new cpu");
+    assert_eq!((r.cpus_onlined, r.cpus_online), (1, 2), "{r:?}");
+    let (out, _, _) = run(&client, sh("nproc")).await;
+    assert_eq!(out, b"2\n");
+
+    // The host goes away and comes back: the agent serves the new
+    // connection, handshake first.
+    drop(client);
+    let again = vm.connect().await;
+    again.check().await.expect("second connection");
+    drop(vm);
 }
