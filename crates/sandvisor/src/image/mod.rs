@@ -861,6 +861,57 @@ mod tests {
     }
 
     #[test]
+    fn rebuilds_only_when_an_input_changes() {
+        // busybox-static stands in for the agent: any static executable
+        // will do for the builder.
+        let busybox = Path::new(BUSYBOX_PATH);
+        match fs::read(busybox) {
+            Ok(data) if elf::linkage(&data) == Linkage::Static => {}
+            _ => return, // The builder's own error covers a missing busybox.
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kernel = dir.path().join("bzImage");
+        fs::write(&kernel, b"kernel one").expect("write");
+        let opts = BuildOptions {
+            kernel: Some(kernel.clone()),
+            agent: Some(busybox.to_path_buf()),
+            output: Some(dir.path().join("out")),
+            compression: Compression::Gzip,
+            ..BuildOptions::default()
+        };
+        let mut steps = Vec::new();
+        let first = build(&opts, &mut |s| steps.push(s.to_string())).expect("first build");
+        assert!(!first.up_to_date);
+        assert!(
+            steps.iter().any(|s| s.contains("no modules directory")),
+            "{steps:?}"
+        );
+        let initrd_mtime = fs::metadata(&first.initrd)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+
+        let second = build(&opts, &mut |_| {}).expect("second build");
+        assert!(second.up_to_date);
+        assert_eq!(second.manifest, first.manifest);
+        assert_eq!(
+            fs::metadata(&second.initrd)
+                .and_then(|m| m.modified())
+                .expect("mtime"),
+            initrd_mtime,
+            "nothing rewritten"
+        );
+
+        fs::write(&kernel, b"kernel two").expect("write");
+        let third = build(&opts, &mut |_| {}).expect("third build");
+        assert!(!third.up_to_date);
+        assert_eq!(fs::read(&third.kernel).expect("read"), b"kernel two");
+
+        // A damaged output is rebuilt too.
+        fs::write(&third.initrd, b"junk").expect("write");
+        assert!(!build(&opts, &mut |_| {}).expect("fourth build").up_to_date);
+    }
+
+    #[test]
     fn modules_without_kernel_is_refused() {
         let opts = BuildOptions {
             modules: Some("/lib/modules/x".into()),
