@@ -408,7 +408,11 @@ impl Qemu {
         let gone = matches!(
             &e,
             Error::Qemu(QemuError::Qmp(
-                QmpError::Disconnected { .. } | QmpError::Send { .. } | QmpError::Timeout { .. }
+                QmpError::Disconnected { .. }
+                    | QmpError::Send { .. }
+                    | QmpError::Timeout { .. }
+                    | QmpError::Connect { .. }
+                    | QmpError::Greeting { .. }
             )) | Error::Qemu(QemuError::UnplugTimeout { .. })
         );
         if gone {
@@ -1199,24 +1203,21 @@ impl Hypervisor for Qemu {
                     .as_ref()
                     .map(|p| p.qmp.clone())
                     .unwrap_or_default();
-                let q = Arc::new(
-                    Qmp::connect(&path, CHECK_TIMEOUT)
-                        .await
-                        .map_err(QemuError::from)?,
-                );
-                self.qmp = Some(Arc::clone(&q));
-                q
+                match Qmp::connect(&path, CHECK_TIMEOUT).await {
+                    Ok(q) => {
+                        let q = Arc::new(q);
+                        self.qmp = Some(Arc::clone(&q));
+                        q
+                    }
+                    Err(e) => return self.or_exited(Err(QemuError::from(e).into())).await,
+                }
             }
         };
         let status = match qmp.execute_with(&qmp::QueryStatus {}, CHECK_TIMEOUT).await {
             Ok(s) => s,
-            Err(e) => {
-                // A QEMU that died during the query is the better answer.
-                if let Some(exit) = self.exited_error() {
-                    return Err(exit.into());
-                }
-                return Err(QemuError::from(e).into());
-            }
+            // A closed socket is usually QEMU dying: its exit, which the
+            // reaper reports a moment later, is the better answer.
+            Err(e) => return self.or_exited(Err(QemuError::from(e).into())).await,
         };
         match status.status.as_str() {
             "internal-error" | "guest-panicked" => Err(QemuError::GuestFailure {

@@ -104,7 +104,7 @@ impl Console {
         // The ready line may have gone by before we connected: then the
         // shell answers a probe. The quotes keep the typed probe (echoed
         // by the tty) from matching its own output.
-        let mut probe_at = Instant::now() + Duration::from_secs(3);
+        let mut probe_at = Instant::now() + Duration::from_secs(1);
         loop {
             if c.out.contains("sandvisor: debug console ready") || c.out.contains("SV_PROBE_OK") {
                 break;
@@ -116,7 +116,7 @@ impl Console {
             );
             if Instant::now() >= probe_at {
                 c.send("echo SV_PROBE\"\"_OK").await;
-                probe_at = Instant::now() + Duration::from_secs(3);
+                probe_at = Instant::now() + Duration::from_secs(2);
             }
             c.read_some(Duration::from_millis(200)).await;
         }
