@@ -770,9 +770,13 @@ pub fn build(spec: &LaunchSpec<'_>) -> Result<QemuCommand, CmdlineError> {
     }
 
     if c.virtio_mem && machine.supports_hotplug() {
-        let size = spec
+        // As Kata: room for the rest of the host's memory, in whole
+        // 128 MiB guest memory blocks (QEMU wants 2 MiB multiples).
+        let size = (spec
             .host_memory_mib
             .saturating_sub(u64::from(c.memory_size))
+            / 128
+            * 128)
             .max(128);
         a.push2(
             "-object",
