@@ -45,9 +45,10 @@ pub enum SandboxError {
         op: &'static str,
         /// The sandbox.
         id: String,
-        /// The backend's error.
+        /// The backend's error, boxed: QEMU's errors carry log tails and
+        /// would make every `Result` here large.
         #[source]
-        source: HypervisorError,
+        source: Box<HypervisorError>,
     },
     /// The agent socket cannot be reached from the host.
     #[error("bad agent socket for sandbox {id}")]
@@ -170,7 +171,11 @@ impl Sandbox {
     ) -> Result<Sandbox, SandboxError> {
         let hv_err = |op, id: &str| {
             let id = id.to_string();
-            move |source| SandboxError::Hypervisor { op, id, source }
+            move |source| SandboxError::Hypervisor {
+                op,
+                id,
+                source: Box::new(source),
+            }
         };
         hypervisor
             .create_sandbox(&id, &NetworkNamespace::default(), config, false)
@@ -197,7 +202,11 @@ impl Sandbox {
     ) -> Result<AgentClient, SandboxError> {
         let hv_err = |op| {
             let id = id.to_string();
-            move |source| SandboxError::Hypervisor { op, id, source }
+            move |source| SandboxError::Hypervisor {
+                op,
+                id,
+                source: Box::new(source),
+            }
         };
         let socket = hv
             .generate_socket(id, config.use_vsock)
@@ -276,7 +285,7 @@ impl Sandbox {
                 return Err(SandboxError::Hypervisor {
                     op: "stop",
                     id,
-                    source,
+                    source: Box::new(source),
                 });
             }
         }
@@ -286,7 +295,7 @@ impl Sandbox {
             .map_err(|source| SandboxError::Hypervisor {
                 op: "clean up",
                 id,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -347,7 +356,7 @@ where
         .map_err(|source| SandboxError::Hypervisor {
             op: "create",
             id: id.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let booted = tokio::select! {
         r = Sandbox::boot(&id, hv.as_mut(), &config, opts.boot_timeout) => Some(r),
