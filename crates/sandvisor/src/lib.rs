@@ -33,6 +33,7 @@ pub mod paths;
 pub mod probe;
 pub mod qemu;
 pub mod socket;
+pub mod supervisor;
 mod sys;
 pub mod unavailable;
 
