@@ -43,10 +43,10 @@ pub enum LayoutError {
         source: io::Error,
     },
     /// The directory of a new sandbox exists already.
-    #[error("sandbox {0:?} already exists; pick another id or `sandvisor delete` it")]
+    #[error("sandbox \"{0}\" already exists; pick another id or `sandvisor delete` it")]
     Exists(SandboxId),
     /// No such sandbox.
-    #[error("no sandbox {0:?}; see `sandvisor list`")]
+    #[error("no sandbox \"{0}\"; see `sandvisor list`")]
     NotFound(SandboxId),
     /// Another command holds the lock for longer than the wait.
     #[error(

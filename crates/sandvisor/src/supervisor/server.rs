@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::agent::{self, AgentAddress, ExecEvent, GuestAgent};
@@ -116,14 +116,17 @@ pub async fn supervise(
         source,
     })?;
     let mut owner_task = owner_task;
+    let exit = Arc::new(Notify::new());
     loop {
         tokio::select! {
+            () = exit.notified() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let conn = Connection {
                         id: id.clone(),
                         events: events_tx.clone(),
                         published: published.clone(),
+                        exit: exit.clone(),
                     };
                     tokio::spawn(async move { conn.serve(stream).await });
                 }
@@ -173,6 +176,8 @@ struct Owner {
     published: watch::Sender<SandboxRecord>,
     events: mpsc::Sender<Event>,
     watcher: Option<JoinHandle<()>>,
+    /// `delete` is done: the supervisor ends once the client has the reply.
+    deleted: bool,
 }
 
 impl Owner {
@@ -254,6 +259,7 @@ impl Owner {
             published,
             events,
             watcher: None,
+            deleted: false,
         };
         owner.watch_vmm();
         owner.persist().await;
@@ -295,13 +301,19 @@ impl Owner {
         while let Some(event) = events.recv().await {
             match event {
                 Event::Request(request, reply) => {
-                    let delete = matches!(request, Request::Delete { .. });
-                    let answer = self.handle(request).await;
-                    let deleted = delete && matches!(answer, Reply::Done { .. });
+                    let answer = if self.deleted {
+                        Reply::Error(RemoteError::BadRequest {
+                            id: self.id().clone(),
+                            op: Op::Delete,
+                            reason: "it is being deleted".to_string(),
+                        })
+                    } else {
+                        let delete = matches!(request, Request::Delete { .. });
+                        let answer = self.handle(request).await;
+                        self.deleted = delete && matches!(answer, Reply::Done { .. });
+                        answer
+                    };
                     let _ = reply.send(answer);
-                    if deleted {
-                        break;
-                    }
                 }
                 Event::Agent(reply) => {
                     let _ = reply.send(self.agent_for_exec().await);
@@ -957,6 +969,8 @@ impl RemoteError {
 /// One client connection.
 struct Connection {
     id: SandboxId,
+    /// Told when a `delete` reply has reached its client.
+    exit: Arc<Notify>,
     events: mpsc::Sender<Event>,
     published: watch::Receiver<SandboxRecord>,
 }
@@ -987,14 +1001,20 @@ impl Connection {
             },
             Request::Exec(spec) => return self.exec(stream, spec).await,
             request => {
+                let delete = matches!(request, Request::Delete { .. });
                 let (tx, rx) = oneshot::channel();
                 if self.events.send(Event::Request(request, tx)).await.is_err() {
                     return Ok(());
                 }
-                match rx.await {
-                    Ok(reply) => reply,
-                    Err(_) => return Ok(()),
+                let Ok(reply) = rx.await else {
+                    return Ok(());
+                };
+                if delete && matches!(reply, Reply::Done { .. }) {
+                    let written = write_frame(&mut stream, &Frame::message(&reply)?).await;
+                    self.exit.notify_one();
+                    return written;
                 }
+                reply
             }
         };
         write_frame(&mut stream, &Frame::message(&reply)?).await
