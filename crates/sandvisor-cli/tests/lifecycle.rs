@@ -351,3 +351,24 @@ fn list_and_state_print_for_people() {
     let state = env.run(&["state", "h1"]);
     assert!(state.ok().contains("status:      running"), "{state:?}");
 }
+
+#[test]
+fn a_sandbox_killed_before_start_is_prepared_again() {
+    let env = Env::new();
+    create_mock(&env, "early");
+    let state = env.state("early");
+    // `save` writes the device state into the sandbox directory.
+    let devices_state = env.sandbox_dir("early").join("devices.state");
+    assert_eq!(
+        state["config"]["devices_state_path"].as_str(),
+        devices_state.to_str()
+    );
+    let old = pid(&state, "supervisor");
+    kill(old, "KILL");
+    assert!(wait_gone(old, Duration::from_secs(5)));
+    env.run(&["start", "early"]).ok();
+    let state = env.state("early");
+    assert_eq!(state["status"], "running");
+    assert_ne!(pid(&state, "supervisor"), old);
+    env.run(&["delete", "--force", "early"]).ok();
+}

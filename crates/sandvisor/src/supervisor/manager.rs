@@ -26,6 +26,9 @@ use crate::hypervisor_type::{new_hypervisor, HypervisorType};
 /// How long a command waits for another to release a sandbox's lock,
 /// unless `SANDVISOR_LOCK_TIMEOUT` (seconds) says otherwise.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The file `save` writes the VM's device state to, in the sandbox
+/// directory, when the config names none.
+pub const DEVICES_STATE_FILE: &str = "devices.state";
 /// How long a new supervisor may take to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a `Status` may take.
@@ -136,6 +139,10 @@ impl Manager {
                 return Err(e.into());
             }
         };
+        // Where `save` writes the VM's device state, unless the config says.
+        if config.devices_state_path.is_none() {
+            config.devices_state_path = Some(dir.path().join(DEVICES_STATE_FILE));
+        }
         let record = SandboxRecord::new(
             dir.id().clone(),
             spec.hypervisor,

@@ -193,39 +193,20 @@ impl Owner {
     ) -> Result<Self, RemoteError> {
         let id = dir.id().clone();
         let mut hv = new_hypervisor(record.hypervisor);
-        let mut agent_address = None;
-        match mode {
-            LaunchMode::Create => {
-                Op::Create.check(&id, record.status)?;
-                hv.create_sandbox(
-                    id.as_str(),
-                    &NetworkNamespace::default(),
-                    &record.config,
-                    false,
-                )
-                .await
-                .map_err(|e| RemoteError::from_hypervisor(&id, Op::Create, &e))?;
-                // As Kata's agent does: the caller makes the agent channel and
-                // adds it as a device before the VM starts.
-                if agent::has_guest(record.hypervisor) {
-                    let socket = hv
-                        .generate_socket(id.as_str(), record.config.use_vsock)
-                        .map_err(|e| RemoteError::from_hypervisor(&id, Op::Create, &e))?;
-                    agent_address = Some(AgentAddress::from(&socket));
-                    let device = match socket {
-                        AgentSocket::Unix(u) => Device::SerialPort(u),
-                        AgentSocket::Vsock(v) => Device::VsockPci(v),
-                        AgentSocket::HybridVsock(h) => Device::HybridVsock(h),
-                    };
-                    hv.add_device(device)
-                        .await
-                        .map_err(|e| RemoteError::from_hypervisor(&id, Op::Create, &e))?;
-                }
+        let agent_address = match (mode, record.status) {
+            (LaunchMode::Create, status) => {
+                Op::Create.check(&id, status)?;
+                let address = create_vm(&mut *hv, &id, &record).await?;
                 record.status = SandboxStatus::Created;
-                record.agent = agent_address.clone();
+                address
             }
-            LaunchMode::Reattach => {
-                Op::Reattach.check(&id, record.status)?;
+            // Nothing runs yet, so there is nothing to re-attach to: the VM
+            // is prepared again, as `create` did.
+            (LaunchMode::Reattach, SandboxStatus::Created) => create_vm(&mut *hv, &id, &record)
+                .await
+                .map_err(|e| e.with_op(Op::Reattach))?,
+            (LaunchMode::Reattach, status) => {
+                Op::Reattach.check(&id, status)?;
                 if let Some(vmm) = record.vmm.filter(|v| !v.is_alive()) {
                     tracing::warn!(pid = vmm.pid, "the VMM is gone");
                     return Err(RemoteError::Failed {
@@ -245,9 +226,10 @@ impl Owner {
                 hv.load(state)
                     .await
                     .map_err(|e| RemoteError::from_hypervisor(&id, Op::Reattach, &e))?;
-                agent_address = record.agent.clone();
+                record.agent.clone()
             }
-        }
+        };
+        record.agent = agent_address.clone();
         record.hypervisor_state = Some(hv.save());
         let (published, _) = watch::channel(record.clone());
         let mut owner = Owner {
@@ -471,13 +453,24 @@ impl Owner {
         Ok(())
     }
 
+    /// Saves the VM's device state to the config's `devices_state_path`
+    /// (`create` points it into the sandbox directory). The backend pauses
+    /// the guest to save it; a guest that ran runs again afterwards.
     async fn save(&mut self) -> Result<(), RemoteError> {
-        self.hv
-            .save_sandbox()
-            .await
-            .map_err(self.hv_err(Op::Save))?;
+        let was_running = self.record.status == SandboxStatus::Running;
+        let saved = self.hv.save_sandbox().await.map_err(self.hv_err(Op::Save));
+        if was_running {
+            if let Err(e) = self.hv.resume_sandbox().await {
+                // Paused by the save and not resumable: say so in the record.
+                tracing::error!("resume after save failed: {e}");
+                self.record.status = SandboxStatus::Paused;
+                self.persist().await;
+                saved?;
+                return Err(RemoteError::from_hypervisor(self.id(), Op::Save, &e));
+            }
+        }
         self.persist().await;
-        Ok(())
+        saved
     }
 
     async fn stop(&mut self) -> Result<(), RemoteError> {
@@ -531,11 +524,12 @@ impl Owner {
                 tracing::warn!("stop before delete failed: {e}; killing the VMM");
             }
         }
-        // Whatever still runs of the VM goes now.
-        for pid in self.hv.pids() {
-            let process = ProcessRef::of(pid);
-            if !process.terminate(Duration::from_secs(2)).await {
-                tracing::warn!(pid, "process of the VM survived SIGKILL");
+        // A VMM that survived the stop goes now. Only the recorded one,
+        // whose start time proves its pid was not reused; the backend's
+        // cleanup ends its helpers.
+        if let Some(vmm) = self.record.vmm.filter(|v| v.is_alive()) {
+            if !vmm.terminate(Duration::from_secs(2)).await {
+                tracing::warn!(pid = vmm.pid, "the VMM survived SIGKILL");
             }
         }
         if let Some(w) = self.watcher.take() {
@@ -917,6 +911,39 @@ impl Owner {
         self.persist().await;
         Ok(())
     }
+}
+
+/// Prepares the VM of `record` on a fresh backend, as Kata does: the
+/// backend creates it, then the caller makes the agent channel and adds it
+/// as a device before the VM starts. Returns where the agent will listen.
+async fn create_vm(
+    hv: &mut dyn Hypervisor,
+    id: &SandboxId,
+    record: &SandboxRecord,
+) -> Result<Option<AgentAddress>, RemoteError> {
+    let err = |e: crate::Error| RemoteError::from_hypervisor(id, Op::Create, &e);
+    hv.create_sandbox(
+        id.as_str(),
+        &NetworkNamespace::default(),
+        &record.config,
+        false,
+    )
+    .await
+    .map_err(err)?;
+    if !agent::has_guest(record.hypervisor) {
+        return Ok(None);
+    }
+    let socket = hv
+        .generate_socket(id.as_str(), record.config.use_vsock)
+        .map_err(err)?;
+    let address = AgentAddress::from(&socket);
+    let device = match socket {
+        AgentSocket::Unix(u) => Device::SerialPort(u),
+        AgentSocket::Vsock(v) => Device::VsockPci(v),
+        AgentSocket::HybridVsock(h) => Device::HybridVsock(h),
+    };
+    hv.add_device(device).await.map_err(err)?;
+    Ok(Some(address))
 }
 
 /// A locally administered, unicast MAC address.
