@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod check;
 pub mod config;
 pub mod defaults;
 pub mod device;
