@@ -372,3 +372,38 @@ fn a_sandbox_killed_before_start_is_prepared_again() {
     assert_ne!(pid(&state, "supervisor"), old);
     env.run(&["delete", "--force", "early"]).ok();
 }
+
+#[test]
+fn an_invalid_config_creates_nothing() {
+    let env = Env::new();
+    env.run(&[
+        "create",
+        "--hypervisor",
+        "mock",
+        "--id",
+        "small",
+        "--memory",
+        "100",
+    ])
+    .fails_with("100 MiB is below the minimum");
+    assert!(!env.sandbox_dir("small").exists());
+    create_mock(&env, "sized");
+    env.run(&["delete", "sized"]).ok();
+    let out = env.run(&[
+        "create",
+        "--hypervisor",
+        "mock",
+        "--id",
+        "sized",
+        "--cpus",
+        "2",
+        "--memory",
+        "512",
+    ]);
+    assert_eq!(out.ok().trim(), "sized");
+    let state = env.state("sized");
+    assert_eq!(
+        (state["vcpus"].as_u64(), state["memory_mib"].as_u64()),
+        (Some(2), Some(512))
+    );
+}

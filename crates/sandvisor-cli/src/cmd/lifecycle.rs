@@ -56,21 +56,20 @@ pub struct CreateArgs {
 
 /// Runs `sandvisor create`: prints the new sandbox's id.
 pub fn create(args: CreateArgs) -> CmdResult {
-    let loaded = load_config(args.config.config.as_deref(), args.config.hypervisor)?;
-    for warning in &loaded.warnings {
-        eprintln!("sandvisor: warning: {warning}");
-    }
-    let mut config = loaded.config;
+    // load_config logs its warnings (Kata keys sandvisor ignores).
+    let mut runtime = load_config(args.config.config.as_deref(), args.config.hypervisor)?;
     if let Some(cpus) = args.cpus {
-        config.num_vcpus = cpus;
+        runtime.config.num_vcpus = cpus;
     }
     if let Some(memory) = args.memory {
-        config.memory_size = memory;
+        runtime.config.memory_size = memory;
     }
+    // Checked here, naming the file, before anything is made.
+    runtime.validate()?;
     let spec = CreateSpec {
         id: args.id,
-        hypervisor: loaded.hypervisor,
-        config,
+        hypervisor: runtime.hypervisor,
+        config: runtime.config,
     };
     let manager = manager()?;
     let record = block_on(manager.create(spec))??;
