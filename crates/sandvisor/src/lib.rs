@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod assets;
 pub mod check;
 pub mod config;
@@ -28,11 +29,13 @@ pub mod defaults;
 pub mod device;
 pub mod hypervisor;
 pub mod hypervisor_type;
+pub mod image;
 pub mod mock;
 pub mod param;
 pub mod paths;
 pub mod probe;
 pub mod qemu;
+pub mod sandbox;
 pub mod socket;
 pub mod supervisor;
 mod sys;
