@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::agent::{self, AgentAddress, ExecEvent, GuestAgent};
+use super::agent::{self, AgentAddress, ExecEvent, GuestAgent, ONLINE_WAIT};
 use super::id::SandboxId;
 use super::layout::SandboxDir;
 use super::process::{Liveness, ProcessRef, VmmExit};
@@ -38,8 +38,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 const GUEST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the agent may take to answer on a running guest.
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long hot-plugged CPUs may take to appear in the guest.
-const ONLINE_WAIT: Duration = Duration::from_secs(10);
+/// How much longer than the agent's own wait onlining may take.
+const ONLINE_SLACK: Duration = Duration::from_secs(20);
 /// The guest's memory block size, which memory resizes are aligned to.
 const MEMORY_BLOCK_MIB: u32 = 128;
 /// The most stdin an `exec` may send.
@@ -579,17 +579,20 @@ impl Owner {
             return Ok(());
         }
         let agent = self.agent().await.map_err(|e| e.with_op(op))?;
-        tokio::time::timeout(ONLINE_WAIT * 2, agent.online_cpu_mem(cpus, memory, probe))
-            .await
-            .map_err(|_| RemoteError::Failed {
-                id: self.id().clone(),
-                op,
-                causes: vec![format!(
-                    "the guest did not online the new resources within {:?}",
-                    ONLINE_WAIT * 2
-                )],
-            })?
-            .map_err(|e| RemoteError::failed(self.id(), op, &e))
+        tokio::time::timeout(
+            ONLINE_WAIT + ONLINE_SLACK,
+            agent.online_cpu_mem(cpus, memory, probe),
+        )
+        .await
+        .map_err(|_| RemoteError::Failed {
+            id: self.id().clone(),
+            op,
+            causes: vec![format!(
+                "the guest did not online the new resources within {:?}",
+                ONLINE_WAIT + ONLINE_SLACK
+            )],
+        })?
+        .map_err(|e| RemoteError::failed(self.id(), op, &e))
     }
 
     async fn hotplug(
