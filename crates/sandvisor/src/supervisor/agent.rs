@@ -132,6 +132,9 @@ pub trait GuestAgent: Send + Sync + fmt::Debug {
 
     /// Syncs and powers the guest off.
     async fn shutdown(&self) -> Result<(), AgentLinkError>;
+
+    /// The guest's `MemTotal`, in KiB.
+    async fn mem_total_kib(&self) -> Result<u64, AgentLinkError>;
 }
 
 /// How long the agent waits for hot-plugged CPUs to appear.
@@ -250,5 +253,9 @@ impl GuestAgent for Client {
 
     async fn shutdown(&self) -> Result<(), AgentLinkError> {
         Ok(self.0.shutdown().await?)
+    }
+
+    async fn mem_total_kib(&self) -> Result<u64, AgentLinkError> {
+        Ok(self.0.guest_details().await?.mem_total_kib)
     }
 }

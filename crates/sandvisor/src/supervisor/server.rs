@@ -316,13 +316,19 @@ impl Owner {
         if self.record.vmm != Some(vmm) {
             return;
         }
-        tracing::warn!(pid = vmm.pid, %exit, "VMM ended");
-        self.record.vmm_exit = Some(exit);
-        if self.record.status.vmm_runs() {
-            self.record.status = SandboxStatus::Dead;
-            self.agent = None;
-            self.hv.disconnect().await;
+        if !self.record.status.vmm_runs() {
+            // Stopped on purpose: keep a known status, nothing else.
+            if exit != VmmExit::Unknown && self.record.vmm_exit.is_none() {
+                self.record.vmm_exit = Some(exit);
+                self.persist().await;
+            }
+            return;
         }
+        tracing::warn!(pid = vmm.pid, %exit, "VMM ended on its own");
+        self.record.vmm_exit = Some(exit);
+        self.record.status = SandboxStatus::Dead;
+        self.agent = None;
+        self.hv.disconnect().await;
         self.persist().await;
     }
 
@@ -504,8 +510,9 @@ impl Owner {
         self.agent = None;
         self.record.status = SandboxStatus::Stopped;
         if let Some(vmm) = self.record.vmm {
-            if let Liveness::Gone(exit) = vmm.liveness() {
-                self.record.vmm_exit = Some(exit);
+            match vmm.liveness() {
+                Liveness::Gone(VmmExit::Unknown) | Liveness::Alive => {}
+                Liveness::Gone(exit) => self.record.vmm_exit = Some(exit),
             }
         }
     }
@@ -568,31 +575,84 @@ impl Owner {
     }
 
     /// Brings hot-plugged CPUs or memory online in the guest.
-    async fn online(
-        &mut self,
-        op: Op,
-        cpus: u32,
-        memory: bool,
-        probe: &[u64],
-    ) -> Result<(), RemoteError> {
+    /// Brings hot-plugged CPUs online in the guest.
+    async fn online_cpus(&mut self, op: Op, cpus: u32) -> Result<(), RemoteError> {
         if self.agent_address.is_none() {
             return Ok(());
         }
         let agent = self.agent().await.map_err(|e| e.with_op(op))?;
-        tokio::time::timeout(
-            ONLINE_WAIT + ONLINE_SLACK,
-            agent.online_cpu_mem(cpus, memory, probe),
-        )
-        .await
-        .map_err(|_| RemoteError::Failed {
-            id: self.id().clone(),
-            op,
-            causes: vec![format!(
-                "the guest did not online the new resources within {:?}",
-                ONLINE_WAIT + ONLINE_SLACK
-            )],
-        })?
-        .map_err(|e| RemoteError::failed(self.id(), op, &e))
+        let limit = ONLINE_WAIT + ONLINE_SLACK;
+        tokio::time::timeout(limit, agent.online_cpu_mem(cpus, false, &[]))
+            .await
+            .map_err(|_| RemoteError::Failed {
+                id: self.id().clone(),
+                op,
+                causes: vec![format!(
+                    "the guest did not online {cpus} vCPU(s) within {limit:?}"
+                )],
+            })?
+            .map_err(|e| RemoteError::failed(self.id(), op, &e))
+    }
+
+    /// The guest's `MemTotal` before a memory hot-plug, when it has an agent.
+    async fn guest_mem_kib(&mut self, op: Op) -> Result<Option<u64>, RemoteError> {
+        if self.agent_address.is_none() {
+            return Ok(None);
+        }
+        let agent = self.agent().await.map_err(|e| e.with_op(op))?;
+        let kib = agent
+            .mem_total_kib()
+            .await
+            .map_err(|e| RemoteError::failed(self.id(), op, &e))?;
+        Ok(Some(kib))
+    }
+
+    /// Brings `added_mib` of hot-plugged memory online: the guest learns of
+    /// a DIMM a moment after the VMM added it, so blocks are onlined as they
+    /// appear until `MemTotal` has grown from `before` by the size added.
+    async fn online_memory(
+        &mut self,
+        op: Op,
+        before: Option<u64>,
+        added_mib: u32,
+        probe: &[u64],
+    ) -> Result<(), RemoteError> {
+        let Some(before) = before else {
+            return Ok(());
+        };
+        let id = self.id().clone();
+        let agent = self.agent().await.map_err(|e| e.with_op(op))?;
+        let want = before + u64::from(added_mib) * 1024;
+        let deadline = tokio::time::Instant::now() + ONLINE_WAIT + ONLINE_SLACK;
+        let mut probe = probe;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let round = async {
+                agent.online_cpu_mem(0, true, probe).await?;
+                agent.mem_total_kib().await
+            };
+            let now = match tokio::time::timeout(left, round).await {
+                Ok(r) => r.map_err(|e| RemoteError::failed(&id, op, &e))?,
+                Err(_) => before,
+            };
+            if now >= want {
+                return Ok(());
+            }
+            // Probing an address twice fails: only the first round probes.
+            probe = &[];
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RemoteError::Failed {
+                    id,
+                    op,
+                    causes: vec![format!(
+                        "the guest sees {} of the {added_mib} MiB added after {:?}",
+                        now.saturating_sub(before) / 1024,
+                        ONLINE_WAIT + ONLINE_SLACK
+                    )],
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     async fn hotplug(
@@ -710,7 +770,7 @@ impl Owner {
                 } else {
                     self.record.vcpus += n;
                     self.persist().await;
-                    self.online(Op::Hotplug, n, false, &[]).await?;
+                    self.online_cpus(Op::Hotplug, n).await?;
                 }
                 Ok(HotplugOutcome {
                     summary: format!("{verb} {n} vCPU(s); the guest has {}", self.record.vcpus),
@@ -750,6 +810,7 @@ impl Owner {
                         guest_path: None,
                     });
                 }
+                let before = self.guest_mem_kib(Op::Hotplug).await?;
                 let slot = self.free_memory_slot();
                 let device = MemoryDevice {
                     slot,
@@ -776,7 +837,8 @@ impl Owner {
                 } else {
                     Vec::new()
                 };
-                self.online(Op::Hotplug, 0, true, &probe).await?;
+                self.online_memory(Op::Hotplug, before, added, &probe)
+                    .await?;
                 Ok(HotplugOutcome {
                     summary: format!(
                         "added {added} MiB of memory; the guest has {} MiB",
@@ -890,11 +952,12 @@ impl Owner {
             self.record.vcpus = if new > 0 { new } else { n };
             self.persist().await;
             if new > old {
-                self.online(Op::Resize, new - old, false, &[]).await?;
+                self.online_cpus(Op::Resize, new - old).await?;
             }
         }
         if let Some(mib) = memory_mib {
             let before = self.record.memory_mib;
+            let guest_before = self.guest_mem_kib(Op::Resize).await?;
             let (new, device) = self
                 .hv
                 .resize_memory(mib, MEMORY_BLOCK_MIB, false)
@@ -908,7 +971,9 @@ impl Owner {
                 } else {
                     Vec::new()
                 };
-                self.online(Op::Resize, 0, true, &probe).await?;
+                let added = self.record.memory_mib - before;
+                self.online_memory(Op::Resize, guest_before, added, &probe)
+                    .await?;
             }
         }
         self.persist().await;
