@@ -74,7 +74,7 @@ impl fmt::Display for HypervisorType {
 /// enum, an unknown type is rejected when it is parsed, not here.
 pub fn new_hypervisor(kind: HypervisorType) -> Box<dyn Hypervisor> {
     match kind {
-        HypervisorType::Qemu => Box::new(crate::qemu::Qemu::qemu()),
+        HypervisorType::Qemu => Box::new(crate::qemu::Qemu::new()),
         HypervisorType::Firecracker | HypervisorType::Acrn | HypervisorType::Clh => {
             Box::new(crate::unavailable::Unavailable::new(kind))
         }

@@ -1,22 +1,1294 @@
-//! The QEMU backend.
+//! The QEMU backend: every method of [`Hypervisor`], driving a real QEMU.
+//!
+//! | concern | module |
+//! |---|---|
+//! | the command line, a pure function of config and devices | [`cmdline`] |
+//! | the QMP client: typed commands, replies, events | [`qmp`] |
+//! | supervising QEMU and virtiofsd, adopting them after a re-attach | [`process`] |
+//! | hot-plug: slots and the QMP sequences | [`hotplug`] |
+//! | virtiofsd | [`virtiofsd`] |
+//!
+//! # Lifecycle
+//!
+//! `create_sandbox` validates the config and checks that the VM's socket
+//! paths fit; `add_device` collects cold-plugged devices; `start_sandbox`
+//! makes the VM directory `<storage>/<id>`, starts virtiofsd when needed,
+//! spawns QEMU (its own process group, output in `qemu.log`) and waits for
+//! QMP. A start that fails for any reason kills what it started and removes
+//! the directory, and its error carries the end of QEMU's log.
+//! `stop_sandbox` asks QEMU to `quit`, waits, then SIGKILLs; `cleanup`
+//! removes the directory. A QEMU that died on its own (a crash, the OOM
+//! killer, `kill -9`) is reported: by `check` at once, and by
+//! `stop_sandbox`, which still reaps and tidies everything but returns
+//! [`QemuError::Exited`] instead of pretending to a clean stop.
+//!
+//! # Drop
+//!
+//! Dropping a handle that still owns a live QEMU kills it (SIGKILL to its
+//! process group), stops virtiofsd and removes the VM directory, so that
+//! an early return or a panic in the caller leaks nothing. A handle gives
+//! up ownership with [`Hypervisor::disconnect`] or [`Hypervisor::to_grpc`]:
+//! then the VM outlives it, for another process to re-attach with
+//! [`Hypervisor::load`] or [`Hypervisor::from_grpc`].
 
+pub mod cmdline;
+pub mod hotplug;
+pub mod process;
+pub mod qmp;
+pub mod virtiofsd;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rand::RngCore;
+
+use self::cmdline::{Accelerator, LaunchSpec, MachineType, VmPaths};
+use self::hotplug::HotplugState;
+use self::process::{Exit, Supervised};
+use self::qmp::{Qmp, QmpError};
+use crate::config::{HypervisorConfig, SharedFs};
+use crate::device::{Device, HotplugResult, MemoryDevice, VcpuThreadIds};
+use crate::hypervisor::{
+    Capabilities, Error, Hypervisor, HypervisorState, NetworkNamespace, Result, VmState,
+};
 use crate::hypervisor_type::HypervisorType;
-use crate::unavailable::Unavailable;
+use crate::probe;
+use crate::socket::{self, AgentSocket};
+
+/// How long `stop_sandbox` waits after `quit` before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long `check` waits for QMP.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a migration (save, or a boot from a template) may take.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for a QMP connection to a VM that runs.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a process to go after SIGKILL.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors from driving QEMU.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
-    /// Placeholder until the backend lands.
-    #[error("qemu backend not built")]
-    NotBuilt,
+    /// The command line could not be built.
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::CmdlineError),
+    /// A QMP failure.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// A process could not be spawned or adopted.
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+    /// virtiofsd could not be started.
+    #[error(transparent)]
+    Virtiofsd(#[from] virtiofsd::VirtiofsdError),
+    /// The host's memory could not be read.
+    #[error("cannot read the host's memory size")]
+    HostMemory(#[source] probe::ProbeError),
+    /// The VM directory could not be made or removed.
+    #[error("cannot {action} VM directory {path:?}")]
+    VmDir {
+        /// `create` or `remove`.
+        action: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image could not be read for its size.
+    #[error("cannot read image {path:?}")]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A block device's file could not be read.
+    #[error("cannot read block device file {path:?}")]
+    BlockFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A descriptor could not be duplicated for the child.
+    #[error("cannot duplicate a descriptor for qemu")]
+    DupFd(#[source] std::io::Error),
+    /// QEMU exited while starting.
+    #[error("qemu exited while starting ({exit}); its log ends with:\n{log_tail}")]
+    EarlyExit {
+        /// How it ended.
+        exit: Exit,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// QEMU did not answer on QMP in time.
+    #[error("qemu did not answer on QMP socket {path:?} within {timeout:?}; its log ends with:\n{log_tail}")]
+    StartTimeout {
+        /// The socket.
+        path: PathBuf,
+        /// How long it waited.
+        timeout: Duration,
+        /// The end of QEMU's log.
+        log_tail: String,
+        /// The last connect error.
+        #[source]
+        last: Option<QmpError>,
+    },
+    /// QEMU has exited without being asked to.
+    #[error("qemu (pid {pid}) exited on its own: {exit}; its log ends with:\n{log_tail}")]
+    Exited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// virtiofsd has exited.
+    #[error("virtiofsd (pid {pid}) exited: {exit}")]
+    VirtiofsdExited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// The guest is in a failed state.
+    #[error("guest failure: qemu reports status {status:?}")]
+    GuestFailure {
+        /// QEMU's run state.
+        status: String,
+    },
+    /// A migration failed or did not finish.
+    #[error("migration {uri:?} ended in status {status:?}: {desc}")]
+    Migration {
+        /// The URI.
+        uri: String,
+        /// The last status.
+        status: String,
+        /// QEMU's description, or why it was abandoned.
+        desc: String,
+    },
+    /// Saving needs `devices_state_path`.
+    #[error("save_sandbox needs devices_state_path in the config")]
+    NoDevicesStatePath,
+    /// A device id already in use.
+    #[error("device {id:?} is already attached")]
+    DeviceExists {
+        /// The id.
+        id: String,
+    },
+    /// A device that was not hot-plugged.
+    #[error("device {id:?} was not hot-plugged into this VM")]
+    UnknownDevice {
+        /// The id.
+        id: String,
+    },
+    /// No bridge slot or root port is free.
+    #[error("no free PCI slot for device {id:?}: raise default_bridges (30 slots each) or pcie_root_port")]
+    NoFreeSlot {
+        /// The device.
+        id: String,
+    },
+    /// The guest did not release a device.
+    #[error("the guest did not release device {id:?} within {timeout:?}")]
+    UnplugTimeout {
+        /// The device.
+        id: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// Fewer vCPUs were added than asked.
+    #[error("only {added} of {requested} vCPUs were hot-plugged")]
+    CpuHotplug {
+        /// Added.
+        added: u32,
+        /// Asked.
+        requested: u32,
+        /// The last error.
+        #[source]
+        last: Option<QmpError>,
+    },
+    /// More vCPUs to remove than were hot-plugged.
+    #[error(
+        "cannot remove {requested} vCPUs: only {hotplugged} were hot-plugged, and boot vCPUs stay"
+    )]
+    CpuRemove {
+        /// Asked.
+        requested: u32,
+        /// Hot-plugged.
+        hotplugged: u32,
+    },
+    /// Memory over the host's.
+    #[error("cannot add {requested_mib} MiB: the VM has {current_mib} MiB and may have at most the host's {max_mib} MiB")]
+    MemoryLimit {
+        /// Asked.
+        requested_mib: u32,
+        /// Current.
+        current_mib: u64,
+        /// Most.
+        max_mib: u64,
+    },
+    /// A DIMM's address was not reported.
+    #[error("qemu did not report the address of memory device {id:?}")]
+    MemoryAddress {
+        /// The DIMM.
+        id: String,
+    },
+    /// Only one virtio-fs share per VM.
+    #[error("a VM has one virtio-fs share, served by one virtiofsd: {tag:?} would be a second")]
+    SecondVirtioFs {
+        /// The mount tag.
+        tag: String,
+    },
+    /// `to_grpc` output that does not decode.
+    #[error("cannot decode the VM cache state")]
+    Grpc(#[source] serde_json::Error),
+    /// A state for another hypervisor.
+    #[error("the state is for {0}, not qemu")]
+    WrongHypervisor(HypervisorType),
+    /// A saved placement that does not parse.
+    #[error(transparent)]
+    Placement(#[from] hotplug::BadPlacement),
 }
 
 /// The QEMU backend.
-pub type Qemu = Unavailable;
+#[derive(Debug)]
+pub struct Qemu {
+    storage: PathBuf,
+    id: String,
+    config: HypervisorConfig,
+    state: VmState,
+    uuid: String,
+    netns: NetworkNamespace,
+    devices: Vec<Device>,
+    paths: Option<VmPaths>,
+    host_memory_mib: u64,
+    qemu: Option<Supervised>,
+    virtiofsd: Option<Supervised>,
+    qmp: Option<Arc<Qmp>>,
+    hot: HotplugState,
+    accel: Option<Accelerator>,
+    detached: bool,
+}
 
-impl Unavailable {
-    /// A QEMU backend.
-    pub fn qemu() -> Self {
-        Unavailable::new(HypervisorType::Qemu)
+impl Default for Qemu {
+    fn default() -> Self {
+        Qemu::new()
     }
 }
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        let live = self.qemu.as_ref().filter(|p| p.exited().is_none());
+        if let Some(p) = live {
+            tracing::warn!(
+                pid = p.pid(),
+                id = self.id,
+                "dropping a handle that owns a running VM: killing it (call disconnect() to keep it)"
+            );
+            p.kill();
+            if let Some(v) = &self.virtiofsd {
+                v.kill();
+            }
+            if let Some(paths) = &self.paths {
+                let _ = std::fs::remove_dir_all(&paths.dir);
+            }
+        }
+    }
+}
+
+/// A random (version 4) UUID. Sixteen random bytes and two fixed fields do
+/// not justify a dependency.
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Single-quotes `s` for `/bin/sh`, which runs `exec:` migration commands.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Qemu {
+    /// A QEMU backend keeping VMs under [`crate::paths::vm_storage_dir`].
+    pub fn new() -> Self {
+        Qemu::with_storage(crate::paths::vm_storage_dir())
+    }
+
+    /// A QEMU backend keeping VMs under `storage` (one directory per VM,
+    /// holding its sockets: keep it short, sockets paths max 107 bytes).
+    pub fn with_storage(storage: impl Into<PathBuf>) -> Self {
+        Qemu {
+            storage: storage.into(),
+            id: String::new(),
+            config: HypervisorConfig::default(),
+            state: VmState::New,
+            uuid: String::new(),
+            netns: NetworkNamespace::default(),
+            devices: Vec::new(),
+            paths: None,
+            host_memory_mib: 0,
+            qemu: None,
+            virtiofsd: None,
+            qmp: None,
+            hot: HotplugState::default(),
+            accel: None,
+            detached: false,
+        }
+    }
+
+    /// The VM's paths, once created.
+    pub fn vm_paths(&self) -> Option<&VmPaths> {
+        self.paths.as_ref()
+    }
+
+    /// The VM state as this handle knows it.
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    fn invalid(&self, op: &'static str) -> Error {
+        Error::InvalidState {
+            op,
+            state: self.state,
+        }
+    }
+
+    fn require(&self, op: &'static str, states: &[VmState]) -> Result<()> {
+        if states.contains(&self.state) {
+            Ok(())
+        } else {
+            Err(self.invalid(op))
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        self.paths
+            .as_ref()
+            .map(|p| process::log_tail(&p.qemu_log))
+            .unwrap_or_default()
+    }
+
+    /// The error for a QEMU that exited on its own, if it has.
+    fn exited_error(&self) -> Option<QemuError> {
+        let p = self.qemu.as_ref()?;
+        p.exited().map(|exit| QemuError::Exited {
+            pid: p.pid(),
+            exit,
+            log_tail: self.log_tail(),
+        })
+    }
+
+    /// `result`, unless QEMU died meanwhile: then its exit and log, which
+    /// say more than the QMP error it caused.
+    async fn or_exited<T>(&mut self, result: Result<T>) -> Result<T> {
+        let Err(e) = result else {
+            return result;
+        };
+        let gone = matches!(
+            &e,
+            Error::Qemu(QemuError::Qmp(
+                QmpError::Disconnected { .. }
+                    | QmpError::Send { .. }
+                    | QmpError::Timeout { .. }
+                    | QmpError::Connect { .. }
+                    | QmpError::Greeting { .. }
+            )) | Error::Qemu(QemuError::UnplugTimeout { .. })
+        );
+        if gone {
+            if let Some(p) = &self.qemu {
+                if p.wait(Duration::from_millis(500)).await.is_some() {
+                    if let Some(exited) = self.exited_error() {
+                        self.qmp = None;
+                        self.state = VmState::Stopped;
+                        return Err(exited.into());
+                    }
+                }
+            }
+        }
+        Err(e)
+    }
+
+    /// The QMP connection, (re)connected when needed.
+    async fn qmp(&mut self) -> Result<Arc<Qmp>, QemuError> {
+        if let Some(e) = self.exited_error() {
+            self.qmp = None;
+            return Err(e);
+        }
+        if let Some(q) = self.qmp.as_ref().filter(|q| !q.is_closed()) {
+            return Ok(Arc::clone(q));
+        }
+        let path = self
+            .paths
+            .as_ref()
+            .map(|p| p.qmp.clone())
+            .unwrap_or_default();
+        let q = Arc::new(Qmp::connect(&path, CONNECT_TIMEOUT).await?);
+        self.qmp = Some(Arc::clone(&q));
+        Ok(q)
+    }
+
+    fn resolve_accel(&self) -> Result<Accelerator, QemuError> {
+        let kvm = probe::probe_host_kvm();
+        let accel = probe::resolve_accel(self.config.accel, &kvm);
+        match (self.config.accel, accel) {
+            (crate::config::Accel::Auto, crate::config::Accel::Tcg) => tracing::info!(
+                reason = kvm.reason.as_deref().unwrap_or(""),
+                "accel auto: using TCG"
+            ),
+            (requested, resolved) => {
+                tracing::info!(%requested, %resolved, "accelerator")
+            }
+        }
+        Ok(Accelerator::from_resolved(accel)?)
+    }
+
+    /// Waits for QMP on a QEMU that is starting, until `deadline`.
+    async fn wait_qmp(&self, timeout: Duration) -> Result<Qmp, QemuError> {
+        let (Some(p), Some(paths)) = (&self.qemu, &self.paths) else {
+            return Err(QemuError::Process(process::ProcessError::NotRunning {
+                pid: 0,
+            }));
+        };
+        let deadline = Instant::now() + timeout;
+        let mut exit = p.exit_watch();
+        let mut last = None;
+        loop {
+            if let Some(exit) = p.exited() {
+                return Err(QemuError::EarlyExit {
+                    exit,
+                    log_tail: process::log_tail(&paths.qemu_log),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(QemuError::StartTimeout {
+                    path: paths.qmp.clone(),
+                    timeout,
+                    log_tail: process::log_tail(&paths.qemu_log),
+                    last,
+                });
+            }
+            match Qmp::connect(&paths.qmp, left).await {
+                Ok(q) => return Ok(q),
+                Err(e) if e.is_transient_connect() => {
+                    last = Some(e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20).min(left)) => {}
+                        _ = exit.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    // QEMU dying mid-handshake shows as a QMP error: the
+                    // exit is the better answer.
+                    if let Some(exit) = p.wait(Duration::from_millis(200)).await {
+                        return Err(QemuError::EarlyExit {
+                            exit,
+                            log_tail: process::log_tail(&paths.qemu_log),
+                        });
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    async fn launch(&mut self, timeout: Duration) -> Result<(), QemuError> {
+        let accel = self.resolve_accel()?;
+        self.accel = Some(accel);
+        let paths = self
+            .paths
+            .clone()
+            .expect("create_sandbox set the paths before the state became Created");
+        std::fs::create_dir_all(&paths.dir).map_err(|source| QemuError::VmDir {
+            action: "create",
+            path: paths.dir.clone(),
+            source,
+        })?;
+        for stale in [&paths.qmp, &paths.console] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let machine = MachineType::parse(&self.config.hypervisor_machine_type)?;
+        let image_size = match self.config.asset_path(crate::assets::AssetType::Image) {
+            Some(img) if !self.config.disable_image_nvdimm && machine != MachineType::Microvm => {
+                Some(
+                    std::fs::metadata(img)
+                        .map_err(|source| QemuError::Image {
+                            path: img.to_path_buf(),
+                            source,
+                        })?
+                        .len(),
+                )
+            }
+            _ => None,
+        };
+        let spec = LaunchSpec {
+            config: &self.config,
+            id: &self.id,
+            uuid: &self.uuid,
+            accel,
+            host_memory_mib: self.host_memory_mib,
+            paths: &paths,
+            devices: &self.devices,
+            image_size,
+            vhost_net: self.vhost_net(),
+        };
+        let cmd = cmdline::build(&spec)?;
+
+        if self.config.shared_fs.is_virtio_fs() {
+            let share = self.devices.iter().find_map(|d| match d {
+                Device::Fs(v) => Some(v.host_path.clone()),
+                _ => None,
+            });
+            if let Some(source) = share {
+                self.virtiofsd = Some(virtiofsd::start(
+                    &self.config,
+                    &source,
+                    &paths.virtiofs,
+                    &paths.virtiofsd_log,
+                )?);
+            }
+        }
+
+        let fds = cmd
+            .fds
+            .iter()
+            .map(|(fd, n)| fd.try_clone().map(|fd| (fd, *n)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(QemuError::DupFd)?;
+        tracing::info!(id = self.id, args = ?cmd.args, "starting qemu");
+        self.qemu = Some(Supervised::spawn(process::Spawn {
+            program: &cmd.program,
+            args: &cmd.args,
+            fds,
+            log: &paths.qemu_log,
+            netns: self.netns.path.as_deref(),
+        })?);
+        let started = Instant::now();
+        let qmp = self.wait_qmp(timeout).await?;
+        tracing::info!(
+            id = self.id,
+            version = %qmp.version(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "qemu answers on QMP"
+        );
+        self.qmp = Some(Arc::new(qmp));
+
+        if self.config.boot_from_template {
+            self.restore_template().await?;
+        }
+        Ok(())
+    }
+
+    /// Loads device state from the template and resumes: the memory comes
+    /// from the template's file (mapped private), the rest from
+    /// `devices_state_path`.
+    async fn restore_template(&mut self) -> Result<(), QemuError> {
+        let state_file = self
+            .config
+            .devices_state_path
+            .clone()
+            .ok_or(QemuError::NoDevicesStatePath)?;
+        let uri = format!("exec:cat {}", shell_quote(&state_file.to_string_lossy()));
+        let qmp = self.qmp().await?;
+        qmp.execute(&qmp::MigrateSetCapabilities {
+            capabilities: vec![qmp::MigrationCapability {
+                capability: "x-ignore-shared",
+                state: true,
+            }],
+        })
+        .await?;
+        qmp.execute(&qmp::MigrateIncoming { uri: uri.clone() })
+            .await?;
+        wait_migration(&qmp, &uri, MIGRATION_TIMEOUT).await?;
+        qmp.execute(&qmp::Cont {}).await?;
+        Ok(())
+    }
+
+    /// Kills whatever a failed start left and removes the VM directory.
+    async fn abort_start(&mut self) {
+        self.qmp = None;
+        if let Some(p) = self.qemu.take() {
+            p.kill();
+            if p.wait(REAP_TIMEOUT).await.is_none() {
+                tracing::error!(pid = p.pid(), "qemu did not die after SIGKILL");
+            }
+        }
+        if let Some(v) = self.virtiofsd.take() {
+            v.terminate(REAP_TIMEOUT).await;
+        }
+        if let Some(paths) = &self.paths {
+            if let Err(e) = remove_dir(&paths.dir) {
+                tracing::warn!(error = %e, "cannot remove VM directory after a failed start");
+            }
+        }
+    }
+
+    fn restore_from_state(&mut self, state: &HypervisorState) -> Result<(), QemuError> {
+        if state.hypervisor != HypervisorType::Qemu {
+            return Err(QemuError::WrongHypervisor(state.hypervisor));
+        }
+        self.id = state.id.clone();
+        self.uuid = state.uuid.clone();
+        let storage = state
+            .vm_dir
+            .parent()
+            .map_or_else(|| self.storage.clone(), Path::to_path_buf);
+        self.storage = storage;
+        let mut paths = VmPaths::new(&self.storage, &self.id);
+        if let Some(qmp) = &state.api_socket {
+            paths.qmp = qmp.clone();
+        }
+        if let Some(console) = &state.console_socket {
+            paths.console = console.clone();
+        }
+        self.paths = Some(paths);
+        let mut hot = HotplugState::new(self.config.default_bridges, state.pcie_root_port);
+        hot.restore_devices(&state.hotplugged_devices)?;
+        hot.vcpus = state.hotplugged_vcpus.clone();
+        hot.memory = state.hotplugged_memory.clone();
+        hot.memory_mib = state.hotplugged_memory_mib;
+        hot.block_indexes = state.block_index_map.clone();
+        self.hot = hot;
+        self.host_memory_mib = host_memory_mib()?;
+        // The same host resolves `auto` the same way it did at start.
+        self.accel = Some(self.resolve_accel()?);
+        Ok(())
+    }
+
+    fn adopt(&mut self, state: &HypervisorState) -> Result<(), QemuError> {
+        let qmp_path = self
+            .paths
+            .as_ref()
+            .map(|p| p.qmp.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.qemu = Some(Supervised::adopt(state.pid, &qmp_path)?);
+        self.virtiofsd = match state.virtiofsd_pid {
+            Some(pid) => Some(Supervised::adopt(pid, "virtiofsd")?),
+            None => None,
+        };
+        self.detached = false;
+        Ok(())
+    }
+
+    async fn resize_memory_inner(
+        &mut self,
+        mem_mib: u32,
+        block_size_mib: u32,
+        probe: bool,
+    ) -> Result<(u32, MemoryDevice)> {
+        let current = self.config.memory_size + self.hot.memory_mib;
+        if self.config.virtio_mem && current != mem_mib {
+            let now = self.resize_virtio_mem(mem_mib, block_size_mib).await?;
+            return Ok((now, MemoryDevice::default()));
+        }
+        match current.cmp(&mem_mib) {
+            std::cmp::Ordering::Less => {
+                let dev = MemoryDevice {
+                    size_mib: hotplug::round_up_to_block(mem_mib - current, block_size_mib),
+                    probe,
+                    ..MemoryDevice::default()
+                };
+                let dev = self.hotplug_add_memory(dev).await?;
+                Ok((current + dev.size_mib, dev))
+            }
+            std::cmp::Ordering::Greater => {
+                // As the seed: DIMMs are not taken back; the size stays.
+                let dev = MemoryDevice {
+                    size_mib: hotplug::round_up_to_block(current - mem_mib, block_size_mib),
+                    probe,
+                    ..MemoryDevice::default()
+                };
+                tracing::warn!(
+                    current,
+                    requested = mem_mib,
+                    "memory hot-unplug is not supported: keeping the current size"
+                );
+                Ok((current, dev))
+            }
+            std::cmp::Ordering::Equal => Ok((current, MemoryDevice::default())),
+        }
+    }
+
+    async fn resize_vcpus_inner(&mut self, vcpus: u32) -> Result<(u32, u32)> {
+        let current = self.config.num_vcpus + self.hot.vcpus.len() as u32;
+        let new = match current.cmp(&vcpus) {
+            std::cmp::Ordering::Less => current + self.hotplug_add_cpus(vcpus - current).await?,
+            std::cmp::Ordering::Greater => {
+                current - self.hotplug_remove_cpus(current - vcpus).await?
+            }
+            std::cmp::Ordering::Equal => current,
+        };
+        Ok((current, new))
+    }
+}
+
+fn host_memory_mib() -> Result<u64, QemuError> {
+    probe::host_memory_size_kb(Path::new(probe::PROC_MEMINFO))
+        .map(|kb| kb / 1024)
+        .map_err(QemuError::HostMemory)
+}
+
+fn remove_dir(dir: &Path) -> Result<(), QemuError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(QemuError::VmDir {
+            action: "remove",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Polls `query-migrate` until the migration completes, fails, or
+/// `timeout` passes; keeps the last status for the error.
+async fn wait_migration(qmp: &Qmp, uri: &str, timeout: Duration) -> Result<(), QemuError> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("none");
+    loop {
+        let info = qmp.execute(&qmp::QueryMigrate {}).await?;
+        let status = info.status.unwrap_or_else(|| "none".to_string());
+        match status.as_str() {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                return Err(QemuError::Migration {
+                    uri: uri.to_string(),
+                    status,
+                    desc: info.error_desc.unwrap_or_default(),
+                })
+            }
+            _ => {}
+        }
+        if status != last {
+            tracing::debug!(status, "migration");
+            last = status;
+        }
+        if Instant::now() >= deadline {
+            return Err(QemuError::Migration {
+                uri: uri.to_string(),
+                status: last,
+                desc: format!("not completed within {timeout:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn hypervisor_type(&self) -> HypervisorType {
+        HypervisorType::Qemu
+    }
+
+    async fn create_sandbox(
+        &mut self,
+        id: &str,
+        network_ns: &NetworkNamespace,
+        config: &HypervisorConfig,
+        _stateful: bool,
+    ) -> Result<()> {
+        self.require("create_sandbox", &[VmState::New])?;
+        let mut config = config.clone();
+        config.validate()?;
+        // Reject what cannot be launched now, not at start.
+        MachineType::parse(&config.hypervisor_machine_type).map_err(QemuError::from)?;
+        cmdline::memory_knobs(&config, &[]).map_err(QemuError::from)?;
+        let paths = VmPaths::new(&self.storage, id);
+        for name in [VmPaths::QMP, VmPaths::CONSOLE, VmPaths::VIRTIOFS] {
+            socket::build_socket_path(&[&self.storage, Path::new(id), Path::new(name)])?;
+        }
+        self.host_memory_mib = host_memory_mib()?;
+        self.id = id.to_string();
+        self.uuid = new_uuid();
+        self.netns = network_ns.clone();
+        self.hot = HotplugState::new(config.default_bridges, config.pcie_root_port);
+        self.config = config;
+        self.paths = Some(paths);
+        self.state = VmState::Created;
+        tracing::debug!(id, uuid = self.uuid, "sandbox created");
+        Ok(())
+    }
+
+    async fn start_sandbox(&mut self, timeout: Duration) -> Result<()> {
+        self.require("start_sandbox", &[VmState::Created])?;
+        let started = Instant::now();
+        match self.launch(timeout).await {
+            Ok(()) => {
+                self.state = VmState::Running;
+                self.detached = false;
+                tracing::info!(
+                    id = self.id,
+                    pid = self.qemu.as_ref().map(Supervised::pid),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sandbox started"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(id = self.id, error = %e, "cannot start sandbox");
+                self.abort_start().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn stop_sandbox(&mut self) -> Result<()> {
+        let Some(p) = self.qemu.take() else {
+            if matches!(self.state, VmState::Running | VmState::Paused) {
+                self.state = VmState::Stopped;
+            }
+            return Ok(());
+        };
+        let died_alone = p.exited();
+        if died_alone.is_none() {
+            // Ask nicely; a QEMU that cannot be reached gets SIGKILL.
+            let asked = match self.qmp.as_ref().filter(|q| !q.is_closed()) {
+                Some(q) => q.execute_with(&qmp::Quit {}, STOP_GRACE).await.map(drop),
+                None => match Qmp::connect(
+                    &self
+                        .paths
+                        .as_ref()
+                        .map(|p| p.qmp.clone())
+                        .unwrap_or_default(),
+                    Duration::from_secs(2),
+                )
+                .await
+                {
+                    Ok(q) => q.execute_with(&qmp::Quit {}, STOP_GRACE).await.map(drop),
+                    Err(e) => Err(e),
+                },
+            };
+            // `quit` may close the socket before its reply arrives.
+            if let Err(e) = asked {
+                tracing::debug!(error = %e, "qmp quit");
+            }
+            if p.wait(STOP_GRACE).await.is_none() {
+                tracing::warn!(pid = p.pid(), "qemu ignored quit: SIGKILL");
+                p.kill();
+                if p.wait(REAP_TIMEOUT).await.is_none() {
+                    tracing::error!(pid = p.pid(), "qemu did not die after SIGKILL");
+                }
+            }
+        }
+        self.qmp = None;
+        if let Some(v) = self.virtiofsd.take() {
+            v.terminate(REAP_TIMEOUT).await;
+        }
+        self.state = VmState::Stopped;
+        match died_alone {
+            Some(exit) if !matches!(exit, Exit::Unknown) && !exit.success() => {
+                let e = QemuError::Exited {
+                    pid: p.pid(),
+                    exit,
+                    log_tail: self.log_tail(),
+                };
+                tracing::error!(id = self.id, error = %e, "qemu had died before stop");
+                Err(e.into())
+            }
+            Some(exit) => {
+                tracing::warn!(id = self.id, %exit, "qemu had exited before stop");
+                Ok(())
+            }
+            None => {
+                tracing::info!(id = self.id, "sandbox stopped");
+                Ok(())
+            }
+        }
+    }
+
+    async fn pause_sandbox(&mut self) -> Result<()> {
+        self.require("pause_sandbox", &[VmState::Running])?;
+        self.qmp()
+            .await?
+            .execute(&qmp::Stop {})
+            .await
+            .map_err(QemuError::from)?;
+        self.state = VmState::Paused;
+        Ok(())
+    }
+
+    async fn save_sandbox(&mut self) -> Result<()> {
+        self.require("save_sandbox", &[VmState::Running, VmState::Paused])?;
+        let path = self
+            .config
+            .devices_state_path
+            .clone()
+            .ok_or(QemuError::NoDevicesStatePath)?;
+        if self.state == VmState::Running {
+            self.pause_sandbox().await?;
+        }
+        let template = self.config.boot_to_be_template;
+        let uri = format!("exec:cat > {}", shell_quote(&path.to_string_lossy()));
+        let qmp = self.qmp().await?;
+        if template {
+            // The memory is the template's shared file: skip it.
+            qmp.execute(&qmp::MigrateSetCapabilities {
+                capabilities: vec![qmp::MigrationCapability {
+                    capability: "x-ignore-shared",
+                    state: true,
+                }],
+            })
+            .await
+            .map_err(QemuError::from)?;
+        }
+        qmp.execute(&qmp::Migrate { uri: uri.clone() })
+            .await
+            .map_err(QemuError::from)?;
+        wait_migration(&qmp, &uri, MIGRATION_TIMEOUT).await?;
+        tracing::info!(id = self.id, path = %path.display(), "sandbox saved");
+        Ok(())
+    }
+
+    async fn resume_sandbox(&mut self) -> Result<()> {
+        self.require("resume_sandbox", &[VmState::Paused])?;
+        self.qmp()
+            .await?
+            .execute(&qmp::Cont {})
+            .await
+            .map_err(QemuError::from)?;
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    async fn add_device(&mut self, device: Device) -> Result<()> {
+        self.require("add_device", &[VmState::Created])?;
+        match &device {
+            Device::HybridVsock(_) => {
+                return Err(Error::unsupported(
+                    "add_device",
+                    HypervisorType::Qemu,
+                    "hybrid vsock is a firecracker and cloud hypervisor device; use use_vsock or the virtio-serial agent socket",
+                ))
+            }
+            Device::Cpu(_) | Device::Memory(_) => {
+                return Err(Error::unsupported(
+                    "add_device",
+                    HypervisorType::Qemu,
+                    "boot vCPUs and memory come from default_vcpus and default_memory",
+                ))
+            }
+            Device::Fs(v) if self.config.shared_fs == SharedFs::None => {
+                return Err(QemuError::Cmdline(cmdline::CmdlineError::SharedFsDisabled {
+                    tag: v.mount_tag.clone(),
+                })
+                .into())
+            }
+            Device::Fs(v)
+                if self.config.shared_fs.is_virtio_fs()
+                    && self.devices.iter().any(|d| matches!(d, Device::Fs(_))) =>
+            {
+                return Err(QemuError::SecondVirtioFs {
+                    tag: v.mount_tag.clone(),
+                }
+                .into())
+            }
+            Device::Block(d) | Device::Image(d) => {
+                self.hot.block_indexes.insert(d.index);
+            }
+            _ => {}
+        }
+        tracing::debug!(kind = %device.device_type(), "device added");
+        self.devices.push(device);
+        Ok(())
+    }
+
+    async fn hotplug_add_device(&mut self, device: Device) -> Result<HotplugResult> {
+        self.require("hotplug_add_device", &[VmState::Running, VmState::Paused])?;
+        let result = match device {
+            Device::Block(d) => self.hotplug_add_block(d).await,
+            Device::Cpu(n) => Ok(HotplugResult::Cpus(self.hotplug_add_cpus(n).await?)),
+            Device::Memory(m) => Ok(HotplugResult::MemoryMib(
+                self.hotplug_add_memory(m).await?.size_mib,
+            )),
+            Device::Net(n) => self.hotplug_add_net(n).await,
+            Device::Vfio(v) => self.hotplug_add_vfio(v).await,
+            Device::VhostUser(v) => self.hotplug_add_vhost_user(v).await,
+            other => Err(Error::unsupported(
+                "hotplug_add_device",
+                HypervisorType::Qemu,
+                format!("{} devices cannot be hot-plugged", other.device_type()),
+            )),
+        };
+        self.or_exited(result).await
+    }
+
+    async fn hotplug_remove_device(&mut self, device: Device) -> Result<HotplugResult> {
+        self.require(
+            "hotplug_remove_device",
+            &[VmState::Running, VmState::Paused],
+        )?;
+        let result = match device {
+            Device::Block(d) => self.hotplug_remove_block(d).await,
+            Device::Cpu(n) => Ok(HotplugResult::Cpus(self.hotplug_remove_cpus(n).await?)),
+            Device::Memory(_) => Err(Error::unsupported(
+                "hotplug_remove_device",
+                HypervisorType::Qemu,
+                "DIMMs cannot be taken back from a guest reliably; enable_virtio_mem and resize_memory shrink memory",
+            )),
+            Device::Net(n) => self.hotplug_remove_net(n).await,
+            Device::Vfio(v) => self.hotplug_remove_vfio(v).await,
+            Device::VhostUser(v) => self.hotplug_remove_vhost_user(v).await,
+            other => Err(Error::unsupported(
+                "hotplug_remove_device",
+                HypervisorType::Qemu,
+                format!("{} devices cannot be hot-unplugged", other.device_type()),
+            )),
+        };
+        self.or_exited(result).await
+    }
+
+    async fn resize_memory(
+        &mut self,
+        mem_mib: u32,
+        block_size_mib: u32,
+        probe: bool,
+    ) -> Result<(u32, MemoryDevice)> {
+        self.require("resize_memory", &[VmState::Running, VmState::Paused])?;
+        let result = self
+            .resize_memory_inner(mem_mib, block_size_mib, probe)
+            .await;
+        self.or_exited(result).await
+    }
+
+    async fn resize_vcpus(&mut self, vcpus: u32) -> Result<(u32, u32)> {
+        self.require("resize_vcpus", &[VmState::Running, VmState::Paused])?;
+        let result = self.resize_vcpus_inner(vcpus).await;
+        self.or_exited(result).await
+    }
+
+    async fn sandbox_console(&self, id: &str) -> Result<Option<PathBuf>> {
+        Ok(Some(socket::build_socket_path(&[
+            &self.storage,
+            Path::new(id),
+            Path::new(VmPaths::CONSOLE),
+        ])?))
+    }
+
+    async fn disconnect(&mut self) {
+        self.qmp = None;
+        self.detached = true;
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let machine =
+            MachineType::parse(&self.config.hypervisor_machine_type).unwrap_or(MachineType::Q35);
+        let hotplug = machine.supports_hotplug();
+        Capabilities {
+            block_device: true,
+            block_device_hotplug: hotplug,
+            multi_queue: true,
+            fs_sharing: self.config.shared_fs != SharedFs::None,
+            hybrid_vsock: false,
+            cpu_hotplug: hotplug,
+            memory_hotplug: hotplug && (self.config.mem_slots > 0 || self.config.virtio_mem),
+            net_hotplug: hotplug,
+            vfio: hotplug,
+            pause: true,
+            save: true,
+            vm_template: true,
+            vm_cache: true,
+            reattach: true,
+        }
+    }
+
+    fn hypervisor_config(&self) -> HypervisorConfig {
+        self.config.clone()
+    }
+
+    async fn thread_ids(&mut self) -> Result<VcpuThreadIds> {
+        self.require("thread_ids", &[VmState::Running, VmState::Paused])?;
+        let cpus = self
+            .qmp()
+            .await?
+            .execute(&qmp::QueryCpusFast {})
+            .await
+            .map_err(QemuError::from)?;
+        Ok(VcpuThreadIds {
+            vcpus: cpus
+                .into_iter()
+                .filter(|c| c.thread_id > 0)
+                .map(|c| (c.cpu_index, c.thread_id))
+                .collect(),
+        })
+    }
+
+    async fn cleanup(&mut self) -> Result<()> {
+        if self.qemu.as_ref().is_some_and(|p| p.exited().is_none()) {
+            return Err(self.invalid("cleanup"));
+        }
+        self.qmp = None;
+        self.qemu = None;
+        if let Some(v) = self.virtiofsd.take() {
+            v.terminate(REAP_TIMEOUT).await;
+        }
+        // Closes the descriptors the devices held (vhost-vsock).
+        self.devices.clear();
+        if let Some(paths) = &self.paths {
+            remove_dir(&paths.dir)?;
+            tracing::debug!(dir = %paths.dir.display(), "VM directory removed");
+        }
+        Ok(())
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.qemu
+            .iter()
+            .chain(self.virtiofsd.iter())
+            .map(Supervised::pid)
+            .collect()
+    }
+
+    async fn from_grpc(&mut self, config: &HypervisorConfig, data: &[u8]) -> Result<()> {
+        self.require("from_grpc", &[VmState::New])?;
+        let state: HypervisorState = serde_json::from_slice(data).map_err(QemuError::Grpc)?;
+        let mut config = config.clone();
+        config.validate()?;
+        self.config = config;
+        self.restore_from_state(&state)?;
+        self.adopt(&state)?;
+        self.state = state.state;
+        Ok(())
+    }
+
+    async fn to_grpc(&mut self) -> Result<Vec<u8>> {
+        let data = serde_json::to_vec(&self.save()).map_err(QemuError::Grpc)?;
+        self.qmp = None;
+        self.detached = true;
+        // Close the descriptors the devices held (vhost-vsock): QEMU has
+        // its own copies.
+        self.devices.clear();
+        Ok(data)
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        if self.qemu.is_none() {
+            return Err(self.invalid("check"));
+        }
+        if let Some(e) = self.exited_error() {
+            self.qmp = None;
+            self.state = VmState::Stopped;
+            return Err(e.into());
+        }
+        if let Some(v) = &self.virtiofsd {
+            if let Some(exit) = v.exited() {
+                return Err(QemuError::VirtiofsdExited { pid: v.pid(), exit }.into());
+            }
+        }
+        let qmp = match self.qmp.as_ref().filter(|q| !q.is_closed()) {
+            Some(q) => Arc::clone(q),
+            None => {
+                let path = self
+                    .paths
+                    .as_ref()
+                    .map(|p| p.qmp.clone())
+                    .unwrap_or_default();
+                match Qmp::connect(&path, CHECK_TIMEOUT).await {
+                    Ok(q) => {
+                        let q = Arc::new(q);
+                        self.qmp = Some(Arc::clone(&q));
+                        q
+                    }
+                    Err(e) => return self.or_exited(Err(QemuError::from(e).into())).await,
+                }
+            }
+        };
+        let status = match qmp.execute_with(&qmp::QueryStatus {}, CHECK_TIMEOUT).await {
+            Ok(s) => s,
+            // A closed socket is usually QEMU dying: its exit, which the
+            // reaper reports a moment later, is the better answer.
+            Err(e) => return self.or_exited(Err(QemuError::from(e).into())).await,
+        };
+        match status.status.as_str() {
+            "internal-error" | "guest-panicked" => Err(QemuError::GuestFailure {
+                status: status.status,
+            }
+            .into()),
+            "running" => {
+                self.state = VmState::Running;
+                Ok(())
+            }
+            "paused" | "postmigrate" => {
+                self.state = VmState::Paused;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn save(&self) -> HypervisorState {
+        let paths = self.paths.as_ref();
+        HypervisorState {
+            hypervisor: HypervisorType::Qemu,
+            id: self.id.clone(),
+            pid: self.qemu.as_ref().map_or(0, Supervised::pid),
+            uuid: self.uuid.clone(),
+            state: self.state,
+            vm_dir: paths.map(|p| p.dir.clone()).unwrap_or_default(),
+            api_socket: paths.map(|p| p.qmp.clone()),
+            console_socket: paths.map(|p| p.console.clone()),
+            block_index_map: self
+                .hot
+                .block_indexes
+                .iter()
+                .copied()
+                .collect::<BTreeSet<_>>(),
+            hotplugged_memory_mib: self.hot.memory_mib,
+            hotplugged_vcpus: self.hot.vcpus.clone(),
+            hotplugged_memory: self.hot.memory.clone(),
+            hotplugged_devices: self.hot.device_strings(),
+            virtiofsd_pid: self.virtiofsd.as_ref().map(Supervised::pid),
+            pcie_root_port: self.config.pcie_root_port,
+            hotplug_vfio_on_root_bus: self.config.hotplug_vfio_on_root_bus,
+            config: self.config.clone(),
+        }
+    }
+
+    async fn load(&mut self, state: HypervisorState) -> Result<()> {
+        self.require("load", &[VmState::New])?;
+        let mut config = state.config.clone();
+        config.validate()?;
+        self.config = config;
+        self.restore_from_state(&state)?;
+        self.adopt(&state)?;
+        let qmp = self.qmp().await?;
+        let status = qmp
+            .execute(&qmp::QueryStatus {})
+            .await
+            .map_err(QemuError::from)?;
+        self.state = if status.running {
+            VmState::Running
+        } else {
+            VmState::Paused
+        };
+        tracing::info!(id = self.id, pid = state.pid, state = %self.state, "re-attached to qemu");
+        Ok(())
+    }
+
+    fn generate_socket(&self, id: &str, use_vsock: bool) -> Result<AgentSocket> {
+        Ok(socket::generate_vm_socket(id, use_vsock, &self.storage)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

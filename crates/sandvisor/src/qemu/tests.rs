@@ -1,0 +1,821 @@
+//! Golden command lines and the backend's state rules, without a VM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::cmdline::{self, Accelerator, LaunchSpec, VmPaths};
+use super::*;
+use crate::config::{Accel, BlockDeviceDriver, HypervisorConfig, SharedFs};
+use crate::device::{BlockDrive, NetDevice, SharedFsVolume, UnixSocket, VSock, VfioDevice};
+use crate::param::Param;
+
+const UUID: &str = "6b9e2a8c-1f0d-4c3e-9a7b-2d5f8e1c0a94";
+const HOST_MIB: u64 = 16384;
+
+fn base() -> HypervisorConfig {
+    let mut c = HypervisorConfig {
+        kernel_path: Some("/k/vmlinuz".into()),
+        initrd_path: Some("/k/initrd.img".into()),
+        hypervisor_path: Some("/usr/bin/qemu-system-x86_64".into()),
+        memory_size: 512,
+        default_max_vcpus: 4,
+        mem_slots: 2,
+        ..HypervisorConfig::default()
+    };
+    c.validate().expect("valid");
+    c
+}
+
+fn paths() -> VmPaths {
+    VmPaths::new(Path::new("/run/sv"), "vm1")
+}
+
+fn agent() -> Device {
+    Device::SerialPort(UnixSocket {
+        device_id: "channel0".into(),
+        id: "charch0".into(),
+        host_path: "/run/sv/vm1/kata.sock".into(),
+        name: "agent.channel.0".into(),
+    })
+}
+
+fn argv(
+    c: &HypervisorConfig,
+    accel: Accelerator,
+    devices: &[Device],
+    image: Option<u64>,
+) -> Vec<String> {
+    let p = paths();
+    let spec = LaunchSpec {
+        config: c,
+        id: "vm1",
+        uuid: UUID,
+        accel,
+        host_memory_mib: HOST_MIB,
+        paths: &p,
+        devices,
+        image_size: image,
+        vhost_net: false,
+    };
+    cmdline::build(&spec).expect("builds").args
+}
+
+fn dev_null() -> Arc<std::os::fd::OwnedFd> {
+    Arc::new(std::fs::File::open("/dev/null").expect("/dev/null").into())
+}
+
+fn drive(id: &str, index: u32) -> BlockDrive {
+    BlockDrive {
+        file: PathBuf::from(format!("/dev/disk/{id}")),
+        format: "raw".into(),
+        id: id.into(),
+        index,
+        ..BlockDrive::default()
+    }
+}
+
+fn pc_kvm_image() -> (HypervisorConfig, Vec<Device>) {
+    let mut c = base();
+    c.initrd_path = None;
+    c.image_path = Some("/k/root,1.img".into());
+    c.hypervisor_machine_type = "pc".into();
+    c.block_device_driver = Some(BlockDeviceDriver::VirtioBlock);
+    c.default_bridges = 2;
+    c.debug = true;
+    c.cpu_features = "pmu=off".into();
+    c.machine_accelerators = ",kernel_irqchip=on".into();
+    c.entropy_source = Some("/dev/random".into());
+    c.mem_prealloc = true;
+    c.use_vsock = true;
+    c.kernel_params = vec![Param::new("agent.log", "debug")];
+    c.shared_fs = SharedFs::Virtio9p;
+    let devices = vec![
+        Device::VsockPci(VSock {
+            vhost_fd: dev_null(),
+            context_id: 42,
+            port: 1024,
+        }),
+        Device::Fs(SharedFsVolume {
+            mount_tag: "kataShared".into(),
+            host_path: "/run/share".into(),
+        }),
+        Device::Net(NetDevice {
+            id: "eth0".into(),
+            tap_name: "tap0_kata".into(),
+            mac: "02:00:ca:fe:00:01".into(),
+            queues: 2,
+        }),
+        Device::Block(BlockDrive {
+            read_only: true,
+            ..drive("rootfs", 0)
+        }),
+        Device::Vfio(VfioDevice {
+            id: "vfio0".into(),
+            bdf: "0000:03:00.0".into(),
+            sysfs_dev: PathBuf::new(),
+        }),
+    ];
+    (c, devices)
+}
+
+fn microvm() -> HypervisorConfig {
+    let mut c = base();
+    c.hypervisor_machine_type = "microvm".into();
+    c.block_device_driver = Some(BlockDeviceDriver::VirtioBlock);
+    c
+}
+
+fn template(from: bool) -> HypervisorConfig {
+    let mut c = base();
+    c.memory_path = Some("/run/tpl/memory".into());
+    c.devices_state_path = Some("/run/tpl/state".into());
+    c.boot_to_be_template = !from;
+    c.boot_from_template = from;
+    c
+}
+
+fn virtio_fs() -> (HypervisorConfig, Vec<Device>) {
+    let mut c = base();
+    c.shared_fs = SharedFs::VirtioFs;
+    c.virtio_fs_daemon = Some("/usr/libexec/virtiofsd".into());
+    c.pcie_root_port = 2;
+    c.iommu = true;
+    c.enable_io_threads = true;
+    c.block_device_cache_set = true;
+    c.block_device_cache_direct = true;
+    c.virtio_mem = true;
+    let devices = vec![
+        agent(),
+        Device::Fs(SharedFsVolume {
+            mount_tag: "kataShared".into(),
+            host_path: "/run/share".into(),
+        }),
+        Device::Block(drive("d2", 258)),
+    ];
+    (c, devices)
+}
+
+// Golden command lines. Each was read line by line against QEMU 7.2's
+// documentation and Kata 1.x's; the ones QEMU can run here (TCG) are also
+// booted by tests/vm_qemu_configs.rs. Update them only with that review.
+
+const Q35_TCG: &[&str] = &[
+    "-name",
+    "sandbox-vm1",
+    "-uuid",
+    "6b9e2a8c-1f0d-4c3e-9a7b-2d5f8e1c0a94",
+    "-machine",
+    "q35,accel=tcg",
+    "-cpu",
+    "max",
+    "-qmp",
+    "unix:/run/sv/vm1/qmp.sock,server=on,wait=off",
+    "-m",
+    "512M,slots=2,maxmem=17408M",
+    "-smp",
+    "1,cores=1,threads=1,sockets=4,maxcpus=4",
+    "-device",
+    "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=2",
+    "-chardev",
+    "socket,id=charconsole0,path=/run/sv/vm1/console.sock,server=on,wait=off",
+    "-serial",
+    "chardev:charconsole0",
+    "-device",
+    "virtio-scsi-pci,id=scsi0",
+    "-device",
+    "virtio-serial-pci,id=serial0",
+    "-chardev",
+    "socket,id=charch0,path=/run/sv/vm1/kata.sock,server=on,wait=off",
+    "-device",
+    "virtserialport,bus=serial0.0,chardev=charch0,id=channel0,name=agent.channel.0",
+    "-object",
+    "rng-random,id=rng0,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-pci,rng=rng0",
+    "-rtc",
+    "base=utc,driftfix=slew,clock=host",
+    "-no-user-config",
+    "-nodefaults",
+    "-nographic",
+    "--no-reboot",
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+    "-kernel",
+    "/k/vmlinuz",
+    "-initrd",
+    "/k/initrd.img",
+    "-append",
+    "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=ttyS0 cryptomgr.notests net.ifnames=0 pci=lastbus=0 iommu=off quiet panic=1 nr_cpus=4 agent.use_vsock=false",
+];
+
+const PC_KVM_IMAGE: &[&str] = &[
+    "-name",
+    "sandbox-vm1",
+    "-uuid",
+    "6b9e2a8c-1f0d-4c3e-9a7b-2d5f8e1c0a94",
+    "-machine",
+    "pc,accel=kvm,kernel_irqchip=on,nvdimm=on,memory-backend=ram0",
+    "-cpu",
+    "host,pmu=off",
+    "-qmp",
+    "unix:/run/sv/vm1/qmp.sock,server=on,wait=off",
+    "-m",
+    "512M,slots=2,maxmem=17408M",
+    "-object",
+    "memory-backend-ram,id=ram0,size=512M,prealloc=on",
+    "-smp",
+    "1,cores=1,threads=1,sockets=4,maxcpus=4",
+    "-device",
+    "pci-bridge,bus=pci.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=2",
+    "-device",
+    "pci-bridge,bus=pci.0,id=pci-bridge-1,chassis_nr=2,shpc=on,addr=3",
+    "-chardev",
+    "socket,id=charconsole0,path=/run/sv/vm1/console.sock,server=on,wait=off,logfile=/run/sv/vm1/console.log",
+    "-serial",
+    "chardev:charconsole0",
+    "-object",
+    "memory-backend-file,id=mem0,mem-path=/k/root,,1.img,size=314572800,readonly=on",
+    "-device",
+    "nvdimm,id=nv0,memdev=mem0,unarmed=on",
+    "-device",
+    "vhost-vsock-pci,id=vsock-42,guest-cid=42,vhostfd=3",
+    "-fsdev",
+    "local,id=extra-9p-kataShared,path=/run/share,security_model=none,multidevs=remap",
+    "-device",
+    "virtio-9p-pci,fsdev=extra-9p-kataShared,mount_tag=kataShared",
+    "-netdev",
+    "tap,id=network-0,ifname=tap0_kata,script=no,downscript=no,queues=2",
+    "-device",
+    "virtio-net-pci,netdev=network-0,mac=02:00:ca:fe:00:01,id=virtio-eth0,mq=on,vectors=6",
+    "-drive",
+    "id=rootfs,file=/dev/disk/rootfs,aio=threads,format=raw,if=none,readonly=on",
+    "-device",
+    "virtio-blk-pci,drive=rootfs,id=virtio-rootfs",
+    "-device",
+    "vfio-pci,host=0000:03:00.0,id=vfio0",
+    "-object",
+    "rng-random,id=rng0,filename=/dev/random",
+    "-device",
+    "virtio-rng-pci,rng=rng0",
+    "-rtc",
+    "base=utc,driftfix=slew,clock=host",
+    "-global",
+    "kvm-pit.lost_tick_policy=discard",
+    "-no-user-config",
+    "-nodefaults",
+    "-nographic",
+    "--no-reboot",
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+    "-kernel",
+    "/k/vmlinuz",
+    "-append",
+    "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=ttyS0 cryptomgr.notests net.ifnames=0 pci=lastbus=0 iommu=off root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 debug systemd.show_status=true panic=1 nr_cpus=4 agent.use_vsock=true agent.log=debug",
+];
+
+const MICROVM_TCG: &[&str] = &[
+    "-name",
+    "sandbox-vm1",
+    "-uuid",
+    "6b9e2a8c-1f0d-4c3e-9a7b-2d5f8e1c0a94",
+    "-machine",
+    "microvm,accel=tcg",
+    "-cpu",
+    "max",
+    "-qmp",
+    "unix:/run/sv/vm1/qmp.sock,server=on,wait=off",
+    "-m",
+    "512M",
+    "-smp",
+    "1,cores=1,threads=1,sockets=4,maxcpus=4",
+    "-chardev",
+    "socket,id=charconsole0,path=/run/sv/vm1/console.sock,server=on,wait=off",
+    "-serial",
+    "chardev:charconsole0",
+    "-device",
+    "virtio-serial-device,id=serial0",
+    "-chardev",
+    "socket,id=charch0,path=/run/sv/vm1/kata.sock,server=on,wait=off",
+    "-device",
+    "virtserialport,bus=serial0.0,chardev=charch0,id=channel0,name=agent.channel.0",
+    "-drive",
+    "id=d1,file=/dev/disk/d1,aio=threads,format=raw,if=none",
+    "-device",
+    "virtio-blk-device,drive=d1,id=virtio-d1",
+    "-object",
+    "rng-random,id=rng0,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-device,rng=rng0",
+    "-rtc",
+    "base=utc,driftfix=slew,clock=host",
+    "-no-user-config",
+    "-nodefaults",
+    "-nographic",
+    "--no-reboot",
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+    "-kernel",
+    "/k/vmlinuz",
+    "-initrd",
+    "/k/initrd.img",
+    "-append",
+    "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=ttyS0 cryptomgr.notests net.ifnames=0 iommu=off quiet panic=1 nr_cpus=4 agent.use_vsock=false",
+];
+
+const TEMPLATE_TO_BE_KVM: &[&str] = &[
+    "-name",
+    "sandbox-vm1",
+    "-uuid",
+    "6b9e2a8c-1f0d-4c3e-9a7b-2d5f8e1c0a94",
+    "-machine",
+    "q35,accel=kvm,kernel_irqchip=on,memory-backend=ram0",
+    "-cpu",
+    "host,vmx=off",
+    "-qmp",
+    "unix:/run/sv/vm1/qmp.sock,server=on,wait=off",
+    "-m",
+    "512M,slots=2,maxmem=17408M",
+    "-object",
+    "memory-backend-file,id=ram0,size=512M,mem-path=/run/tpl/memory,share=on",
+    "-smp",
+    "1,cores=1,threads=1,sockets=4,maxcpus=4",
+    "-device",
+    "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=2",
+    "-chardev",
+    "socket,id=charconsole0,path=/run/sv/vm1/console.sock,server=on,wait=off",
+    "-serial",
+    "chardev:charconsole0",
+    "-device",
+    "virtio-scsi-pci,id=scsi0",
+    "-device",
+    "virtio-serial-pci,id=serial0",
+    "-chardev",
+    "socket,id=charch0,path=/run/sv/vm1/kata.sock,server=on,wait=off",
+    "-device",
+    "virtserialport,bus=serial0.0,chardev=charch0,id=channel0,name=agent.channel.0",
+    "-object",
+    "rng-random,id=rng0,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-pci,rng=rng0",
+    "-rtc",
+    "base=utc,driftfix=slew,clock=host",
+    "-global",
+    "kvm-pit.lost_tick_policy=discard",
+    "-no-user-config",
+    "-nodefaults",
+    "-nographic",
+    "--no-reboot",
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+    "-kernel",
+    "/k/vmlinuz",
+    "-initrd",
+    "/k/initrd.img",
+    "-append",
+    "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=ttyS0 cryptomgr.notests net.ifnames=0 pci=lastbus=0 iommu=off quiet panic=1 nr_cpus=4 agent.use_vsock=false",
+];
+
+const TEMPLATE_FROM_TCG: &[&str] = &[
+    "-name",
+    "sandbox-vm1",
+    "-uuid",
+    "6b9e2a8c-1f0d-4c3e-9a7b-2d5f8e1c0a94",
+    "-machine",
+    "q35,accel=tcg,memory-backend=ram0",
+    "-cpu",
+    "max",
+    "-qmp",
+    "unix:/run/sv/vm1/qmp.sock,server=on,wait=off",
+    "-m",
+    "512M,slots=2,maxmem=17408M",
+    "-object",
+    "memory-backend-file,id=ram0,size=512M,mem-path=/run/tpl/memory,share=off",
+    "-smp",
+    "1,cores=1,threads=1,sockets=4,maxcpus=4",
+    "-device",
+    "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=2",
+    "-chardev",
+    "socket,id=charconsole0,path=/run/sv/vm1/console.sock,server=on,wait=off",
+    "-serial",
+    "chardev:charconsole0",
+    "-device",
+    "virtio-scsi-pci,id=scsi0",
+    "-device",
+    "virtio-serial-pci,id=serial0",
+    "-chardev",
+    "socket,id=charch0,path=/run/sv/vm1/kata.sock,server=on,wait=off",
+    "-device",
+    "virtserialport,bus=serial0.0,chardev=charch0,id=channel0,name=agent.channel.0",
+    "-object",
+    "rng-random,id=rng0,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-pci,rng=rng0",
+    "-rtc",
+    "base=utc,driftfix=slew,clock=host",
+    "-no-user-config",
+    "-nodefaults",
+    "-nographic",
+    "--no-reboot",
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+    "-incoming",
+    "defer",
+    "-kernel",
+    "/k/vmlinuz",
+    "-initrd",
+    "/k/initrd.img",
+    "-append",
+    "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=ttyS0 cryptomgr.notests net.ifnames=0 pci=lastbus=0 iommu=off quiet panic=1 nr_cpus=4 agent.use_vsock=false",
+];
+
+const VIRTIO_FS_Q35_TCG: &[&str] = &[
+    "-name",
+    "sandbox-vm1",
+    "-uuid",
+    "6b9e2a8c-1f0d-4c3e-9a7b-2d5f8e1c0a94",
+    "-machine",
+    "q35,accel=tcg,memory-backend=ram0",
+    "-cpu",
+    "max",
+    "-qmp",
+    "unix:/run/sv/vm1/qmp.sock,server=on,wait=off",
+    "-m",
+    "512M,slots=2,maxmem=17408M",
+    "-object",
+    "memory-backend-memfd,id=ram0,size=512M,share=on",
+    "-smp",
+    "1,cores=1,threads=1,sockets=4,maxcpus=4",
+    "-object",
+    "iothread,id=iothread0",
+    "-device",
+    "intel-iommu,intremap=on,device-iotlb=on,caching-mode=on",
+    "-device",
+    "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=2",
+    "-device",
+    "pcie-root-port,id=rp0,bus=pcie.0,chassis=0,slot=0,multifunction=off",
+    "-device",
+    "pcie-root-port,id=rp1,bus=pcie.0,chassis=0,slot=1,multifunction=off",
+    "-chardev",
+    "socket,id=charconsole0,path=/run/sv/vm1/console.sock,server=on,wait=off",
+    "-serial",
+    "chardev:charconsole0",
+    "-device",
+    "virtio-scsi-pci,id=scsi0,iothread=iothread0",
+    "-device",
+    "virtio-serial-pci,id=serial0",
+    "-chardev",
+    "socket,id=charch0,path=/run/sv/vm1/kata.sock,server=on,wait=off",
+    "-device",
+    "virtserialport,bus=serial0.0,chardev=charch0,id=channel0,name=agent.channel.0",
+    "-chardev",
+    "socket,id=char-virtiofs,path=/run/sv/vm1/vhost-fs.sock",
+    "-device",
+    "vhost-user-fs-pci,chardev=char-virtiofs,tag=kataShared",
+    "-drive",
+    "id=d2,file=/dev/disk/d2,aio=threads,format=raw,if=none,cache.direct=on,cache.no-flush=off",
+    "-device",
+    "scsi-hd,bus=scsi0.0,drive=d2,id=virtio-d2,scsi-id=1,lun=2",
+    "-object",
+    "memory-backend-memfd,id=virtiomem-mem,size=15872M,share=on",
+    "-device",
+    "virtio-mem-pci,id=virtiomem0,memdev=virtiomem-mem,requested-size=0",
+    "-object",
+    "rng-random,id=rng0,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-pci,rng=rng0",
+    "-rtc",
+    "base=utc,driftfix=slew,clock=host",
+    "-no-user-config",
+    "-nodefaults",
+    "-nographic",
+    "--no-reboot",
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+    "-kernel",
+    "/k/vmlinuz",
+    "-initrd",
+    "/k/initrd.img",
+    "-append",
+    "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=ttyS0 cryptomgr.notests net.ifnames=0 pci=lastbus=0 intel_iommu=on iommu=pt quiet panic=1 nr_cpus=4 agent.use_vsock=false",
+];
+
+#[test]
+fn q35_tcg_with_the_agent_channel() {
+    assert_eq!(argv(&base(), Accelerator::Tcg, &[agent()], None), Q35_TCG);
+}
+
+#[test]
+fn pc_kvm_with_an_nvdimm_image_and_every_cold_device() {
+    let (c, d) = pc_kvm_image();
+    assert_eq!(
+        argv(&c, Accelerator::Kvm, &d, Some(300 << 20)),
+        PC_KVM_IMAGE
+    );
+}
+
+#[test]
+fn microvm_uses_virtio_mmio_and_no_hotplug_room() {
+    assert_eq!(
+        argv(
+            &microvm(),
+            Accelerator::Tcg,
+            &[agent(), Device::Block(drive("d1", 1))],
+            None
+        ),
+        MICROVM_TCG
+    );
+}
+
+#[test]
+fn templates_share_memory_one_way_and_restore_the_other() {
+    assert_eq!(
+        argv(&template(false), Accelerator::Kvm, &[agent()], None),
+        TEMPLATE_TO_BE_KVM
+    );
+    assert_eq!(
+        argv(&template(true), Accelerator::Tcg, &[agent()], None),
+        TEMPLATE_FROM_TCG
+    );
+}
+
+#[test]
+fn virtio_fs_iommu_iothreads_root_ports_and_virtio_mem() {
+    let (c, d) = virtio_fs();
+    assert_eq!(argv(&c, Accelerator::Tcg, &d, None), VIRTIO_FS_Q35_TCG);
+}
+
+#[test]
+fn vsock_descriptors_are_passed_at_fixed_numbers() {
+    let fd = dev_null();
+    let devices = [Device::VsockPci(VSock {
+        vhost_fd: Arc::clone(&fd),
+        context_id: 7,
+        port: 1024,
+    })];
+    let p = paths();
+    let c = base();
+    let cmd = cmdline::build(&LaunchSpec {
+        config: &c,
+        id: "vm1",
+        uuid: UUID,
+        accel: Accelerator::Tcg,
+        host_memory_mib: HOST_MIB,
+        paths: &p,
+        devices: &devices,
+        image_size: None,
+        vhost_net: true,
+    })
+    .expect("builds");
+    assert_eq!(cmd.fds.len(), 1);
+    assert!(Arc::ptr_eq(&cmd.fds[0].0, &fd));
+    assert_eq!(cmd.fds[0].1, 3);
+    assert!(cmd
+        .args
+        .contains(&"vhost-vsock-pci,id=vsock-7,guest-cid=7,vhostfd=3".to_string()));
+    assert_eq!(cmd.program, PathBuf::from("/usr/bin/qemu-system-x86_64"));
+}
+
+#[test]
+fn vhost_net_is_used_when_present() {
+    let d = [Device::Net(NetDevice {
+        id: "eth0".into(),
+        tap_name: "tap0".into(),
+        mac: "02:00:00:00:00:01".into(),
+        queues: 1,
+    })];
+    let p = paths();
+    let c = base();
+    let cmd = cmdline::build(&LaunchSpec {
+        config: &c,
+        id: "vm1",
+        uuid: UUID,
+        accel: Accelerator::Tcg,
+        host_memory_mib: HOST_MIB,
+        paths: &p,
+        devices: &d,
+        image_size: None,
+        vhost_net: true,
+    })
+    .expect("builds");
+    assert!(cmd
+        .args
+        .contains(&"tap,id=network-0,ifname=tap0,script=no,downscript=no,vhost=on".to_string()));
+}
+
+#[test]
+fn what_cannot_be_built_is_a_typed_error() {
+    use super::cmdline::CmdlineError as E;
+    let build = |c: &HypervisorConfig, accel: Accel, d: &[Device]| {
+        let p = paths();
+        cmdline::build(&LaunchSpec {
+            config: c,
+            id: "vm1",
+            uuid: UUID,
+            accel: Accelerator::from_resolved(accel)?,
+            host_memory_mib: HOST_MIB,
+            paths: &p,
+            devices: d,
+            image_size: None,
+            vhost_net: false,
+        })
+        .map(|_| ())
+    };
+    let fs = Device::Fs(SharedFsVolume {
+        mount_tag: "t".into(),
+        host_path: "/s".into(),
+    });
+    let mut c = base();
+    c.hypervisor_machine_type = "virt".into();
+    assert_eq!(
+        build(&c, Accel::Tcg, &[]),
+        Err(E::UnsupportedMachine("virt".into()))
+    );
+    assert_eq!(build(&base(), Accel::Auto, &[]), Err(E::UnresolvedAccel));
+    let mut c = base();
+    c.shared_fs = SharedFs::None;
+    assert_eq!(
+        build(&c, Accel::Tcg, std::slice::from_ref(&fs)),
+        Err(E::SharedFsDisabled { tag: "t".into() })
+    );
+    let mut c = virtio_fs().0;
+    c.virtio_fs_cache_size = 1024;
+    assert_eq!(
+        build(&c, Accel::Tcg, std::slice::from_ref(&fs)),
+        Err(E::VirtioFsDax(1024))
+    );
+    let mut c = template(false);
+    c.shared_fs = SharedFs::VirtioFs;
+    assert_eq!(
+        build(&c, Accel::Tcg, std::slice::from_ref(&fs)),
+        Err(E::TemplateWithSharedMemory)
+    );
+    let mut c = base();
+    c.enable_vhost_user_store = true;
+    assert_eq!(
+        build(&c, Accel::Tcg, &[]),
+        Err(E::VhostUserWithoutHugepages)
+    );
+    let hybrid = Device::HybridVsock(crate::device::HybridVsock::default());
+    assert_eq!(
+        build(&base(), Accel::Tcg, &[hybrid]),
+        Err(E::UnsupportedDevice("hybrid-vsock"))
+    );
+    let bad = Device::Block(BlockDrive {
+        id: "x".into(),
+        ..BlockDrive::default()
+    });
+    assert_eq!(
+        build(&base(), Accel::Tcg, &[bad]),
+        Err(E::IncompleteDrive { id: "x".into() })
+    );
+    let mut c = pc_kvm_image().0;
+    c.disable_image_nvdimm = false;
+    assert_eq!(
+        build(&c, Accel::Kvm, &[]),
+        Err(E::MissingImageSize("/k/root,1.img".into()))
+    );
+}
+
+#[test]
+fn an_image_on_virtio_blk_gets_its_root_parameters() {
+    let mut c = pc_kvm_image().0;
+    c.disable_image_nvdimm = true;
+    let p = paths();
+    let args = cmdline::build(&LaunchSpec {
+        config: &c,
+        id: "vm1",
+        uuid: UUID,
+        accel: Accelerator::Tcg,
+        host_memory_mib: HOST_MIB,
+        paths: &p,
+        devices: &[],
+        image_size: None,
+        vhost_net: false,
+    })
+    .expect("builds")
+    .args;
+    assert!(args.contains(&"virtio-blk-pci,drive=image0,id=virtio-image0,share-rw=on".to_string()));
+    assert!(args.contains(
+        &"id=image0,file=/k/root,,1.img,aio=threads,format=raw,if=none,readonly=on".to_string()
+    ));
+    let append = args.last().expect("append");
+    assert!(append.contains("root=/dev/vda1 "), "{append}");
+    assert!(!args.iter().any(|a| a.contains("nvdimm")));
+}
+
+#[test]
+fn helpers() {
+    assert_eq!(cmdline::escape_opt("/a,b"), "/a,,b");
+    assert_eq!(cmdline::truncate_id(&"x".repeat(40)).len(), 31);
+    assert_eq!(cmdline::scsi_id_lun(0), (0, 0));
+    assert_eq!(cmdline::scsi_id_lun(257), (1, 1));
+    assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    let u = new_uuid();
+    assert_eq!(u.len(), 36);
+    assert_eq!(&u[14..15], "4", "version 4: {u}");
+    assert_ne!(new_uuid(), u);
+}
+
+#[tokio::test]
+async fn operations_in_the_wrong_state_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = Qemu::with_storage(dir.path());
+    assert!(matches!(
+        q.start_sandbox(std::time::Duration::from_secs(1)).await,
+        Err(Error::InvalidState {
+            op: "start_sandbox",
+            state: VmState::New
+        })
+    ));
+    q.create_sandbox("s1", &NetworkNamespace::default(), &base(), false)
+        .await
+        .expect("create");
+    assert_eq!(q.state(), VmState::Created);
+    for r in [
+        q.pause_sandbox().await,
+        q.resume_sandbox().await,
+        q.save_sandbox().await,
+        q.check().await,
+    ] {
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidState {
+                    state: VmState::Created,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    assert!(matches!(
+        q.hotplug_add_device(Device::Cpu(1)).await,
+        Err(Error::InvalidState { .. })
+    ));
+    let r = q
+        .add_device(Device::HybridVsock(crate::device::HybridVsock::default()))
+        .await;
+    assert!(r.as_ref().is_err_and(Error::is_unsupported), "{r:?}");
+    // Stopping or cleaning up a VM that never ran is fine.
+    q.stop_sandbox().await.expect("stop");
+    q.cleanup().await.expect("cleanup");
+    assert!(!dir.path().join("s1").exists());
+    assert_eq!(
+        q.sandbox_console("s1").await.expect("console"),
+        Some(dir.path().join("s1/console.sock"))
+    );
+}
+
+#[tokio::test]
+async fn socket_paths_that_do_not_fit_are_refused_at_create() {
+    let long = PathBuf::from("/tmp").join("d".repeat(100));
+    let mut q = Qemu::with_storage(&long);
+    let r = q
+        .create_sandbox("s1", &NetworkNamespace::default(), &base(), false)
+        .await;
+    assert!(matches!(r, Err(Error::Socket(_))), "{r:?}");
+    assert_eq!(q.state(), VmState::New);
+}
+
+#[test]
+fn capabilities_follow_the_machine_and_config() {
+    let mut q = Qemu::with_storage("/tmp");
+    q.config = base();
+    let caps = q.capabilities();
+    assert!(caps.cpu_hotplug && caps.memory_hotplug && caps.block_device_hotplug);
+    assert!(caps.pause && caps.save && caps.vm_template && caps.reattach && caps.vm_cache);
+    assert!(!caps.hybrid_vsock);
+    q.config.mem_slots = 0;
+    assert!(!q.capabilities().memory_hotplug);
+    q.config = microvm();
+    let caps = q.capabilities();
+    assert!(!caps.cpu_hotplug && !caps.memory_hotplug && !caps.block_device_hotplug);
+    assert!(caps.block_device);
+}
+
+#[test]
+fn state_round_trips_through_save() {
+    let mut q = Qemu::with_storage("/tmp/svs");
+    q.config = base();
+    q.id = "s1".into();
+    q.paths = Some(VmPaths::new(Path::new("/tmp/svs"), "s1"));
+    q.hot = hotplug::HotplugState::new(1, 0);
+    q.hot.vcpus = vec!["cpu-0".into()];
+    q.hot.devices.insert(
+        "virtio-d".into(),
+        hotplug::Placement::Bridge { bridge: 0, slot: 1 },
+    );
+    q.hot.memory_mib = 256;
+    let s = q.save();
+    assert_eq!(s.vm_dir, PathBuf::from("/tmp/svs/s1"));
+    assert_eq!(s.api_socket, Some(PathBuf::from("/tmp/svs/s1/qmp.sock")));
+    assert_eq!(s.hotplugged_devices, ["virtio-d=bridge0/1"]);
+    let mut back = Qemu::with_storage("/elsewhere");
+    back.config = s.config.clone();
+    back.restore_from_state(&s).expect("restores");
+    assert_eq!(back.hot, q.hot);
+    assert_eq!(back.paths, q.paths);
+    let bytes = serde_json::to_vec(&s).expect("encodes");
+    let decoded: HypervisorState = serde_json::from_slice(&bytes).expect("decodes");
+    assert_eq!(decoded, s);
+}
