@@ -312,9 +312,16 @@ impl Owner {
         }
     }
 
-    async fn vmm_exited(&mut self, vmm: ProcessRef, exit: VmmExit) {
+    async fn vmm_exited(&mut self, vmm: ProcessRef, mut exit: VmmExit) {
         if self.record.vmm != Some(vmm) {
             return;
+        }
+        if exit == VmmExit::Unknown {
+            // The backend holds the child handle and may have reaped it
+            // first; its check() then says how it ended.
+            if let Err(e) = self.hv.check().await {
+                exit = backend_exit(&e).unwrap_or(exit);
+            }
         }
         if !self.record.status.vmm_runs() {
             // Stopped on purpose: keep a known status, nothing else.
@@ -978,6 +985,23 @@ impl Owner {
         }
         self.persist().await;
         Ok(())
+    }
+}
+
+/// How the VMM ended, when the backend's error says: QEMU reports the exit
+/// status of the child it reaped.
+fn backend_exit(err: &crate::Error) -> Option<VmmExit> {
+    use std::os::unix::process::ExitStatusExt;
+
+    match err {
+        crate::Error::Qemu(crate::qemu::QemuError::Exited {
+            exit: crate::qemu::process::Exit::Status(status),
+            ..
+        }) => status
+            .code()
+            .map(VmmExit::Code)
+            .or_else(|| status.signal().map(VmmExit::Signal)),
+        _ => None,
     }
 }
 
