@@ -155,10 +155,11 @@ impl Drop for Env {
     }
 }
 
-/// Sends `signal` (a name such as `KILL`) to `pid`.
+/// Sends `signal` (a name such as `KILL`) to `pid`, with the shell's
+/// builtin `kill`.
 pub fn kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
         .output();
 }
 
