@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use sandvisor::supervisor::SandboxId;
 use sandvisor::HypervisorType;
 
 mod cmd;
@@ -58,6 +59,73 @@ enum Command {
     },
     /// Run a command in a fresh VM and exit with its exit code.
     Run(cmd::run::RunArgs),
+    /// Create a sandbox, kept by a supervisor process, and print its id.
+    Create(cmd::lifecycle::CreateArgs),
+    /// Boot a created sandbox's VM.
+    Start {
+        /// The sandbox.
+        id: SandboxId,
+        /// Seconds to wait for the VMM and the guest agent.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Run a command in a sandbox, streaming its output, and exit with its
+    /// exit code.
+    Exec(cmd::exec::ExecArgs),
+    /// Pause a sandbox's guest.
+    Pause {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// Resume a paused sandbox's guest.
+    Resume {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// Hot-plug (or with --remove, unplug) a disk, vCPUs, memory or a NIC.
+    Hotplug(cmd::lifecycle::HotplugArgs),
+    /// Set a sandbox's vCPU count and/or memory size.
+    Resize(cmd::lifecycle::ResizeArgs),
+    /// Save a sandbox's VM device state and its record.
+    Save {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// Stop a sandbox's VM; `delete` then removes it.
+    Stop {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// Remove a sandbox that no longer runs (with --force, stop it first).
+    Delete {
+        /// The sandbox.
+        id: SandboxId,
+        /// Stop the VM if it runs.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// List sandboxes.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a sandbox's state.
+    State {
+        /// The sandbox.
+        id: SandboxId,
+        /// Print the whole record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach the terminal to a sandbox's console; Ctrl-] detaches.
+    Console {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// Run the supervisor of a sandbox (started by `create`).
+    #[command(hide = true)]
+    Supervise(cmd::supervise::SuperviseArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,12 +133,28 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
+        // Supervisors log to a file: colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Env { config, json } => cmd::env::run(&config, json),
         Command::Check { config, json } => cmd::check::run(&config, json),
         Command::Image { command } => cmd::image::run(command),
         Command::Run(args) => cmd::run::run(args),
+        Command::Create(args) => cmd::lifecycle::create(args),
+        Command::Start { id, timeout } => cmd::lifecycle::start(id, timeout),
+        Command::Exec(args) => cmd::exec::run(args),
+        Command::Pause { id } => cmd::lifecycle::pause(id),
+        Command::Resume { id } => cmd::lifecycle::resume(id),
+        Command::Hotplug(args) => cmd::lifecycle::hotplug(args),
+        Command::Resize(args) => cmd::lifecycle::resize(args),
+        Command::Save { id } => cmd::lifecycle::save(id),
+        Command::Stop { id } => cmd::lifecycle::stop(id),
+        Command::Delete { id, force } => cmd::lifecycle::delete(id, force),
+        Command::List { json } => cmd::list::list(json),
+        Command::State { id, json } => cmd::list::state(id, json),
+        Command::Console { id } => cmd::console::run(id),
+        Command::Supervise(args) => cmd::supervise::run(args),
     };
     match result {
         Ok(code) => code,

@@ -37,6 +37,7 @@ pub mod probe;
 pub mod qemu;
 pub mod sandbox;
 pub mod socket;
+pub mod supervisor;
 mod sys;
 pub mod unavailable;
 

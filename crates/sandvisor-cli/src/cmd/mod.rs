@@ -1,9 +1,14 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod console;
 pub mod env;
+pub mod exec;
 pub mod image;
+pub mod lifecycle;
+pub mod list;
 pub mod run;
+pub mod supervise;
 
 /// What a subcommand returns: its exit code, or an error to print.
 pub type CmdResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;

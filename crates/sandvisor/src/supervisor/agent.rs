@@ -1,0 +1,261 @@
+//! How the supervisor talks to the guest agent.
+//!
+//! The supervisor holds the one host connection the agent channel allows
+//! (a virtio-serial port takes a single client) and shares it between
+//! `exec` streams, CPU and memory onlining after hot-plug, and the power-off
+//! before `stop`. [`GuestAgent`] is the part of the agent client it uses.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use sandvisor_proto::{ExecRequest, ExitStatus, OnlineCpuMemRequest, Stream as OutputStream};
+
+use super::proto::{ExecExit, ExecSpec};
+use crate::agent::{
+    AgentAddress as ClientAddress, AgentClient, ClientError, ExecEvent as ClientEvent,
+};
+use crate::hypervisor_type::HypervisorType;
+use crate::socket::AgentSocket;
+
+/// Errors from the guest agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentLinkError {
+    /// The address cannot be reached by the client (a vsock context id
+    /// over 32 bits).
+    #[error("cannot reach the guest agent at {address}")]
+    Address {
+        /// The address.
+        address: AgentAddress,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent did not answer, answered with an error, or the channel
+    /// failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Where the guest agent listens, as the host reaches it; persisted so a
+/// new supervisor reconnects to the same channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentAddress {
+    /// A virtio-serial port behind a host unix socket.
+    Serial {
+        /// The host socket.
+        path: PathBuf,
+    },
+    /// vhost-vsock.
+    Vsock {
+        /// The guest context id.
+        cid: u64,
+        /// The port.
+        port: u32,
+    },
+    /// A hybrid vsock: a host unix socket the VMM bridges to guest vsock.
+    HybridVsock {
+        /// The host socket.
+        path: PathBuf,
+        /// The guest port.
+        port: u32,
+    },
+}
+
+impl From<&AgentSocket> for AgentAddress {
+    fn from(socket: &AgentSocket) -> Self {
+        match socket {
+            AgentSocket::Unix(u) => AgentAddress::Serial {
+                path: u.host_path.clone(),
+            },
+            AgentSocket::Vsock(v) => AgentAddress::Vsock {
+                cid: v.context_id,
+                port: v.port,
+            },
+            AgentSocket::HybridVsock(h) => AgentAddress::HybridVsock {
+                path: h.uds_path.clone(),
+                port: h.port,
+            },
+        }
+    }
+}
+
+impl fmt::Display for AgentAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentAddress::Serial { path } => write!(f, "serial port {}", path.display()),
+            AgentAddress::Vsock { cid, port } => write!(f, "vsock {cid}:{port}"),
+            AgentAddress::HybridVsock { path, port } => {
+                write!(f, "hybrid vsock {}:{port}", path.display())
+            }
+        }
+    }
+}
+
+/// Output of a guest process, as it comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// The process started with this guest pid.
+    Started(u32),
+    /// Bytes on its stdout.
+    Stdout(Vec<u8>),
+    /// Bytes on its stderr.
+    Stderr(Vec<u8>),
+}
+
+/// The guest agent calls the supervisor makes.
+#[async_trait]
+pub trait GuestAgent: Send + Sync + fmt::Debug {
+    /// Runs a process; sends its events to `events` as they come and
+    /// returns how it ended.
+    async fn exec(
+        &self,
+        spec: &ExecSpec,
+        stdin: Option<Vec<u8>>,
+        events: mpsc::Sender<ExecEvent>,
+    ) -> Result<ExecExit, AgentLinkError>;
+
+    /// Brings hot-plugged CPUs (`cpus`, 0 for none) and memory online,
+    /// probing `probe_addresses` first.
+    async fn online_cpu_mem(
+        &self,
+        cpus: u32,
+        memory: bool,
+        probe_addresses: &[u64],
+    ) -> Result<(), AgentLinkError>;
+
+    /// Syncs and powers the guest off.
+    async fn shutdown(&self) -> Result<(), AgentLinkError>;
+
+    /// The guest's `MemTotal`, in KiB.
+    async fn mem_total_kib(&self) -> Result<u64, AgentLinkError>;
+}
+
+/// How long the agent waits for hot-plugged CPUs to appear.
+pub const ONLINE_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether a backend runs a guest with an agent; the mock runs none.
+pub fn has_guest(kind: HypervisorType) -> bool {
+    kind != HypervisorType::Mock
+}
+
+/// Connects to the agent at `address`, waiting up to `timeout` for it to
+/// answer (a guest that is still booting has not opened its end yet).
+///
+/// # Errors
+/// [`AgentLinkError`]: no answer in time, or an unreachable address.
+pub async fn connect(
+    address: &AgentAddress,
+    timeout: Duration,
+) -> Result<Arc<dyn GuestAgent>, AgentLinkError> {
+    let client_address = address
+        .to_client()
+        .map_err(|source| AgentLinkError::Address {
+            address: address.clone(),
+            source,
+        })?;
+    let client = AgentClient::connect(&client_address, timeout).await?;
+    tracing::info!(%address, version = client.agent_version(), "connected to the guest agent");
+    Ok(Arc::new(Client(client)))
+}
+
+impl AgentAddress {
+    /// The agent client's form of this address.
+    fn to_client(&self) -> std::io::Result<ClientAddress> {
+        Ok(match self {
+            AgentAddress::Serial { path } => ClientAddress::Unix(path.clone()),
+            AgentAddress::Vsock { cid, port } => ClientAddress::Vsock {
+                cid: u32::try_from(*cid).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("vsock context id {cid} is over 32 bits"),
+                    )
+                })?,
+                port: *port,
+            },
+            AgentAddress::HybridVsock { path, port } => ClientAddress::HybridVsock {
+                path: path.clone(),
+                port: *port,
+            },
+        })
+    }
+}
+
+/// The agent client, as the supervisor uses it.
+#[derive(Debug)]
+struct Client(AgentClient);
+
+#[async_trait]
+impl GuestAgent for Client {
+    async fn exec(
+        &self,
+        spec: &ExecSpec,
+        stdin: Option<Vec<u8>>,
+        events: mpsc::Sender<ExecEvent>,
+    ) -> Result<ExecExit, AgentLinkError> {
+        let request = ExecRequest {
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            stdin,
+            timeout_ms: spec.timeout_ms,
+        };
+        let mut handle = self.0.exec_start(request).await?;
+        // A client that went away stops reading events; the process still
+        // runs to its end, and its exit is still awaited.
+        let _ = events.send(ExecEvent::Started(handle.pid())).await;
+        loop {
+            match handle.next().await? {
+                Some(ClientEvent::Output(OutputStream::Stdout, data)) => {
+                    let _ = events.send(ExecEvent::Stdout(data)).await;
+                }
+                Some(ClientEvent::Output(OutputStream::Stderr, data)) => {
+                    let _ = events.send(ExecEvent::Stderr(data)).await;
+                }
+                Some(ClientEvent::Exit(outcome)) => {
+                    return Ok(match outcome.status {
+                        ExitStatus::Code(c) => ExecExit::Code(c),
+                        ExitStatus::Signal(s) => ExecExit::Signal(s),
+                    });
+                }
+                None => return Err(ClientError::Disconnected.into()),
+            }
+        }
+    }
+
+    async fn online_cpu_mem(
+        &self,
+        cpus: u32,
+        memory: bool,
+        probe_addresses: &[u64],
+    ) -> Result<(), AgentLinkError> {
+        let request = OnlineCpuMemRequest {
+            nb_cpus: cpus,
+            cpu_only: !memory,
+            probe_addresses: probe_addresses.to_vec(),
+            wait_ms: u64::try_from(ONLINE_WAIT.as_millis()).unwrap_or(u64::MAX),
+        };
+        let done = self.0.online_cpu_mem(request).await?;
+        tracing::info!(
+            cpus_onlined = done.cpus_onlined,
+            memory_blocks_onlined = done.memory_blocks_onlined,
+            cpus_online = done.cpus_online,
+            "guest onlined hot-plugged resources"
+        );
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<(), AgentLinkError> {
+        Ok(self.0.shutdown().await?)
+    }
+
+    async fn mem_total_kib(&self) -> Result<u64, AgentLinkError> {
+        Ok(self.0.guest_details().await?.mem_total_kib)
+    }
+}

@@ -1,0 +1,1232 @@
+//! The supervisor process of one sandbox.
+//!
+//! It owns the `Box<dyn Hypervisor>`, watches the VMM and records how it
+//! ends, holds the guest agent connection, and serves the control socket.
+//! One task, the owner, holds the backend and the record and applies
+//! requests one at a time; connection tasks pass requests to it, answer
+//! `Status` from the last published record without waiting for it, and
+//! stream `exec` output with a shared agent handle.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::agent::{self, AgentAddress, ExecEvent, GuestAgent, ONLINE_WAIT};
+use super::id::SandboxId;
+use super::layout::SandboxDir;
+use super::process::{Liveness, ProcessRef, VmmExit};
+use super::proto::{
+    read_frame, write_frame, ClientMessage, ExecSpec, Frame, HotplugOutcome, HotplugTarget, Op,
+    RemoteError, Reply, Request, MAX_PAYLOAD, PROTOCOL_VERSION,
+};
+use super::state::{PluggedDevice, SandboxRecord, SandboxStatus};
+use super::SupervisorError;
+use crate::device::{BlockDrive, Device, HotplugResult, MemoryDevice, NetDevice};
+use crate::hypervisor::{Hypervisor, NetworkNamespace};
+use crate::hypervisor_type::new_hypervisor;
+use crate::socket::AgentSocket;
+
+/// How often the VMM is looked at.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the guest may take to power off before the VMM is stopped.
+const GUEST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the agent may take to answer on a running guest.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than the agent's own wait onlining may take.
+const ONLINE_SLACK: Duration = Duration::from_secs(20);
+/// The guest's memory block size, which memory resizes are aligned to.
+const MEMORY_BLOCK_MIB: u32 = 128;
+/// The most stdin an `exec` may send.
+const MAX_STDIN: usize = 16 << 20;
+
+/// How the supervisor comes to own its sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchMode {
+    /// Create the VM from the record's config (`sandvisor create`).
+    Create,
+    /// Re-attach to the VM the record describes, after the previous
+    /// supervisor died.
+    Reattach,
+}
+
+/// Runs the supervisor of sandbox `id` under `runtime_dir` until the sandbox
+/// is deleted or the supervisor is told to go (SIGTERM, SIGINT: the VM then
+/// keeps running and the next command re-attaches).
+///
+/// Call it in a process of its own: it starts a new session, so the
+/// terminal of the command that started it does not reach it.
+///
+/// # Errors
+/// When the record cannot be read or the control socket bound; a failure
+/// to create or re-attach is written to the record's `last_error` first.
+pub async fn supervise(
+    runtime_dir: &Path,
+    id: SandboxId,
+    mode: LaunchMode,
+) -> Result<(), SupervisorError> {
+    // Not a group leader when spawned, so this succeeds; when it fails we are
+    // already detached enough (a leader of our own group).
+    let _ = nix::unistd::setsid();
+    let dir = SandboxDir::new(runtime_dir, id.clone());
+    let mut record = SandboxRecord::load(&dir.state_file()).await?;
+    let socket = dir.control_socket();
+    // The CLI starts a supervisor only after making sure the last one is
+    // gone, so a socket file here is stale.
+    let _ = tokio::fs::remove_file(&socket).await;
+    let listener = UnixListener::bind(&socket).map_err(|source| SupervisorError::Io {
+        op: "bind control socket",
+        path: socket.clone(),
+        source,
+    })?;
+    record.supervisor = Some(ProcessRef::current());
+    record.last_error = None;
+    tracing::info!(%id, ?mode, pid = std::process::id(), "supervisor starting");
+
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let owner = match Owner::setup(dir.clone(), record.clone(), mode, events_tx.clone()).await {
+        Ok(owner) => owner,
+        Err(err) => {
+            tracing::error!(%id, "setup failed: {err}");
+            record.last_error = Some(err);
+            if mode == LaunchMode::Create {
+                record.status = SandboxStatus::Dead;
+            }
+            record.store(&dir.state_file()).await?;
+            drop(listener);
+            let _ = tokio::fs::remove_file(&socket).await;
+            return Ok(());
+        }
+    };
+    let published = owner.published.subscribe();
+    let owner_task = tokio::spawn(owner.run(events_rx));
+    let mut term = signal(SignalKind::terminate()).map_err(|source| SupervisorError::Io {
+        op: "handle SIGTERM in",
+        path: socket.clone(),
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| SupervisorError::Io {
+        op: "handle SIGINT in",
+        path: socket.clone(),
+        source,
+    })?;
+    let mut owner_task = owner_task;
+    let exit = Arc::new(Notify::new());
+    loop {
+        tokio::select! {
+            () = exit.notified() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn = Connection {
+                        id: id.clone(),
+                        events: events_tx.clone(),
+                        published: published.clone(),
+                        exit: exit.clone(),
+                    };
+                    tokio::spawn(async move { conn.serve(stream).await });
+                }
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            },
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: leaving the VM running");
+                let _ = events_tx.send(Event::Detach).await;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: leaving the VM running");
+                let _ = events_tx.send(Event::Detach).await;
+            }
+            done = &mut owner_task => {
+                if let Err(e) = done {
+                    tracing::error!("owner task failed: {e}");
+                }
+                break;
+            }
+        }
+    }
+    drop(listener);
+    let _ = tokio::fs::remove_file(&socket).await;
+    tracing::info!(%id, "supervisor exiting");
+    Ok(())
+}
+
+/// What the owner task is told.
+enum Event {
+    /// A request, and where to answer it.
+    Request(Request, oneshot::Sender<Reply>),
+    /// An `exec` wants the agent.
+    Agent(oneshot::Sender<Result<Arc<dyn GuestAgent>, RemoteError>>),
+    /// The watched VMM ended.
+    VmmExited(ProcessRef, VmmExit),
+    /// Leave the VM running and end the supervisor.
+    Detach,
+}
+
+/// The task that owns the backend.
+struct Owner {
+    dir: SandboxDir,
+    record: SandboxRecord,
+    hv: Box<dyn Hypervisor>,
+    agent_address: Option<AgentAddress>,
+    agent: Option<Arc<dyn GuestAgent>>,
+    published: watch::Sender<SandboxRecord>,
+    events: mpsc::Sender<Event>,
+    watcher: Option<JoinHandle<()>>,
+    /// `delete` is done: the supervisor ends once the client has the reply.
+    deleted: bool,
+}
+
+impl Owner {
+    fn id(&self) -> &SandboxId {
+        self.dir.id()
+    }
+
+    async fn setup(
+        dir: SandboxDir,
+        mut record: SandboxRecord,
+        mode: LaunchMode,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Self, RemoteError> {
+        let id = dir.id().clone();
+        let mut hv = new_hypervisor(record.hypervisor);
+        let agent_address = match (mode, record.status) {
+            (LaunchMode::Create, status) => {
+                Op::Create.check(&id, status)?;
+                let address = create_vm(&mut *hv, &id, &record).await?;
+                record.status = SandboxStatus::Created;
+                address
+            }
+            // Nothing runs yet, so there is nothing to re-attach to: the VM
+            // is prepared again, as `create` did.
+            (LaunchMode::Reattach, SandboxStatus::Created) => create_vm(&mut *hv, &id, &record)
+                .await
+                .map_err(|e| e.with_op(Op::Reattach))?,
+            (LaunchMode::Reattach, status) => {
+                Op::Reattach.check(&id, status)?;
+                if let Some(vmm) = record.vmm.filter(|v| !v.is_alive()) {
+                    tracing::warn!(pid = vmm.pid, "the VMM is gone");
+                    return Err(RemoteError::Failed {
+                        id,
+                        op: Op::Reattach,
+                        causes: vec![format!("its VMM (pid {}) is gone", vmm.pid)],
+                    });
+                }
+                let state = record
+                    .hypervisor_state
+                    .clone()
+                    .ok_or_else(|| RemoteError::Failed {
+                        id: id.clone(),
+                        op: Op::Reattach,
+                        causes: vec!["the record holds no hypervisor state".to_string()],
+                    })?;
+                hv.load(state)
+                    .await
+                    .map_err(|e| RemoteError::from_hypervisor(&id, Op::Reattach, &e))?;
+                record.agent.clone()
+            }
+        };
+        record.agent = agent_address.clone();
+        record.hypervisor_state = Some(hv.save());
+        let (published, _) = watch::channel(record.clone());
+        let mut owner = Owner {
+            dir,
+            record,
+            hv,
+            agent_address,
+            agent: None,
+            published,
+            events,
+            watcher: None,
+            deleted: false,
+        };
+        owner.watch_vmm();
+        owner.persist().await;
+        Ok(owner)
+    }
+
+    /// Writes the record and publishes it to `Status` readers.
+    async fn persist(&mut self) {
+        if self.record.status != SandboxStatus::Dead || self.record.hypervisor_state.is_none() {
+            self.record.hypervisor_state = Some(self.hv.save());
+        }
+        if let Err(e) = self.record.store(&self.dir.state_file()).await {
+            tracing::error!("cannot persist the record: {e}");
+        }
+        self.published.send_replace(self.record.clone());
+    }
+
+    /// Starts watching the VMM process, when the record names one.
+    fn watch_vmm(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        let Some(vmm) = self.record.vmm else {
+            return;
+        };
+        let events = self.events.clone();
+        self.watcher = Some(tokio::spawn(async move {
+            loop {
+                if let Liveness::Gone(exit) = vmm.liveness() {
+                    let _ = events.send(Event::VmmExited(vmm, exit)).await;
+                    return;
+                }
+                tokio::time::sleep(WATCH_INTERVAL).await;
+            }
+        }));
+    }
+
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Request(request, reply) => {
+                    let answer = if self.deleted {
+                        Reply::Error(RemoteError::BadRequest {
+                            id: self.id().clone(),
+                            op: Op::Delete,
+                            reason: "it is being deleted".to_string(),
+                        })
+                    } else {
+                        let delete = matches!(request, Request::Delete { .. });
+                        let answer = self.handle(request).await;
+                        self.deleted = delete && matches!(answer, Reply::Done { .. });
+                        answer
+                    };
+                    let _ = reply.send(answer);
+                }
+                Event::Agent(reply) => {
+                    let _ = reply.send(self.agent_for_exec().await);
+                }
+                Event::VmmExited(vmm, exit) => self.vmm_exited(vmm, exit).await,
+                Event::Detach => {
+                    self.hv.disconnect().await;
+                    break;
+                }
+            }
+        }
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+    }
+
+    async fn vmm_exited(&mut self, vmm: ProcessRef, mut exit: VmmExit) {
+        if self.record.vmm != Some(vmm) {
+            return;
+        }
+        if exit == VmmExit::Unknown {
+            // The backend holds the child handle and may have reaped it
+            // first; its check() then says how it ended.
+            if let Err(e) = self.hv.check().await {
+                exit = backend_exit(&e).unwrap_or(exit);
+            }
+        }
+        if !self.record.status.vmm_runs() {
+            // Stopped on purpose: keep a known status, nothing else.
+            if exit != VmmExit::Unknown && self.record.vmm_exit.is_none() {
+                self.record.vmm_exit = Some(exit);
+                self.persist().await;
+            }
+            return;
+        }
+        tracing::warn!(pid = vmm.pid, %exit, "VMM ended on its own");
+        self.record.vmm_exit = Some(exit);
+        self.record.status = SandboxStatus::Dead;
+        self.agent = None;
+        self.hv.disconnect().await;
+        self.persist().await;
+    }
+
+    async fn handle(&mut self, request: Request) -> Reply {
+        let op = match &request {
+            Request::Status => {
+                return Reply::Done {
+                    record: Box::new(self.record.clone()),
+                }
+            }
+            Request::Start { .. } => Op::Start,
+            Request::Pause => Op::Pause,
+            Request::Resume => Op::Resume,
+            Request::Save => Op::Save,
+            Request::Stop => Op::Stop,
+            Request::Hotplug { .. } => Op::Hotplug,
+            Request::Resize { .. } => Op::Resize,
+            Request::Exec(_) => Op::Exec,
+            Request::Console => Op::Console,
+            Request::Delete { .. } => Op::Delete,
+        };
+        if let Err(e) = op.check(self.id(), self.record.status) {
+            return Reply::Error(e);
+        }
+        let result = match request {
+            Request::Start { timeout_ms } => self.start(Duration::from_millis(timeout_ms)).await,
+            Request::Pause => self.pause_resume(true).await,
+            Request::Resume => self.pause_resume(false).await,
+            Request::Save => self.save().await,
+            Request::Stop => self.stop().await,
+            Request::Hotplug { target, remove } => {
+                return match self.hotplug(target, remove).await {
+                    Ok(outcome) => {
+                        self.persist().await;
+                        Reply::Hotplugged {
+                            outcome,
+                            record: Box::new(self.record.clone()),
+                        }
+                    }
+                    Err(e) => Reply::Error(e),
+                };
+            }
+            Request::Resize { vcpus, memory_mib } => self.resize(vcpus, memory_mib).await,
+            Request::Console => {
+                return match self.hv.sandbox_console(self.id().as_str()).await {
+                    Ok(Some(path)) => Reply::Console { path },
+                    Ok(None) => Reply::Error(RemoteError::Unsupported {
+                        id: self.id().clone(),
+                        op: Op::Console,
+                        what: "a console".to_string(),
+                        hypervisor: self.record.hypervisor,
+                        reason: "the VM has no console socket".to_string(),
+                    }),
+                    Err(e) => Reply::Error(RemoteError::from_hypervisor(self.id(), op, &e)),
+                };
+            }
+            Request::Delete { force } => self.delete(force).await,
+            Request::Status | Request::Exec(_) => Err(RemoteError::BadRequest {
+                id: self.id().clone(),
+                op,
+                reason: "not a request for the owner".to_string(),
+            }),
+        };
+        match result {
+            Ok(()) => Reply::Done {
+                record: Box::new(self.record.clone()),
+            },
+            Err(e) => Reply::Error(e),
+        }
+    }
+
+    fn hv_err(&self, op: Op) -> impl Fn(crate::Error) -> RemoteError + '_ {
+        move |e| RemoteError::from_hypervisor(self.id(), op, &e)
+    }
+
+    async fn start(&mut self, timeout: Duration) -> Result<(), RemoteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let id = self.id().clone();
+        if let Err(e) = self.hv.start_sandbox(timeout).await {
+            let err = RemoteError::from_hypervisor(&id, Op::Start, &e);
+            self.record.last_error = Some(err.clone());
+            self.persist().await;
+            return Err(err);
+        }
+        self.record.status = SandboxStatus::Running;
+        self.record.vmm = self.hv.pids().first().map(|&pid| ProcessRef::of(pid));
+        self.record.vmm_exit = None;
+        self.record.console_socket = self.hv.sandbox_console(id.as_str()).await.ok().flatten();
+        self.watch_vmm();
+        self.persist().await;
+        if let Some(address) = self.agent_address.clone() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match agent::connect(&address, left.max(Duration::from_secs(1))).await {
+                Ok(a) => self.agent = Some(a),
+                Err(e) => {
+                    // A VM whose agent never answers is of no use: stop it, as
+                    // Kata does when the agent check after boot fails.
+                    let err = RemoteError::failed(&id, Op::Start, &e);
+                    tracing::error!("{err}; stopping the VM");
+                    if let Err(e) = self.hv.stop_sandbox().await {
+                        tracing::error!("stopping after a failed start: {e}");
+                    }
+                    self.stopped().await;
+                    self.record.last_error = Some(err.clone());
+                    self.persist().await;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn pause_resume(&mut self, pause: bool) -> Result<(), RemoteError> {
+        if pause {
+            self.hv
+                .pause_sandbox()
+                .await
+                .map_err(self.hv_err(Op::Pause))?;
+            self.record.status = SandboxStatus::Paused;
+        } else {
+            self.hv
+                .resume_sandbox()
+                .await
+                .map_err(self.hv_err(Op::Resume))?;
+            self.record.status = SandboxStatus::Running;
+        }
+        self.persist().await;
+        Ok(())
+    }
+
+    /// Saves the VM's device state to the config's `devices_state_path`
+    /// (`create` points it into the sandbox directory). The backend pauses
+    /// the guest to save it; a guest that ran runs again afterwards.
+    async fn save(&mut self) -> Result<(), RemoteError> {
+        let was_running = self.record.status == SandboxStatus::Running;
+        let saved = self.hv.save_sandbox().await.map_err(self.hv_err(Op::Save));
+        if was_running {
+            if let Err(e) = self.hv.resume_sandbox().await {
+                // Paused by the save and not resumable: say so in the record.
+                tracing::error!("resume after save failed: {e}");
+                self.record.status = SandboxStatus::Paused;
+                self.persist().await;
+                saved?;
+                return Err(RemoteError::from_hypervisor(self.id(), Op::Save, &e));
+            }
+        }
+        self.persist().await;
+        saved
+    }
+
+    async fn stop(&mut self) -> Result<(), RemoteError> {
+        if self.record.status == SandboxStatus::Created {
+            // Nothing runs yet.
+            self.record.status = SandboxStatus::Stopped;
+            self.persist().await;
+            return Ok(());
+        }
+        if let Some(agent) = self.agent.take() {
+            match tokio::time::timeout(GUEST_SHUTDOWN_TIMEOUT, agent.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("guest power-off failed: {e}"),
+                Err(_) => tracing::warn!("guest power-off took over {GUEST_SHUTDOWN_TIMEOUT:?}"),
+            }
+        }
+        self.hv
+            .stop_sandbox()
+            .await
+            .map_err(self.hv_err(Op::Stop))?;
+        self.stopped().await;
+        self.persist().await;
+        Ok(())
+    }
+
+    /// Records a VMM that was stopped on purpose.
+    async fn stopped(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.agent = None;
+        self.record.status = SandboxStatus::Stopped;
+        if let Some(vmm) = self.record.vmm {
+            match vmm.liveness() {
+                Liveness::Gone(VmmExit::Unknown) | Liveness::Alive => {}
+                Liveness::Gone(exit) => self.record.vmm_exit = Some(exit),
+            }
+        }
+    }
+
+    async fn delete(&mut self, force: bool) -> Result<(), RemoteError> {
+        let id = self.id().clone();
+        if self.record.status.vmm_runs() {
+            if !force {
+                return Err(RemoteError::WrongState {
+                    id,
+                    op: Op::Delete,
+                    status: self.record.status,
+                });
+            }
+            if let Err(e) = self.stop().await {
+                tracing::warn!("stop before delete failed: {e}; killing the VMM");
+            }
+        }
+        // A VMM that survived the stop goes now. Only the recorded one,
+        // whose start time proves its pid was not reused; the backend's
+        // cleanup ends its helpers.
+        if let Some(vmm) = self.record.vmm.filter(|v| v.is_alive()) {
+            if !vmm.terminate(Duration::from_secs(2)).await {
+                tracing::warn!(pid = vmm.pid, "the VMM survived SIGKILL");
+            }
+        }
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.hv.cleanup().await.map_err(self.hv_err(Op::Delete))?;
+        Ok(())
+    }
+
+    async fn agent_for_exec(&mut self) -> Result<Arc<dyn GuestAgent>, RemoteError> {
+        Op::Exec.check(self.id(), self.record.status)?;
+        self.agent().await.map_err(|e| e.with_op(Op::Exec))
+    }
+
+    /// The agent connection, made when there is none yet (after a
+    /// re-attach).
+    async fn agent(&mut self) -> Result<Arc<dyn GuestAgent>, RemoteError> {
+        if let Some(a) = &self.agent {
+            return Ok(a.clone());
+        }
+        let id = self.id().clone();
+        let Some(address) = self.agent_address.clone() else {
+            return Err(RemoteError::Unsupported {
+                id,
+                op: Op::Exec,
+                what: "guest processes".to_string(),
+                hypervisor: self.record.hypervisor,
+                reason: "it runs no guest".to_string(),
+            });
+        };
+        let a = agent::connect(&address, AGENT_CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| RemoteError::failed(&id, Op::Exec, &e))?;
+        self.agent = Some(a.clone());
+        Ok(a)
+    }
+
+    /// Brings hot-plugged CPUs or memory online in the guest.
+    /// Brings hot-plugged CPUs online in the guest.
+    async fn online_cpus(&mut self, op: Op, cpus: u32) -> Result<(), RemoteError> {
+        if self.agent_address.is_none() {
+            return Ok(());
+        }
+        let agent = self.agent().await.map_err(|e| e.with_op(op))?;
+        let limit = ONLINE_WAIT + ONLINE_SLACK;
+        tokio::time::timeout(limit, agent.online_cpu_mem(cpus, false, &[]))
+            .await
+            .map_err(|_| RemoteError::Failed {
+                id: self.id().clone(),
+                op,
+                causes: vec![format!(
+                    "the guest did not online {cpus} vCPU(s) within {limit:?}"
+                )],
+            })?
+            .map_err(|e| RemoteError::failed(self.id(), op, &e))
+    }
+
+    /// The guest's `MemTotal` before a memory hot-plug, when it has an agent.
+    async fn guest_mem_kib(&mut self, op: Op) -> Result<Option<u64>, RemoteError> {
+        if self.agent_address.is_none() {
+            return Ok(None);
+        }
+        let agent = self.agent().await.map_err(|e| e.with_op(op))?;
+        let kib = agent
+            .mem_total_kib()
+            .await
+            .map_err(|e| RemoteError::failed(self.id(), op, &e))?;
+        Ok(Some(kib))
+    }
+
+    /// Brings `added_mib` of hot-plugged memory online: the guest learns of
+    /// a DIMM a moment after the VMM added it, so blocks are onlined as they
+    /// appear until `MemTotal` has grown from `before` by the size added.
+    async fn online_memory(
+        &mut self,
+        op: Op,
+        before: Option<u64>,
+        added_mib: u32,
+        probe: &[u64],
+    ) -> Result<(), RemoteError> {
+        let Some(before) = before else {
+            return Ok(());
+        };
+        let id = self.id().clone();
+        let agent = self.agent().await.map_err(|e| e.with_op(op))?;
+        let want = before + u64::from(added_mib) * 1024;
+        let deadline = tokio::time::Instant::now() + ONLINE_WAIT + ONLINE_SLACK;
+        let mut probe = probe;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let round = async {
+                agent.online_cpu_mem(0, true, probe).await?;
+                agent.mem_total_kib().await
+            };
+            let now = match tokio::time::timeout(left, round).await {
+                Ok(r) => r.map_err(|e| RemoteError::failed(&id, op, &e))?,
+                Err(_) => before,
+            };
+            if now >= want {
+                return Ok(());
+            }
+            // Probing an address twice fails: only the first round probes.
+            probe = &[];
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RemoteError::Failed {
+                    id,
+                    op,
+                    causes: vec![format!(
+                        "the guest sees {} of the {added_mib} MiB added after {:?}",
+                        now.saturating_sub(before) / 1024,
+                        ONLINE_WAIT + ONLINE_SLACK
+                    )],
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn hotplug(
+        &mut self,
+        target: HotplugTarget,
+        remove: bool,
+    ) -> Result<HotplugOutcome, RemoteError> {
+        let id = self.id().clone();
+        let bad = |reason: String| RemoteError::BadRequest {
+            id: id.clone(),
+            op: Op::Hotplug,
+            reason,
+        };
+        let verb = if remove { "removed" } else { "added" };
+        match target {
+            HotplugTarget::Block { path, read_only } => {
+                if remove {
+                    let pos = self
+                        .record
+                        .devices
+                        .iter()
+                        .position(
+                            |d| matches!(d, PluggedDevice::Block { path: p, .. } if *p == path),
+                        )
+                        .ok_or_else(|| {
+                            bad(format!("no block device {} is plugged", path.display()))
+                        })?;
+                    let PluggedDevice::Block {
+                        drive_id, index, ..
+                    } = self.record.devices[pos].clone()
+                    else {
+                        return Err(bad("device record mismatch".to_string()));
+                    };
+                    let drive = BlockDrive {
+                        file: path.clone(),
+                        format: "raw".to_string(),
+                        id: drive_id,
+                        index,
+                        read_only,
+                        ..BlockDrive::default()
+                    };
+                    self.hv
+                        .hotplug_remove_device(Device::Block(drive))
+                        .await
+                        .map_err(self.hv_err(Op::Hotplug))?;
+                    self.record.devices.remove(pos);
+                    return Ok(HotplugOutcome {
+                        summary: format!("removed block device {}", path.display()),
+                        guest_path: None,
+                    });
+                }
+                if !path.exists() {
+                    return Err(bad(format!("{} does not exist", path.display())));
+                }
+                if self
+                    .record
+                    .devices
+                    .iter()
+                    .any(|d| matches!(d, PluggedDevice::Block { path: p, .. } if *p == path))
+                {
+                    return Err(bad(format!("{} is plugged already", path.display())));
+                }
+                let index = self.free_block_index();
+                let drive = BlockDrive {
+                    file: path.clone(),
+                    format: "raw".to_string(),
+                    id: format!("drive-sv{index}"),
+                    index,
+                    read_only,
+                    ..BlockDrive::default()
+                };
+                let result = self
+                    .hv
+                    .hotplug_add_device(Device::Block(drive.clone()))
+                    .await
+                    .map_err(self.hv_err(Op::Hotplug))?;
+                let attached = match result {
+                    HotplugResult::Attached(Some(d)) => d,
+                    _ => drive,
+                };
+                let guest_path = attached.virt_path.clone();
+                self.record.devices.push(PluggedDevice::Block {
+                    path: path.clone(),
+                    drive_id: attached.id,
+                    index,
+                    guest_path: guest_path.clone(),
+                });
+                let at = guest_path
+                    .as_deref()
+                    .or(attached.pci_path.as_deref())
+                    .map(|p| format!(" as {p}"))
+                    .unwrap_or_default();
+                Ok(HotplugOutcome {
+                    summary: format!("added block device {}{at}", path.display()),
+                    guest_path,
+                })
+            }
+            HotplugTarget::Cpu { count } => {
+                if count == 0 {
+                    return Err(bad("the vCPU count must be at least 1".to_string()));
+                }
+                let device = Device::Cpu(count);
+                let result = if remove {
+                    self.hv.hotplug_remove_device(device).await
+                } else {
+                    self.hv.hotplug_add_device(device).await
+                }
+                .map_err(self.hv_err(Op::Hotplug))?;
+                let n = match result {
+                    HotplugResult::Cpus(n) => n,
+                    _ => count,
+                };
+                if remove {
+                    self.record.vcpus = self.record.vcpus.saturating_sub(n);
+                } else {
+                    self.record.vcpus += n;
+                    self.persist().await;
+                    self.online_cpus(Op::Hotplug, n).await?;
+                }
+                Ok(HotplugOutcome {
+                    summary: format!("{verb} {n} vCPU(s); the guest has {}", self.record.vcpus),
+                    guest_path: None,
+                })
+            }
+            HotplugTarget::Memory { size_mib } => {
+                if size_mib == 0 {
+                    return Err(bad("the memory size must be at least 1 MiB".to_string()));
+                }
+                if remove {
+                    let pos = self
+                        .record
+                        .devices
+                        .iter()
+                        .rposition(|d| matches!(d, PluggedDevice::Memory { size_mib: s, .. } if *s == size_mib))
+                        .ok_or_else(|| bad(format!("no {size_mib} MiB memory region is plugged")))?;
+                    let PluggedDevice::Memory { slot, .. } = self.record.devices[pos] else {
+                        return Err(bad("device record mismatch".to_string()));
+                    };
+                    let device = MemoryDevice {
+                        slot,
+                        size_mib,
+                        ..MemoryDevice::default()
+                    };
+                    self.hv
+                        .hotplug_remove_device(Device::Memory(device))
+                        .await
+                        .map_err(self.hv_err(Op::Hotplug))?;
+                    self.record.devices.remove(pos);
+                    self.record.memory_mib = self.record.memory_mib.saturating_sub(size_mib);
+                    return Ok(HotplugOutcome {
+                        summary: format!(
+                            "removed {size_mib} MiB of memory; the guest has {} MiB",
+                            self.record.memory_mib
+                        ),
+                        guest_path: None,
+                    });
+                }
+                let before = self.guest_mem_kib(Op::Hotplug).await?;
+                let slot = self.free_memory_slot();
+                let device = MemoryDevice {
+                    slot,
+                    size_mib,
+                    ..MemoryDevice::default()
+                };
+                let result = self
+                    .hv
+                    .hotplug_add_device(Device::Memory(device))
+                    .await
+                    .map_err(self.hv_err(Op::Hotplug))?;
+                let added = match result {
+                    HotplugResult::MemoryMib(n) if n > 0 => n,
+                    _ => size_mib,
+                };
+                self.record.memory_mib += added;
+                self.record.devices.push(PluggedDevice::Memory {
+                    slot,
+                    size_mib: added,
+                });
+                self.persist().await;
+                let probe: Vec<u64> = if device.probe {
+                    vec![device.addr]
+                } else {
+                    Vec::new()
+                };
+                self.online_memory(Op::Hotplug, before, added, &probe)
+                    .await?;
+                Ok(HotplugOutcome {
+                    summary: format!(
+                        "added {added} MiB of memory; the guest has {} MiB",
+                        self.record.memory_mib
+                    ),
+                    guest_path: None,
+                })
+            }
+            HotplugTarget::Net { tap } => {
+                if remove {
+                    let pos = self
+                        .record
+                        .devices
+                        .iter()
+                        .position(|d| matches!(d, PluggedDevice::Net { tap: t, .. } if *t == tap))
+                        .ok_or_else(|| bad(format!("no network device on tap {tap} is plugged")))?;
+                    let PluggedDevice::Net { device_id, mac, .. } =
+                        self.record.devices[pos].clone()
+                    else {
+                        return Err(bad("device record mismatch".to_string()));
+                    };
+                    let net = NetDevice {
+                        id: device_id,
+                        tap_name: tap.clone(),
+                        mac,
+                        queues: 1,
+                    };
+                    self.hv
+                        .hotplug_remove_device(Device::Net(net))
+                        .await
+                        .map_err(self.hv_err(Op::Hotplug))?;
+                    self.record.devices.remove(pos);
+                    return Ok(HotplugOutcome {
+                        summary: format!("removed network device on tap {tap}"),
+                        guest_path: None,
+                    });
+                }
+                if self
+                    .record
+                    .devices
+                    .iter()
+                    .any(|d| matches!(d, PluggedDevice::Net { tap: t, .. } if *t == tap))
+                {
+                    return Err(bad(format!("tap {tap} is plugged already")));
+                }
+                let net = NetDevice {
+                    id: format!("net-{tap}"),
+                    tap_name: tap.clone(),
+                    mac: random_mac(),
+                    queues: 1,
+                };
+                self.hv
+                    .hotplug_add_device(Device::Net(net.clone()))
+                    .await
+                    .map_err(self.hv_err(Op::Hotplug))?;
+                self.record.devices.push(PluggedDevice::Net {
+                    tap: tap.clone(),
+                    device_id: net.id,
+                    mac: net.mac.clone(),
+                });
+                Ok(HotplugOutcome {
+                    summary: format!("added network device on tap {tap} with MAC {}", net.mac),
+                    guest_path: None,
+                })
+            }
+        }
+    }
+
+    fn free_block_index(&self) -> u32 {
+        let mut used: BTreeSet<u32> = self.hv.save().block_index_map;
+        used.extend(self.record.devices.iter().filter_map(|d| match d {
+            PluggedDevice::Block { index, .. } => Some(*index),
+            _ => None,
+        }));
+        (0..).find(|i| !used.contains(i)).unwrap_or(u32::MAX)
+    }
+
+    fn free_memory_slot(&self) -> u32 {
+        let used: BTreeSet<u32> = self
+            .record
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                PluggedDevice::Memory { slot, .. } => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        (0..).find(|s| !used.contains(s)).unwrap_or(u32::MAX)
+    }
+
+    async fn resize(
+        &mut self,
+        vcpus: Option<u32>,
+        memory_mib: Option<u32>,
+    ) -> Result<(), RemoteError> {
+        let id = self.id().clone();
+        if vcpus.is_none() && memory_mib.is_none() {
+            return Err(RemoteError::BadRequest {
+                id,
+                op: Op::Resize,
+                reason: "give --cpus and/or --memory".to_string(),
+            });
+        }
+        if let Some(n) = vcpus {
+            let (old, new) = self
+                .hv
+                .resize_vcpus(n)
+                .await
+                .map_err(self.hv_err(Op::Resize))?;
+            // A backend that does not say (0) leaves the count as asked.
+            self.record.vcpus = if new > 0 { new } else { n };
+            self.persist().await;
+            if new > old {
+                self.online_cpus(Op::Resize, new - old).await?;
+            }
+        }
+        if let Some(mib) = memory_mib {
+            let before = self.record.memory_mib;
+            let guest_before = self.guest_mem_kib(Op::Resize).await?;
+            let (new, device) = self
+                .hv
+                .resize_memory(mib, MEMORY_BLOCK_MIB, false)
+                .await
+                .map_err(self.hv_err(Op::Resize))?;
+            self.record.memory_mib = if new > 0 { new } else { mib };
+            self.persist().await;
+            if self.record.memory_mib > before {
+                let probe: Vec<u64> = if device.probe {
+                    vec![device.addr]
+                } else {
+                    Vec::new()
+                };
+                let added = self.record.memory_mib - before;
+                self.online_memory(Op::Resize, guest_before, added, &probe)
+                    .await?;
+            }
+        }
+        self.persist().await;
+        Ok(())
+    }
+}
+
+/// How the VMM ended, when the backend's error says: QEMU reports the exit
+/// status of the child it reaped.
+fn backend_exit(err: &crate::Error) -> Option<VmmExit> {
+    use std::os::unix::process::ExitStatusExt;
+
+    match err {
+        crate::Error::Qemu(crate::qemu::QemuError::Exited {
+            exit: crate::qemu::process::Exit::Status(status),
+            ..
+        }) => status
+            .code()
+            .map(VmmExit::Code)
+            .or_else(|| status.signal().map(VmmExit::Signal)),
+        _ => None,
+    }
+}
+
+/// Prepares the VM of `record` on a fresh backend, as Kata does: the
+/// backend creates it, then the caller makes the agent channel and adds it
+/// as a device before the VM starts. Returns where the agent will listen.
+async fn create_vm(
+    hv: &mut dyn Hypervisor,
+    id: &SandboxId,
+    record: &SandboxRecord,
+) -> Result<Option<AgentAddress>, RemoteError> {
+    let err = |e: crate::Error| RemoteError::from_hypervisor(id, Op::Create, &e);
+    hv.create_sandbox(
+        id.as_str(),
+        &NetworkNamespace::default(),
+        &record.config,
+        false,
+    )
+    .await
+    .map_err(err)?;
+    if !agent::has_guest(record.hypervisor) {
+        return Ok(None);
+    }
+    let socket = hv
+        .generate_socket(id.as_str(), record.config.use_vsock)
+        .map_err(err)?;
+    let address = AgentAddress::from(&socket);
+    let device = match socket {
+        AgentSocket::Unix(u) => Device::SerialPort(u),
+        AgentSocket::Vsock(v) => Device::VsockPci(v),
+        AgentSocket::HybridVsock(h) => Device::HybridVsock(h),
+    };
+    hv.add_device(device).await.map_err(err)?;
+    Ok(Some(address))
+}
+
+/// A locally administered, unicast MAC address.
+fn random_mac() -> String {
+    let mut b: [u8; 6] = rand::random();
+    b[0] = (b[0] & 0xfe) | 0x02;
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl RemoteError {
+    /// The same error, for another operation.
+    fn with_op(self, new_op: Op) -> Self {
+        match self {
+            RemoteError::WrongState { id, status, .. } => RemoteError::WrongState {
+                id,
+                op: new_op,
+                status,
+            },
+            RemoteError::Unsupported {
+                id,
+                what,
+                hypervisor,
+                reason,
+                ..
+            } => RemoteError::Unsupported {
+                id,
+                op: new_op,
+                what,
+                hypervisor,
+                reason,
+            },
+            RemoteError::Failed { id, causes, .. } => RemoteError::Failed {
+                id,
+                op: new_op,
+                causes,
+            },
+            RemoteError::BadRequest { id, reason, .. } => RemoteError::BadRequest {
+                id,
+                op: new_op,
+                reason,
+            },
+            v @ RemoteError::Version { .. } => v,
+        }
+    }
+}
+
+/// One client connection.
+struct Connection {
+    id: SandboxId,
+    /// Told when a `delete` reply has reached its client.
+    exit: Arc<Notify>,
+    events: mpsc::Sender<Event>,
+    published: watch::Receiver<SandboxRecord>,
+}
+
+impl Connection {
+    async fn serve(self, stream: UnixStream) {
+        if let Err(e) = self.serve_inner(stream).await {
+            tracing::debug!("control connection ended: {e}");
+        }
+    }
+
+    async fn serve_inner(self, mut stream: UnixStream) -> Result<(), super::proto::ProtoError> {
+        let Some(first) = read_frame(&mut stream).await? else {
+            return Ok(());
+        };
+        let msg: ClientMessage = first.decode()?;
+        if msg.version != PROTOCOL_VERSION {
+            let reply = Reply::Error(RemoteError::Version {
+                id: self.id.clone(),
+                supervisor: PROTOCOL_VERSION,
+                client: msg.version,
+            });
+            return write_frame(&mut stream, &Frame::message(&reply)?).await;
+        }
+        let reply = match msg.request {
+            Request::Status => Reply::Done {
+                record: Box::new(self.published.borrow().clone()),
+            },
+            Request::Exec(spec) => return self.exec(stream, spec).await,
+            request => {
+                let delete = matches!(request, Request::Delete { .. });
+                let (tx, rx) = oneshot::channel();
+                if self.events.send(Event::Request(request, tx)).await.is_err() {
+                    return Ok(());
+                }
+                let Ok(reply) = rx.await else {
+                    return Ok(());
+                };
+                if delete && matches!(reply, Reply::Done { .. }) {
+                    let written = write_frame(&mut stream, &Frame::message(&reply)?).await;
+                    self.exit.notify_one();
+                    return written;
+                }
+                reply
+            }
+        };
+        write_frame(&mut stream, &Frame::message(&reply)?).await
+    }
+
+    async fn exec(
+        &self,
+        mut stream: UnixStream,
+        spec: ExecSpec,
+    ) -> Result<(), super::proto::ProtoError> {
+        let stdin = if spec.stdin {
+            let mut buf = Vec::new();
+            loop {
+                match read_frame(&mut stream).await? {
+                    Some(Frame::Stdin(chunk)) if chunk.is_empty() => break,
+                    Some(Frame::Stdin(chunk)) => {
+                        if buf.len() + chunk.len() > MAX_STDIN {
+                            let reply = Reply::Error(RemoteError::BadRequest {
+                                id: self.id.clone(),
+                                op: Op::Exec,
+                                reason: format!("stdin is over the limit of {MAX_STDIN} bytes"),
+                            });
+                            return write_frame(&mut stream, &Frame::message(&reply)?).await;
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                    Some(other) => {
+                        return Err(super::proto::ProtoError::Unexpected(other.kind_name()))
+                    }
+                    None => return Ok(()),
+                }
+            }
+            Some(buf)
+        } else {
+            None
+        };
+        let (tx, rx) = oneshot::channel();
+        if self.events.send(Event::Agent(tx)).await.is_err() {
+            return Ok(());
+        }
+        let agent = match rx.await {
+            Ok(Ok(agent)) => agent,
+            Ok(Err(e)) => {
+                return write_frame(&mut stream, &Frame::message(&Reply::Error(e))?).await
+            }
+            Err(_) => return Ok(()),
+        };
+        let (ev_tx, mut ev_rx) = mpsc::channel(64);
+        let run = {
+            let spec = spec.clone();
+            tokio::spawn(async move { agent.exec(&spec, stdin, ev_tx).await })
+        };
+        // The agent task ends the stream by dropping its sender.
+        let mut client_gone = false;
+        while let Some(event) = ev_rx.recv().await {
+            if client_gone {
+                continue;
+            }
+            let frame = match event {
+                ExecEvent::Started(pid) => Frame::message(&Reply::ExecStarted { pid })?,
+                ExecEvent::Stdout(b) => Frame::Stdout(b),
+                ExecEvent::Stderr(b) => Frame::Stderr(b),
+            };
+            for chunk in split_frame(frame) {
+                if write_frame(&mut stream, &chunk).await.is_err() {
+                    client_gone = true;
+                    break;
+                }
+            }
+        }
+        let reply = match run.await {
+            Ok(Ok(exit)) => Reply::ExecExited { exit },
+            Ok(Err(e)) => Reply::Error(RemoteError::failed(&self.id, Op::Exec, &e)),
+            Err(e) => Reply::Error(RemoteError::failed(&self.id, Op::Exec, &e)),
+        };
+        if client_gone {
+            return Ok(());
+        }
+        write_frame(&mut stream, &Frame::message(&reply)?).await
+    }
+}
+
+/// Splits an output frame whose payload is over the frame limit.
+fn split_frame(frame: Frame) -> Vec<Frame> {
+    match frame {
+        Frame::Stdout(b) if b.len() > MAX_PAYLOAD => b
+            .chunks(MAX_PAYLOAD)
+            .map(|c| Frame::Stdout(c.to_vec()))
+            .collect(),
+        Frame::Stderr(b) if b.len() > MAX_PAYLOAD => b
+            .chunks(MAX_PAYLOAD)
+            .map(|c| Frame::Stderr(c.to_vec()))
+            .collect(),
+        f => vec![f],
+    }
+}
