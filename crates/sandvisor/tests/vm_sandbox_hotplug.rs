@@ -1,0 +1,176 @@
+//! A running sandbox grows, and the guest agent makes the growth usable:
+//! resize to 2 vCPUs and hot-plug 256 MiB, have the agent online them, and
+//! see `nproc` and MemTotal change inside the guest; hot-plug a disk image
+//! holding an ext4 file system, mount it through the agent and read back a
+//! file written on the host.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use sandvisor::agent::AgentClient;
+use sandvisor::config::BlockDeviceDriver;
+use sandvisor::device::{BlockDrive, Device};
+use sandvisor::qemu::Qemu;
+use sandvisor::sandbox::Sandbox;
+use sandvisor_proto::{ExecRequest, ExitStatus, MountRequest, OnlineCpuMemRequest};
+
+/// Runs `sh -c script` in the guest; returns stdout, failing on a non-zero
+/// exit with the guest's stderr.
+async fn sh(agent: &AgentClient, script: &str) -> String {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let outcome = agent
+        .exec(
+            ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), script.into()],
+                ..ExecRequest::default()
+            },
+            |b| out.extend_from_slice(b),
+            |b| err.extend_from_slice(b),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+    assert_eq!(
+        outcome.status,
+        ExitStatus::Code(0),
+        "{script:?} failed: {}",
+        String::from_utf8_lossy(&err)
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
+async fn mem_total_kib(agent: &AgentClient) -> u64 {
+    let line = sh(agent, "grep MemTotal /proc/meminfo").await;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {line:?}"))
+}
+
+/// A raw disk image with an ext4 file system holding `hello.txt`.
+fn ext4_image(dir: &Path, content: &str) -> std::path::PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("image root");
+    std::fs::write(root.join("hello.txt"), content).expect("file in image");
+    let image = dir.join("disk.img");
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("16M")
+        .status()
+        .expect("mkfs.ext4 runs (install e2fsprogs)");
+    assert!(status.success(), "mkfs.ext4 failed");
+    image
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_resize_hotplug_memory_and_disk_are_usable_in_the_guest() {
+    let storage = support::storage();
+    let mut config = support::config(BlockDeviceDriver::VirtioBlock);
+    config.kernel_params.clear();
+    config.validate().expect("valid config");
+    let mut sandbox = Sandbox::launch(
+        "hotplug".into(),
+        Box::new(Qemu::with_storage(storage.path())),
+        &config,
+        support::BOOT_TIMEOUT,
+    )
+    .await
+    .expect("sandbox boots and its agent answers");
+
+    assert_eq!(sh(sandbox.agent(), "nproc").await, "1");
+    let mem_before = mem_total_kib(sandbox.agent()).await;
+
+    // Grow: 2 vCPUs and 256 MiB more, then have the agent online them.
+    let (old, new) = sandbox
+        .hypervisor()
+        .resize_vcpus(2)
+        .await
+        .expect("resize to 2 vCPUs");
+    assert_eq!((old, new), (1, 2));
+    let (mem_now, dimm) = sandbox
+        .hypervisor()
+        .resize_memory(config.memory_size + 256, 128, false)
+        .await
+        .expect("hot-plug 256 MiB");
+    assert_eq!(mem_now, config.memory_size + 256);
+    assert_eq!(dimm.size_mib, 256);
+    let online = sandbox
+        .agent()
+        .online_cpu_mem(OnlineCpuMemRequest {
+            nb_cpus: 1,
+            ..OnlineCpuMemRequest::default()
+        })
+        .await
+        .expect("agent onlines the new CPU and memory");
+    assert_eq!(online.cpus_online, 2, "{online:?}");
+
+    assert_eq!(sh(sandbox.agent(), "nproc").await, "2");
+    let grown = mem_total_kib(sandbox.agent()).await - mem_before;
+    assert!(
+        (250 * 1024..=256 * 1024).contains(&grown),
+        "MemTotal grew by {grown} KiB, expected about 256 MiB"
+    );
+
+    // A disk hot-plugged while the guest runs, mounted through the agent.
+    let disk_dir = tempfile::tempdir().expect("tempdir");
+    let image = ext4_image(disk_dir.path(), "written on the host\n");
+    let before: Vec<String> = sandbox
+        .agent()
+        .list_block_devices()
+        .await
+        .expect("list block devices")
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    sandbox
+        .hypervisor()
+        .hotplug_add_device(Device::Block(BlockDrive {
+            file: image.clone(),
+            format: "raw".into(),
+            id: "data".into(),
+            index: 1,
+            ..BlockDrive::default()
+        }))
+        .await
+        .expect("hot-plug the disk");
+    let mut added = None;
+    for _ in 0..50 {
+        let now = sandbox
+            .agent()
+            .list_block_devices()
+            .await
+            .expect("list block devices");
+        added = now.into_iter().find(|d| !before.contains(&d.name));
+        if added.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let added = added.expect("the guest sees the hot-plugged disk within 5 s");
+    assert_eq!(added.size_bytes, 16 * 1024 * 1024, "{added:?}");
+    sandbox
+        .agent()
+        .mount(MountRequest {
+            source: format!("/dev/{}", added.name),
+            target: "/mnt/data".into(),
+            fstype: "ext4".into(),
+            options: vec!["ro".into()],
+        })
+        .await
+        .expect("agent mounts the disk");
+    assert_eq!(
+        sh(sandbox.agent(), "cat /mnt/data/hello.txt").await,
+        "written on the host"
+    );
+
+    sandbox.shutdown().await.expect("clean shutdown");
+    let left: Vec<_> = std::fs::read_dir(storage.path())
+        .expect("storage dir")
+        .collect();
+    assert!(left.is_empty(), "VM files left: {left:?}");
+}
