@@ -21,17 +21,21 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod assets;
+pub mod check;
 pub mod config;
 pub mod defaults;
 pub mod device;
 pub mod hypervisor;
 pub mod hypervisor_type;
+pub mod image;
 pub mod mock;
 pub mod param;
 pub mod paths;
 pub mod probe;
 pub mod qemu;
+pub mod sandbox;
 pub mod socket;
 mod sys;
 pub mod unavailable;

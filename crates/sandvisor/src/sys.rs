@@ -16,6 +16,21 @@ pub fn set_guest_cid(vhost_vsock: BorrowedFd<'_>, cid: u64) -> nix::Result<()> {
     unsafe { vhost_vsock_set_guest_cid(vhost_vsock.as_raw_fd(), &cid) }.map(drop)
 }
 
+/// Registers an owned socket with tokio's reactor (used for vsock, which
+/// tokio has no type for).
+///
+/// # Errors
+/// When the reactor refuses the descriptor.
+pub fn register_async_fd(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: `register` needs the descriptor to stay open, and to be what
+    // `as_raw_fd` returns, for the AsyncFd's whole life. The AsyncFd takes
+    // the OwnedFd, which closes the descriptor only when dropped and always
+    // returns the same one.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
 /// Opens a pidfd for `pid` (`pidfd_open(2)`, Linux 5.3+): a descriptor that
 /// becomes readable when the process exits, and that keeps naming that
 /// process even if its pid is reused.

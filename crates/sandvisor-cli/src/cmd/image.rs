@@ -1,8 +1,10 @@
 //! `sandvisor image build`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Subcommand;
+use sandvisor::image::{self, BuildOptions, Compression};
 
 use super::CmdResult;
 
@@ -20,10 +22,40 @@ pub enum ImageCommand {
         /// Where to write the assets; default: the asset directory.
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
+        /// The statically linked agent; default: $SANDVISOR_AGENT, else
+        /// next to this executable or in cargo's target directory.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// Initrd compression: gzip or zstd.
+        #[arg(long, value_name = "ALGO", default_value_t = Compression::default())]
+        compression: Compression,
+        /// Rebuild even when the inputs have not changed.
+        #[arg(long)]
+        force: bool,
     },
 }
 
 /// Runs `sandvisor image`.
-pub fn run(_command: ImageCommand) -> CmdResult {
-    Err("sandvisor image is not built yet".into())
+pub fn run(command: ImageCommand) -> CmdResult {
+    match command {
+        ImageCommand::Build {
+            kernel,
+            modules,
+            output,
+            agent,
+            compression,
+            force,
+        } => {
+            let opts = BuildOptions {
+                kernel,
+                modules,
+                agent,
+                output,
+                compression,
+                force,
+            };
+            image::build(&opts, &mut |step| eprintln!("image: {step}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -1,6 +1,15 @@
-//! `sandvisor run -- CMD`.
+//! `sandvisor run -- CMD`: the orchestration is
+//! [`sandvisor::sandbox::run_command`]; this file maps flags to options,
+//! Ctrl-C to cancellation and the outcome to an exit code.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
+use sandvisor::sandbox::{run_command, SandboxOptions};
+use tokio::io::AsyncReadExt as _;
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::CmdResult;
 use crate::ConfigArgs;
@@ -24,7 +33,75 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let term = signal(SignalKind::terminate());
+    match term {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Runs `sandvisor run`.
-pub fn run(_args: RunArgs) -> CmdResult {
-    Err("sandvisor run is not built yet".into())
+pub fn run(args: RunArgs) -> CmdResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> CmdResult {
+    let timeout = Duration::from_secs(args.timeout);
+    let opts = SandboxOptions {
+        config: args.config.config,
+        hypervisor: args.config.hypervisor,
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        boot_timeout: timeout,
+    };
+    // Piped stdin goes to the command; a terminal's does not (the command
+    // would wait for an end of file that never comes).
+    let stdin = if std::io::stdin().is_terminal() {
+        None
+    } else {
+        let mut buf = Vec::new();
+        tokio::io::stdin().read_to_end(&mut buf).await?;
+        Some(buf)
+    };
+    let outcome = run_command(
+        &opts,
+        args.command,
+        stdin,
+        timeout,
+        &mut tokio::io::stdout(),
+        &mut tokio::io::stderr(),
+        interrupted(),
+    )
+    .await;
+    match outcome {
+        Ok(o) => {
+            if o.timed_out {
+                eprintln!(
+                    "sandvisor: the command ran past --timeout {}s and was killed",
+                    args.timeout
+                );
+            }
+            let code = o.status.shell_code().clamp(0, 255);
+            Ok(ExitCode::from(
+                u8::try_from(code).expect("clamped to 0..=255"),
+            ))
+        }
+        Err(e @ sandvisor::sandbox::SandboxError::Interrupted { .. }) => {
+            super::print_error(&e);
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,11 +1,91 @@
 //! Reading Kata's `configuration.toml`.
+//!
+//! sandvisor reads the files of both Kata generations: Kata 1.x
+//! (`kata-containers/runtime`, `cli/config/configuration-*.toml.in`) and
+//! current Kata (`kata-containers/kata-containers`,
+//! `src/runtime/config/configuration-*.toml.in`).
+//!
+//! # What is read
+//!
+//! - **`[hypervisor.NAME]`**, with NAME one of `qemu`, `clh`, `firecracker`,
+//!   `acrn` (and `mock`). The section present picks the hypervisor; when the
+//!   file has several, `--hypervisor` chooses (Kata would take whichever its
+//!   map iteration gave last). Any other NAME is an error, as in Kata.
+//!   Every key is checked against [`super::vocabulary`]:
+//!   - a key sandvisor implements sets its [`HypervisorConfig`] field, its
+//!     value parsed into the library's type (paths, enums, parameters);
+//!   - a Kata key sandvisor does not implement (`rootless`,
+//!     `valid_entropy_sources`, ...) is ignored with exactly one warning
+//!     naming the key and the file, in [`RuntimeConfig::warnings`] and in
+//!     the log;
+//!   - any other key is an error naming the key, the section and the file,
+//!     with the closest known key as a hint.
+//! - **`[factory]`**: `enable_template`, `template_path`, `vm_cache_number`,
+//!   `vm_cache_endpoint`, into [`FactoryConfig`].
+//! - Every other section (`[runtime]`, `[agent.*]`, `[shim.*]`,
+//!   `[proxy.*]`, `[netmon]`, `[image]`, ...) belongs to other layers and is
+//!   skipped without a word.
+//!
+//! # Meanings taken from Kata's loader (`pkg/katautils/config.go`)
+//!
+//! - An empty string for a path (`firmware = ""`) means unset.
+//! - `default_vcpus`: negative or above the host's CPU count means the host's
+//!   count; 0 means the default (1); current Kata's fractions round up.
+//! - `default_maxvcpus`: 0 or at least the host's CPU count means the host's
+//!   count, capped at what the VMM supports.
+//! - `default_bridges` is capped at 5.
+//! - `machine_accelerators` and `cpu_features` are comma lists, trimmed.
+//! - `kernel_params` is one space-separated string.
+//! - `enable_swap` (Kata 1.x) is the opposite of `mlock`.
+//! - Kata 1.x templates set both `image` and `initrd`, and Kata keeps the one
+//!   whose file exists; so does sandvisor. When both exist, validation
+//!   refuses them.
+//! - For `firecracker` and `clh`, Kata forces `use_vsock = true` and
+//!   `disable_vhost_net = true`; so does sandvisor.
+//! - For `qemu`, `use_vsock = true` on a host without vhost-vsock falls back
+//!   to virtio-serial with a warning, as Kata does.
+//! - `[factory]`: `template_path` defaults to `/run/vc/vm/template` and
+//!   `vm_cache_endpoint` to `/var/run/kata-containers/cache.sock`. A template
+//!   VM boots with `boot_to_be_template`, `memory_path =
+//!   <template_path>/memory` and `devices_state_path =
+//!   <template_path>/state`; VMs made from it boot with `boot_from_template`
+//!   and the same two paths (see [`FactoryConfig::template_vm_config`]).
+//!
+//! Where sandvisor departs from Kata:
+//! - `default_memory` below 256 MiB is an error at validation; current Kata
+//!   silently replaces it with 2048.
+//! - A key that is not in the vocabulary is an error; Kata's TOML decoder
+//!   ignores it, so a typo silently does nothing there.
+//!
+//! # sandvisor additions
+//!
+//! In the hypervisor section:
+//! - `accel = "auto" | "kvm" | "tcg"` (default `auto`): how QEMU runs guest
+//!   code. `auto` takes KVM when stock guest kernels run at full speed on it
+//!   here, else TCG (see [`crate::probe::resolve_accel`]).
+//!
+//! Keys left unset take sandvisor's defaults: for `qemu`, `path` is the QEMU
+//! binary found (see [`default_qemu_path`]) and `machine_type` is `q35`;
+//! `kernel` is `vmlinuz` in the asset directory, and when neither `image` nor
+//! `initrd` is set, `initrd` is `initrd.img` there.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
 
-use crate::config::HypervisorConfig;
+use crate::config::vocabulary::{self, HostFacts, KeyStatus, ValueError, FACTORY_KEYS};
+use crate::config::{ConfigError, HypervisorConfig};
 use crate::hypervisor_type::HypervisorType;
+
+/// Kata's default `template_path`.
+pub const DEFAULT_TEMPLATE_PATH: &str = "/run/vc/vm/template";
+/// Kata's default `vm_cache_endpoint`.
+pub const DEFAULT_VM_CACHE_ENDPOINT: &str = "/var/run/kata-containers/cache.sock";
+/// Where QEMU is looked for first.
+pub const DEFAULT_QEMU_PATH: &str = "/usr/bin/qemu-system-x86_64";
+/// The QEMU machine type when the config names none.
+pub const DEFAULT_MACHINE_TYPE: &str = "q35";
 
 /// Kata's `[factory]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -18,6 +98,59 @@ pub struct FactoryConfig {
     pub vm_cache_number: u32,
     /// `vm_cache_endpoint`: the VM cache's socket.
     pub vm_cache_endpoint: Option<PathBuf>,
+}
+
+impl FactoryConfig {
+    /// The factory with Kata's defaults for the paths left unset.
+    pub fn with_defaults(mut self) -> Self {
+        self.template_path
+            .get_or_insert_with(|| PathBuf::from(DEFAULT_TEMPLATE_PATH));
+        self.vm_cache_endpoint
+            .get_or_insert_with(|| PathBuf::from(DEFAULT_VM_CACHE_ENDPOINT));
+        self
+    }
+
+    /// The template directory: `template_path`, or Kata's default.
+    pub fn template_dir(&self) -> PathBuf {
+        self.template_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_TEMPLATE_PATH))
+    }
+
+    /// The template's guest memory file: `<template_path>/memory`.
+    pub fn template_memory_path(&self) -> PathBuf {
+        self.template_dir().join("memory")
+    }
+
+    /// The template's device state file: `<template_path>/state`.
+    pub fn template_devices_state_path(&self) -> PathBuf {
+        self.template_dir().join("state")
+    }
+
+    /// The config of the VM that becomes the template (Kata's
+    /// `createTemplateVM`): `base` booted to be a template, its memory and
+    /// device state in the template directory.
+    pub fn template_vm_config(&self, base: &HypervisorConfig) -> HypervisorConfig {
+        HypervisorConfig {
+            boot_to_be_template: true,
+            boot_from_template: false,
+            memory_path: Some(self.template_memory_path()),
+            devices_state_path: Some(self.template_devices_state_path()),
+            ..base.clone()
+        }
+    }
+
+    /// The config of a VM made from the template (Kata's
+    /// `createFromTemplateVM`).
+    pub fn from_template_vm_config(&self, base: &HypervisorConfig) -> HypervisorConfig {
+        HypervisorConfig {
+            boot_to_be_template: false,
+            boot_from_template: true,
+            memory_path: Some(self.template_memory_path()),
+            devices_state_path: Some(self.template_devices_state_path()),
+            ..base.clone()
+        }
+    }
 }
 
 /// A loaded configuration: which hypervisor and its (not yet validated)
@@ -36,6 +169,67 @@ pub struct RuntimeConfig {
     pub source: Option<PathBuf>,
 }
 
+/// The effective configuration as `sandvisor env` prints it: Kata's key
+/// names, the hypervisor, and the factory.
+#[derive(Debug, Clone, Serialize)]
+pub struct EffectiveConfig<'a> {
+    /// The hypervisor.
+    pub hypervisor: HypervisorType,
+    /// Its config.
+    #[serde(flatten)]
+    pub config: &'a HypervisorConfig,
+    /// The `[factory]` section.
+    pub factory: &'a FactoryConfig,
+}
+
+impl RuntimeConfig {
+    /// Validates the hypervisor config (filling in its defaults), then the
+    /// factory as Kata's `checkFactoryConfig` does.
+    ///
+    /// # Errors
+    /// [`KataConfigError::Invalid`] naming the file, or a factory error.
+    pub fn validate(&mut self) -> Result<(), KataConfigError> {
+        let file = self.source_name();
+        self.config
+            .validate()
+            .map_err(|source| KataConfigError::Invalid {
+                file: file.clone(),
+                source,
+            })?;
+        if self.factory.enable_template && self.config.initrd_path.is_none() {
+            return Err(KataConfigError::TemplateNeedsInitrd { file });
+        }
+        if self.factory.vm_cache_number > 0 && self.hypervisor != HypervisorType::Qemu {
+            return Err(KataConfigError::VmCacheNeedsQemu {
+                file,
+                hypervisor: self.hypervisor,
+            });
+        }
+        Ok(())
+    }
+
+    /// The view `sandvisor env` prints.
+    pub fn effective(&self) -> EffectiveConfig<'_> {
+        EffectiveConfig {
+            hypervisor: self.hypervisor,
+            config: &self.config,
+            factory: &self.factory,
+        }
+    }
+
+    fn source_name(&self) -> String {
+        self.source.as_ref().map_or_else(
+            || "the built-in config".to_string(),
+            |p| p.display().to_string(),
+        )
+    }
+}
+
+fn did_you_mean(hint: &Option<&'static str>) -> String {
+    hint.map(|h| format!(": did you mean {h:?}?"))
+        .unwrap_or_default()
+}
+
 /// Errors from reading a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum KataConfigError {
@@ -48,10 +242,109 @@ pub enum KataConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not valid TOML.
+    #[error("TOML syntax error in {file} at line {line}, column {column}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key that is neither Kata's nor sandvisor's.
+    #[error("unknown key {key:?} in [{section}] of {file}{}", did_you_mean(.hint))]
+    UnknownKey {
+        /// The key.
+        key: String,
+        /// The section, such as `hypervisor.qemu`.
+        section: String,
+        /// The file.
+        file: String,
+        /// The closest known key.
+        hint: Option<&'static str>,
+    },
+    /// A value of the wrong type or out of range.
+    #[error("key {key:?} in [{section}] of {file}: {problem}")]
+    BadValue {
+        /// The key.
+        key: String,
+        /// The section.
+        section: String,
+        /// The file.
+        file: String,
+        /// What is wrong with the value.
+        problem: ValueError,
+    },
+    /// A section that should be a table is not.
+    #[error("[{section}] in {file} must be a table")]
+    NotATable {
+        /// The section.
+        section: String,
+        /// The file.
+        file: String,
+    },
+    /// No `[hypervisor.*]` section.
+    #[error("no [hypervisor.*] section in {file}: add one, such as [hypervisor.qemu]")]
+    NoHypervisorSection {
+        /// The file.
+        file: String,
+    },
+    /// A hypervisor section for a hypervisor sandvisor does not know.
+    #[error("unknown hypervisor section [hypervisor.{name}] in {file}: expected one of qemu, clh, firecracker, acrn")]
+    UnknownHypervisor {
+        /// The section's name.
+        name: String,
+        /// The file.
+        file: String,
+    },
+    /// Several hypervisor sections and no `--hypervisor`.
+    #[error("{file} has several hypervisor sections ({}): choose one with --hypervisor", .found.join(", "))]
+    SeveralHypervisors {
+        /// The file.
+        file: String,
+        /// The sections found.
+        found: Vec<String>,
+    },
+    /// `--hypervisor` names a section the file does not have.
+    #[error("--hypervisor {requested} names no section of {file}, which has [hypervisor.{}]", .found.join("], [hypervisor."))]
+    HypervisorNotInFile {
+        /// The hypervisor asked for.
+        requested: HypervisorType,
+        /// The file.
+        file: String,
+        /// The sections it has.
+        found: Vec<String>,
+    },
+    /// The hypervisor config does not validate.
+    #[error("invalid hypervisor config in {file}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The rule broken.
+        #[source]
+        source: ConfigError,
+    },
+    /// `enable_template` without an initrd.
+    #[error("[factory] enable_template in {file} needs an initrd: set `initrd`, not `image`")]
+    TemplateNeedsInitrd {
+        /// The file.
+        file: String,
+    },
+    /// A VM cache for another hypervisor than QEMU.
+    #[error("[factory] vm_cache_number in {file} needs hypervisor qemu, not {hypervisor}")]
+    VmCacheNeedsQemu {
+        /// The file.
+        file: String,
+        /// The hypervisor configured.
+        hypervisor: HypervisorType,
+    },
 }
 
 /// Loads `path`, or the built-in default when `path` is `None`, for
-/// `hypervisor` (or the file's only / first hypervisor section).
+/// `hypervisor` (or the file's only hypervisor section).
 ///
 /// # Errors
 /// See [`KataConfigError`].
@@ -59,12 +352,280 @@ pub fn load_config(
     path: Option<&Path>,
     hypervisor: Option<HypervisorType>,
 ) -> Result<RuntimeConfig, KataConfigError> {
-    let _ = path;
-    Ok(default_config(hypervisor.unwrap_or_default()))
+    let Some(path) = path else {
+        return Ok(default_config(hypervisor.unwrap_or_default()));
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| KataConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let host = HostFacts::probe();
+    let vsock = crate::probe::probe_vhost_vsock(Path::new(crate::probe::DEV_VHOST_VSOCK));
+    let config = parse_config(&text, path, hypervisor, host, vsock.err())?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(config)
+}
+
+/// Parses the text of a `configuration.toml` read from `path`.
+///
+/// `host` holds the facts Kata's loader applies (CPU count); `no_vsock` is
+/// why vhost-vsock cannot be used here, if it cannot. Warnings are returned,
+/// not logged.
+///
+/// # Errors
+/// See [`KataConfigError`].
+pub fn parse_config(
+    text: &str,
+    path: &Path,
+    hypervisor: Option<HypervisorType>,
+    host: HostFacts,
+    no_vsock: Option<String>,
+) -> Result<RuntimeConfig, KataConfigError> {
+    let file = path.display().to_string();
+    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+        let (line, column) = e
+            .span()
+            .map_or((1, 1), |span| line_column(text, span.start));
+        KataConfigError::Syntax {
+            file: file.clone(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })?;
+
+    let (kind, section) = choose_section(&table, &file, hypervisor)?;
+    let section_name = format!("hypervisor.{}", section.0);
+    let mut warnings = Vec::new();
+    let mut config = HypervisorConfig::default();
+    for (key, value) in section.1 {
+        match vocabulary::hypervisor_key(key).map(|k| k.status) {
+            Some(KeyStatus::Implemented(set)) => {
+                set(&mut config, value, host).map_err(|problem| KataConfigError::BadValue {
+                    key: key.clone(),
+                    section: section_name.clone(),
+                    file: file.clone(),
+                    problem,
+                })?
+            }
+            Some(KeyStatus::Unimplemented) => warnings.push(format!(
+                "key {key:?} in [{section_name}] of {file} is a Kata key sandvisor does not implement; ignored"
+            )),
+            None => {
+                return Err(KataConfigError::UnknownKey {
+                    key: key.clone(),
+                    section: section_name,
+                    file,
+                    hint: vocabulary::closest(
+                        key,
+                        vocabulary::hypervisor_keys().map(|k| k.name),
+                    ),
+                })
+            }
+        }
+    }
+    apply_kata_rules(kind, &mut config, host, no_vsock, &mut warnings, &file);
+    fill_defaults(kind, &mut config);
+
+    let factory = match table.get("factory") {
+        None => FactoryConfig::default(),
+        Some(Value::Table(t)) => parse_factory(t, &file)?,
+        Some(_) => {
+            return Err(KataConfigError::NotATable {
+                section: "factory".into(),
+                file,
+            })
+        }
+    }
+    .with_defaults();
+
+    Ok(RuntimeConfig {
+        hypervisor: kind,
+        config,
+        factory,
+        warnings,
+        source: Some(path.to_path_buf()),
+    })
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+type Section<'a> = (&'a str, &'a Table);
+
+fn choose_section<'a>(
+    table: &'a Table,
+    file: &str,
+    requested: Option<HypervisorType>,
+) -> Result<(HypervisorType, Section<'a>), KataConfigError> {
+    let hypervisors = match table.get("hypervisor") {
+        None => {
+            return Err(KataConfigError::NoHypervisorSection {
+                file: file.to_string(),
+            })
+        }
+        Some(Value::Table(t)) => t,
+        Some(_) => {
+            return Err(KataConfigError::NotATable {
+                section: "hypervisor".into(),
+                file: file.to_string(),
+            })
+        }
+    };
+    let mut sections = Vec::new();
+    for (name, value) in hypervisors {
+        let kind: HypervisorType =
+            name.parse()
+                .map_err(|_| KataConfigError::UnknownHypervisor {
+                    name: name.clone(),
+                    file: file.to_string(),
+                })?;
+        let Value::Table(t) = value else {
+            return Err(KataConfigError::NotATable {
+                section: format!("hypervisor.{name}"),
+                file: file.to_string(),
+            });
+        };
+        sections.push((kind, (name.as_str(), t)));
+    }
+    let found = || sections.iter().map(|(_, (n, _))| n.to_string()).collect();
+    match (requested, sections.len()) {
+        (_, 0) => Err(KataConfigError::NoHypervisorSection {
+            file: file.to_string(),
+        }),
+        (Some(want), _) => sections
+            .iter()
+            .find(|(kind, _)| *kind == want)
+            .copied()
+            .ok_or_else(|| KataConfigError::HypervisorNotInFile {
+                requested: want,
+                file: file.to_string(),
+                found: found(),
+            }),
+        (None, 1) => Ok(sections[0]),
+        (None, _) => Err(KataConfigError::SeveralHypervisors {
+            file: file.to_string(),
+            found: found(),
+        }),
+    }
+}
+
+/// What Kata's loader does beyond reading keys.
+fn apply_kata_rules(
+    kind: HypervisorType,
+    config: &mut HypervisorConfig,
+    host: HostFacts,
+    no_vsock: Option<String>,
+    warnings: &mut Vec<String>,
+    file: &str,
+) {
+    config.default_max_vcpus = vocabulary::kata_default_max_vcpus(
+        config.default_max_vcpus,
+        host.cpus,
+        crate::defaults::max_vcpus(),
+    );
+    if let (Some(image), Some(initrd)) = (&config.image_path, &config.initrd_path) {
+        match (image.exists(), initrd.exists()) {
+            (true, false) => {
+                tracing::debug!(image = %image.display(), "image and initrd both set; keeping the image, whose file exists");
+                config.initrd_path = None;
+            }
+            (false, true) => {
+                tracing::debug!(initrd = %initrd.display(), "image and initrd both set; keeping the initrd, whose file exists");
+                config.image_path = None;
+            }
+            // Both or neither: validation names both.
+            _ => {}
+        }
+    }
+    match kind {
+        HypervisorType::Firecracker | HypervisorType::Clh => {
+            config.use_vsock = true;
+            config.disable_vhost_net = true;
+        }
+        HypervisorType::Qemu if config.use_vsock => {
+            if let Some(reason) = no_vsock {
+                warnings.push(format!(
+                    "use_vsock = true in [hypervisor.qemu] of {file}, but vhost-vsock is unavailable ({reason}); using virtio-serial instead"
+                ));
+                config.use_vsock = false;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn fill_defaults(kind: HypervisorType, config: &mut HypervisorConfig) {
+    let assets = crate::paths::asset_dir();
+    if config.kernel_path.is_none() {
+        config.kernel_path = Some(assets.join(crate::paths::KERNEL_FILE));
+    }
+    if config.image_path.is_none() && config.initrd_path.is_none() {
+        config.initrd_path = Some(assets.join(crate::paths::INITRD_FILE));
+    }
+    if kind == HypervisorType::Qemu {
+        if config.hypervisor_path.is_none() {
+            config.hypervisor_path = Some(default_qemu_path());
+        }
+        if config.hypervisor_machine_type.is_empty() {
+            config.hypervisor_machine_type = DEFAULT_MACHINE_TYPE.to_string();
+        }
+    }
+}
+
+fn parse_factory(t: &Table, file: &str) -> Result<FactoryConfig, KataConfigError> {
+    use vocabulary::factory as v;
+    let mut f = FactoryConfig::default();
+    for (key, value) in t {
+        let bad = |problem| KataConfigError::BadValue {
+            key: key.clone(),
+            section: "factory".into(),
+            file: file.to_string(),
+            problem,
+        };
+        match key.as_str() {
+            "enable_template" => f.enable_template = v::boolean(value).map_err(bad)?,
+            "template_path" => f.template_path = v::path(value).map_err(bad)?,
+            "vm_cache_number" => f.vm_cache_number = v::uint32(value).map_err(bad)?,
+            "vm_cache_endpoint" => f.vm_cache_endpoint = v::path(value).map_err(bad)?,
+            _ => {
+                return Err(KataConfigError::UnknownKey {
+                    key: key.clone(),
+                    section: "factory".into(),
+                    file: file.to_string(),
+                    hint: vocabulary::closest(key, FACTORY_KEYS.iter().copied()),
+                })
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// The QEMU binary: [`DEFAULT_QEMU_PATH`] when it exists, else the first
+/// `qemu-system-x86_64` on `PATH`, else [`DEFAULT_QEMU_PATH`] (which
+/// `sandvisor check` then reports missing).
+pub fn default_qemu_path() -> PathBuf {
+    let preferred = PathBuf::from(DEFAULT_QEMU_PATH);
+    if preferred.is_file() {
+        return preferred;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("qemu-system-x86_64"))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or(preferred)
 }
 
 /// The built-in default: QEMU with the guest assets of
-/// [`crate::paths::asset_dir`].
+/// [`crate::paths::asset_dir`], machine type `q35`, `accel = "auto"`.
 pub fn default_config(hypervisor: HypervisorType) -> RuntimeConfig {
     let assets = crate::paths::asset_dir();
     RuntimeConfig {
@@ -72,10 +633,11 @@ pub fn default_config(hypervisor: HypervisorType) -> RuntimeConfig {
         config: HypervisorConfig {
             kernel_path: Some(assets.join(crate::paths::KERNEL_FILE)),
             initrd_path: Some(assets.join(crate::paths::INITRD_FILE)),
-            hypervisor_path: Some(PathBuf::from("/usr/bin/qemu-system-x86_64")),
-            hypervisor_machine_type: "q35".to_string(),
+            hypervisor_path: Some(default_qemu_path()),
+            hypervisor_machine_type: DEFAULT_MACHINE_TYPE.to_string(),
             ..HypervisorConfig::default()
         },
+        factory: FactoryConfig::default().with_defaults(),
         ..RuntimeConfig::default()
     }
 }

@@ -5,6 +5,7 @@
 //! what a Kata user already knows. Reading Kata's files lives in [`kata`].
 
 pub mod kata;
+pub mod vocabulary;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,21 @@
+# The two entry points. Both work on a fresh Debian machine.
+#   make demo   set up, then run a command in a fresh VM
+#   make test   set up, then format check, lints and every test
+
+.PHONY: demo test setup lint check-fmt
+
+demo: setup
+	target/release/sandvisor run -- uname -a
+
+test: setup lint
+	cargo nextest run --workspace --profile ci
+	cargo test --workspace --doc
+
+setup:
+	scripts/setup.sh
+
+lint: check-fmt
+	cargo clippy --workspace --all-targets -- -D warnings
+
+check-fmt:
+	cargo fmt --all --check

@@ -1,0 +1,145 @@
+//! Where the host reaches the agent: the virtio-serial port
+//! `agent.channel.0`, and vsock port 1024 when the guest has vsock.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+};
+use sandvisor_proto::{SERIAL_PORT_NAME, VSOCK_PORT};
+
+use crate::server::Agent;
+use crate::{log, sys};
+
+const VIRTIO_PORTS: &str = "/sys/class/virtio-ports";
+
+/// The `/dev/vportNpM` whose port name is `name`.
+fn find_serial_port(name: &str) -> Option<PathBuf> {
+    fs::read_dir(VIRTIO_PORTS)
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let port_name = fs::read_to_string(entry.path().join("name")).ok()?;
+            (port_name.trim() == name).then(|| PathBuf::from("/dev").join(entry.file_name()))
+        })
+}
+
+/// Waits until the host end of the port is connected: while it is not,
+/// `poll` reports `POLLHUP` at once.
+fn wait_for_host(port: &File) {
+    loop {
+        let mut fds = [PollFd::new(port.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(0) => return,
+            Ok(_) => {
+                let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+                if !revents.contains(PollFlags::POLLHUP) || revents.contains(PollFlags::POLLIN) {
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => log!("poll on the agent port failed: {e}"),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Serves the virtio-serial port for ever: one session per host
+/// connection.
+pub fn serve_serial(agent: &Agent) {
+    let started = Instant::now();
+    let mut warned = false;
+    let path = loop {
+        if let Some(path) = find_serial_port(SERIAL_PORT_NAME) {
+            break path;
+        }
+        if !warned && started.elapsed() > Duration::from_secs(5) {
+            log!("no virtio-serial port named {SERIAL_PORT_NAME} yet; still looking");
+            warned = true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    log!("serving {SERIAL_PORT_NAME} on {}", path.display());
+    loop {
+        let port = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                log!("cannot open {}: {e}", path.display());
+                thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        loop {
+            wait_for_host(&port);
+            let writer = match port.try_clone() {
+                Ok(w) => w,
+                Err(e) => {
+                    log!("cannot clone the port handle: {e}");
+                    break;
+                }
+            };
+            // Returns when the host disconnects: the port reads EOF.
+            agent.serve(&port, writer);
+        }
+    }
+}
+
+/// Listens on vsock port [`VSOCK_PORT`] in a thread, one thread per
+/// connection. Without vsock in the guest, logs and returns.
+pub fn start_vsock(agent: Arc<Agent>) {
+    let listener = match socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log!("no vsock ({e}); serving virtio-serial only");
+            return;
+        }
+    };
+    let addr = VsockAddr::new(nix::libc::VMADDR_CID_ANY, VSOCK_PORT);
+    if let Err(e) = bind(std::os::fd::AsRawFd::as_raw_fd(&listener), &addr) {
+        log!("cannot bind vsock port {VSOCK_PORT} ({e}); serving virtio-serial only");
+        return;
+    }
+    let backlog = Backlog::new(8).unwrap_or(Backlog::MAXCONN);
+    if let Err(e) = listen(&listener, backlog) {
+        log!("cannot listen on vsock port {VSOCK_PORT} ({e}); serving virtio-serial only");
+        return;
+    }
+    log!("listening on vsock port {VSOCK_PORT}");
+    let spawned = thread::Builder::new()
+        .name("vsock".into())
+        .spawn(move || loop {
+            let conn = match sys::accept(&listener) {
+                Ok(fd) => File::from(fd),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log!("vsock accept failed: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let agent = Arc::clone(&agent);
+            let spawned = thread::Builder::new()
+                .name("vsock-session".into())
+                .spawn(move || match conn.try_clone() {
+                    Ok(writer) => agent.serve(&conn, writer),
+                    Err(e) => log!("cannot clone the vsock connection: {e}"),
+                });
+            if let Err(e) = spawned {
+                log!("cannot start a vsock session thread: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        log!("cannot start the vsock thread: {e}");
+    }
+}

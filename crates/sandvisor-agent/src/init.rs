@@ -1,0 +1,178 @@
+//! PID 1 duties: the base file systems and the kernel modules.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::mount::{mount, MsFlags};
+
+use crate::log;
+
+/// The list of modules to load, one absolute path a line, dependencies
+/// first. Written by `sandvisor image build`.
+pub const MODULES_LOAD: &str = "/etc/sandvisor/modules.load";
+
+/// The `PATH` the agent and its processes get when none is given.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+struct BaseMount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+const BASE_MOUNTS: &[BaseMount] = &[
+    BaseMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        data: None,
+    },
+    BaseMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        data: None,
+    },
+    BaseMount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID,
+        data: Some("mode=0755"),
+    },
+    BaseMount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: Some("gid=5,mode=0620,ptmxmode=0666"),
+    },
+    BaseMount {
+        source: "tmpfs",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+    },
+    BaseMount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=0755"),
+    },
+    BaseMount {
+        source: "tmpfs",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+    },
+];
+
+/// Mounts proc, sys, dev, dev/pts, dev/shm, run and tmp. A failure is
+/// logged; the agent goes on with what it has.
+pub fn mount_base() {
+    for m in BASE_MOUNTS {
+        if let Err(e) = fs::create_dir_all(m.target) {
+            log!("cannot create {}: {e}", m.target);
+            continue;
+        }
+        match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => log!("cannot mount {} on {}: {e}", m.fstype, m.target),
+        }
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        if !Path::new(link).exists() {
+            let _ = std::os::unix::fs::symlink(target, link);
+        }
+    }
+}
+
+/// Loads the modules listed in [`MODULES_LOAD`], in order. A module that
+/// fails is logged and skipped; one already loaded is fine.
+///
+/// Returns how many were loaded and how many failed.
+pub fn load_modules() -> (usize, usize) {
+    let list = match fs::read_to_string(MODULES_LOAD) {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (0, 0),
+        Err(e) => {
+            log!("cannot read {MODULES_LOAD}: {e}");
+            return (0, 0);
+        }
+    };
+    let no_params = CString::default();
+    let (mut loaded, mut failed) = (0, 0);
+    for path in list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                log!("cannot open module {path}: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        match finit_module(&file, &no_params, ModuleInitFlags::empty()) {
+            Ok(()) | Err(Errno::EEXIST) => loaded += 1,
+            Err(e) => {
+                log!("cannot load module {path}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    (loaded, failed)
+}
+
+/// The kernel command line.
+pub fn cmdline() -> String {
+    fs::read_to_string("/proc/cmdline").unwrap_or_default()
+}
+
+/// Whether the kernel command line holds the word `param`.
+pub fn cmdline_has(cmdline: &str, param: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .any(|w| w == param || w.split_once('=').is_some_and(|(k, _)| k == param))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_words() {
+        let c = "console=ttyS0 quiet sandvisor.debug_console panic=1\n";
+        assert!(cmdline_has(c, "sandvisor.debug_console"));
+        assert!(cmdline_has(
+            "sandvisor.debug_console=1",
+            "sandvisor.debug_console"
+        ));
+        assert!(!cmdline_has(
+            "xsandvisor.debug_console",
+            "sandvisor.debug_console"
+        ));
+        assert!(!cmdline_has(c, "debug"));
+    }
+}

@@ -1,0 +1,517 @@
+//! One-shot sandboxes: boot a VM from the default assets, run one command
+//! through the guest agent, tear everything down. This is what
+//! `sandvisor run` is; a container runtime would keep the [`Sandbox`] and
+//! run many.
+//!
+//! The order follows Kata's: `create_sandbox`, then the agent socket from
+//! `generate_socket` added as a device (a virtio-serial port, vsock or a
+//! hybrid vsock), then `start_sandbox`, then the agent handshake. Every
+//! failure after `create_sandbox` stops the VM and removes its files before
+//! the error is returned; so does a cancellation (Ctrl-C) passed to
+//! [`run_command`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sandvisor_proto::{ExecRequest, ExitStatus, Stream};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::agent::{AgentAddress, AgentClient, ClientError, ExecEvent};
+use crate::config::kata::{load_config, KataConfigError};
+use crate::config::{ConfigError, HypervisorConfig};
+use crate::device::Device;
+use crate::hypervisor::{Error as HypervisorError, Hypervisor, NetworkNamespace};
+use crate::hypervisor_type::{new_hypervisor, HypervisorType};
+use crate::socket::AgentSocket;
+
+/// How long to wait for the VMM to exit after the guest powers off.
+const POWER_OFF_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors from running a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The configuration file could not be loaded.
+    #[error("cannot load the configuration")]
+    Load(#[from] KataConfigError),
+    /// The configuration is invalid.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// A hypervisor operation failed.
+    #[error("cannot {op} sandbox {id}")]
+    Hypervisor {
+        /// The operation.
+        op: &'static str,
+        /// The sandbox.
+        id: String,
+        /// The backend's error.
+        #[source]
+        source: HypervisorError,
+    },
+    /// The agent socket cannot be reached from the host.
+    #[error("bad agent socket for sandbox {id}")]
+    AgentAddress {
+        /// The sandbox.
+        id: String,
+        /// What is wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to the agent failed.
+    #[error("guest agent of sandbox {id}: {op}")]
+    Agent {
+        /// The sandbox.
+        id: String,
+        /// The step.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: ClientError,
+    },
+    /// Writing the command's output failed.
+    #[error("cannot write the command's output")]
+    Output(#[source] std::io::Error),
+    /// The run was cancelled (Ctrl-C); the sandbox was torn down.
+    #[error("interrupted; sandbox {id} was torn down")]
+    Interrupted {
+        /// The sandbox.
+        id: String,
+    },
+}
+
+/// What sandbox to make.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// A Kata `configuration.toml`; the built-in default when `None`.
+    pub config: Option<PathBuf>,
+    /// The hypervisor; the file's (or QEMU) when `None`.
+    pub hypervisor: Option<HypervisorType>,
+    /// vCPUs, over the config's.
+    pub vcpus: Option<u32>,
+    /// Memory in MiB, over the config's.
+    pub memory_mib: Option<u32>,
+    /// How long the VMM and then the agent may take to come up.
+    pub boot_timeout: Duration,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            config: None,
+            hypervisor: None,
+            vcpus: None,
+            memory_mib: None,
+            boot_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SandboxOptions {
+    /// The validated hypervisor config and type these options give.
+    ///
+    /// # Errors
+    /// When the file cannot be loaded or the result is invalid.
+    pub fn resolve(&self) -> Result<(HypervisorType, HypervisorConfig), SandboxError> {
+        let rc = load_config(self.config.as_deref(), self.hypervisor)?;
+        let mut config = rc.config;
+        for w in &rc.warnings {
+            tracing::warn!("{w}");
+        }
+        if let Some(n) = self.vcpus {
+            config.num_vcpus = n;
+        }
+        if let Some(m) = self.memory_mib {
+            config.memory_size = m;
+        }
+        config.validate()?;
+        Ok((rc.hypervisor, config))
+    }
+}
+
+/// A new sandbox id: `sv-` and 12 hex digits.
+pub fn new_sandbox_id() -> String {
+    format!(
+        "sv-{:012x}",
+        rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff
+    )
+}
+
+/// A running VM and its connected agent.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    hypervisor: Box<dyn Hypervisor>,
+    agent: AgentClient,
+}
+
+/// Stops the VMM and removes its files, logging what fails: used on error
+/// paths, where the first error is the one to report.
+async fn teardown(id: &str, hv: &mut dyn Hypervisor) {
+    if let Err(e) = hv.stop_sandbox().await {
+        tracing::warn!(id, error = %e, "stopping the sandbox failed");
+    }
+    if let Err(e) = hv.cleanup().await {
+        tracing::warn!(id, error = %e, "cleaning up the sandbox failed");
+    }
+}
+
+impl Sandbox {
+    /// Creates and starts a sandbox with `hypervisor` and `config`, and
+    /// connects its agent.
+    ///
+    /// # Errors
+    /// The first step that failed; the VM is torn down first.
+    pub async fn launch(
+        id: String,
+        mut hypervisor: Box<dyn Hypervisor>,
+        config: &HypervisorConfig,
+        boot_timeout: Duration,
+    ) -> Result<Sandbox, SandboxError> {
+        let hv_err = |op, id: &str| {
+            let id = id.to_string();
+            move |source| SandboxError::Hypervisor { op, id, source }
+        };
+        hypervisor
+            .create_sandbox(&id, &NetworkNamespace::default(), config, false)
+            .await
+            .map_err(hv_err("create", &id))?;
+        match Self::boot(&id, hypervisor.as_mut(), config, boot_timeout).await {
+            Ok(agent) => Ok(Sandbox {
+                id,
+                hypervisor,
+                agent,
+            }),
+            Err(e) => {
+                teardown(&id, hypervisor.as_mut()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(
+        id: &str,
+        hv: &mut dyn Hypervisor,
+        config: &HypervisorConfig,
+        boot_timeout: Duration,
+    ) -> Result<AgentClient, SandboxError> {
+        let hv_err = |op| {
+            let id = id.to_string();
+            move |source| SandboxError::Hypervisor { op, id, source }
+        };
+        let socket = hv
+            .generate_socket(id, config.use_vsock)
+            .map_err(hv_err("make the agent socket of"))?;
+        let address =
+            AgentAddress::from_socket(&socket).map_err(|source| SandboxError::AgentAddress {
+                id: id.to_string(),
+                source,
+            })?;
+        let device = match socket {
+            AgentSocket::Unix(u) => Device::SerialPort(u),
+            AgentSocket::Vsock(v) => Device::VsockPci(v),
+            AgentSocket::HybridVsock(h) => Device::HybridVsock(h),
+        };
+        hv.add_device(device)
+            .await
+            .map_err(hv_err("add the agent channel to"))?;
+        let started = Instant::now();
+        hv.start_sandbox(boot_timeout)
+            .await
+            .map_err(hv_err("start"))?;
+        let left = boot_timeout.saturating_sub(started.elapsed());
+        let agent = AgentClient::connect(&address, left)
+            .await
+            .map_err(|source| SandboxError::Agent {
+                id: id.to_string(),
+                op: "connect",
+                source,
+            })?;
+        tracing::info!(id, elapsed = ?started.elapsed(), agent = agent.agent_version(), "sandbox up");
+        Ok(agent)
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The guest agent.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    /// The hypervisor.
+    pub fn hypervisor(&mut self) -> &mut dyn Hypervisor {
+        self.hypervisor.as_mut()
+    }
+
+    /// Powers the guest off through the agent, then stops the VMM and
+    /// removes its files.
+    ///
+    /// # Errors
+    /// When stopping or cleaning up fails. A VMM that has already exited
+    /// because the guest powered off is not an error.
+    pub async fn shutdown(mut self) -> Result<(), SandboxError> {
+        let id = self.id.clone();
+        let powered_off = match self.agent.shutdown().await {
+            Ok(()) => self.wait_vmm_exit(POWER_OFF_WAIT).await,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "the agent did not power the guest off; stopping the VMM");
+                false
+            }
+        };
+        let stopped = self.hypervisor.stop_sandbox().await;
+        match stopped {
+            Ok(()) => {}
+            // The VMM exited on its own because it was asked to: its
+            // backend may call that an unexpected exit.
+            Err(e) if powered_off => {
+                tracing::debug!(id, error = %e, "stop after power-off");
+            }
+            Err(source) => {
+                if let Err(e) = self.hypervisor.cleanup().await {
+                    tracing::warn!(id, error = %e, "cleaning up the sandbox failed");
+                }
+                return Err(SandboxError::Hypervisor {
+                    op: "stop",
+                    id,
+                    source,
+                });
+            }
+        }
+        self.hypervisor
+            .cleanup()
+            .await
+            .map_err(|source| SandboxError::Hypervisor {
+                op: "clean up",
+                id,
+                source,
+            })
+    }
+
+    /// Whether the VMM went away within `wait`, as `check` reports it.
+    async fn wait_vmm_exit(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if self.hypervisor.check().await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Tears the sandbox down without asking the guest: stop, clean up.
+    pub async fn kill(mut self) {
+        teardown(&self.id, self.hypervisor.as_mut()).await;
+    }
+}
+
+/// How [`run_command`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The command's exit.
+    pub status: ExitStatus,
+    /// Whether it was killed at its timeout.
+    pub timed_out: bool,
+}
+
+/// Boots a sandbox as `opts` say, runs `argv` with `stdin`, streams its
+/// output to `stdout` and `stderr`, then shuts the sandbox down. The
+/// command is killed after `command_timeout`. When `cancel` completes first
+/// (Ctrl-C), the sandbox is torn down and [`SandboxError::Interrupted`]
+/// returned.
+///
+/// # Errors
+/// See [`SandboxError`]; in every case the VM is gone when this returns.
+pub async fn run_command<O, E>(
+    opts: &SandboxOptions,
+    argv: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    command_timeout: Duration,
+    stdout: &mut O,
+    stderr: &mut E,
+    cancel: impl Future<Output = ()>,
+) -> Result<RunOutcome, SandboxError>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let (kind, config) = opts.resolve()?;
+    let id = new_sandbox_id();
+    tokio::pin!(cancel);
+    let mut hv = new_hypervisor(kind);
+    hv.create_sandbox(&id, &NetworkNamespace::default(), &config, false)
+        .await
+        .map_err(|source| SandboxError::Hypervisor {
+            op: "create",
+            id: id.clone(),
+            source,
+        })?;
+    let booted = tokio::select! {
+        r = Sandbox::boot(&id, hv.as_mut(), &config, opts.boot_timeout) => Some(r),
+        () = &mut cancel => None,
+    };
+    let sandbox = match booted {
+        Some(Ok(agent)) => Sandbox {
+            id: id.clone(),
+            hypervisor: hv,
+            agent,
+        },
+        Some(Err(e)) => {
+            teardown(&id, hv.as_mut()).await;
+            return Err(e);
+        }
+        None => {
+            teardown(&id, hv.as_mut()).await;
+            return Err(SandboxError::Interrupted { id });
+        }
+    };
+    let req = ExecRequest {
+        argv,
+        stdin,
+        timeout_ms: Some(u64::try_from(command_timeout.as_millis()).unwrap_or(u64::MAX)),
+        ..ExecRequest::default()
+    };
+    let result = tokio::select! {
+        r = exec_streaming(&sandbox, req, stdout, stderr) => r,
+        () = &mut cancel => Err(SandboxError::Interrupted { id: id.clone() }),
+    };
+    match result {
+        Ok(outcome) => {
+            sandbox.shutdown().await?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            sandbox.kill().await;
+            Err(e)
+        }
+    }
+}
+
+async fn exec_streaming<O, E>(
+    sandbox: &Sandbox,
+    req: ExecRequest,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<RunOutcome, SandboxError>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let agent_err = |op| {
+        let id = sandbox.id().to_string();
+        move |source| SandboxError::Agent { id, op, source }
+    };
+    let mut handle = sandbox
+        .agent()
+        .exec_start(req)
+        .await
+        .map_err(agent_err("start the command"))?;
+    loop {
+        match handle.next().await.map_err(agent_err("run the command"))? {
+            Some(ExecEvent::Output(Stream::Stdout, data)) => {
+                stdout
+                    .write_all(&data)
+                    .await
+                    .map_err(SandboxError::Output)?;
+                stdout.flush().await.map_err(SandboxError::Output)?;
+            }
+            Some(ExecEvent::Output(Stream::Stderr, data)) => {
+                stderr
+                    .write_all(&data)
+                    .await
+                    .map_err(SandboxError::Output)?;
+                stderr.flush().await.map_err(SandboxError::Output)?;
+            }
+            Some(ExecEvent::Exit(o)) => {
+                return Ok(RunOutcome {
+                    status: o.status,
+                    timed_out: o.timed_out,
+                })
+            }
+            None => {
+                return Err(SandboxError::Agent {
+                    id: sandbox.id().to_string(),
+                    op: "run the command",
+                    source: ClientError::Disconnected,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_distinct_and_short() {
+        let (a, b) = (new_sandbox_id(), new_sandbox_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("sv-"));
+    }
+
+    #[test]
+    fn options_override_the_config() {
+        let opts = SandboxOptions {
+            vcpus: Some(2),
+            memory_mib: Some(512),
+            ..SandboxOptions::default()
+        };
+        let (_, config) = opts.resolve().expect("the default config is valid");
+        assert_eq!((config.num_vcpus, config.memory_size), (2, 512));
+        let bad = SandboxOptions {
+            memory_mib: Some(16),
+            ..SandboxOptions::default()
+        };
+        assert!(matches!(
+            bad.resolve(),
+            Err(SandboxError::Config(ConfigError::MemoryTooSmall { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn agent_that_never_answers_fails_launch_in_time() {
+        // The mock runs no guest: nobody answers on its socket.
+        let mut config = crate::config::kata::default_config(HypervisorType::Mock).config;
+        config.validate().expect("valid");
+        let started = Instant::now();
+        let err = Sandbox::launch(
+            new_sandbox_id(),
+            new_hypervisor(HypervisorType::Mock),
+            &config,
+            Duration::from_millis(300),
+        )
+        .await
+        .expect_err("no agent");
+        assert!(
+            matches!(err, SandboxError::Agent { op: "connect", .. }),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn cancel_before_boot_is_interrupted() {
+        let opts = SandboxOptions {
+            hypervisor: Some(HypervisorType::Mock),
+            boot_timeout: Duration::from_secs(30),
+            ..SandboxOptions::default()
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let r = run_command(
+            &opts,
+            vec!["true".into()],
+            None,
+            Duration::from_secs(1),
+            &mut out,
+            &mut err,
+            tokio::time::sleep(Duration::from_millis(100)),
+        )
+        .await;
+        assert!(matches!(r, Err(SandboxError::Interrupted { .. })), "{r:?}");
+    }
+}
