@@ -849,3 +849,18 @@ fn vsock_without_vhost_vsock_is_a_clear_error() {
         other => panic!("expected a unix socket, got {other:?}"),
     }
 }
+
+#[test]
+fn errors_stay_small_enough_to_return_by_value() {
+    // clippy's result_large_err threshold: callers wrap Error in theirs.
+    assert!(
+        std::mem::size_of::<Error>() <= 128,
+        "{}",
+        std::mem::size_of::<Error>()
+    );
+    assert!(
+        std::mem::size_of::<QemuError>() <= 112,
+        "{}",
+        std::mem::size_of::<QemuError>()
+    );
+}
