@@ -161,3 +161,52 @@ async fn a_vmm_that_never_answers_is_killed_at_the_deadline() {
         .count();
     assert_eq!(survivors, 0, "the hung VMM was killed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_owning_handle_kills_the_vm_and_disconnect_keeps_it() {
+    support::trace();
+    let storage = support::storage();
+    let config = support::config(BlockDeviceDriver::VirtioScsi);
+
+    // Dropped while owning: killed, directory removed.
+    let mut vm = Qemu::with_storage(storage.path());
+    vm.create_sandbox("drop", &NetworkNamespace::default(), &config, false)
+        .await
+        .expect("create");
+    vm.start_sandbox(support::BOOT_TIMEOUT)
+        .await
+        .expect("start");
+    let pid = vm.pids()[0];
+    drop(vm);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid), "dropping the owner kills the VM");
+    assert!(
+        entries(storage.path()).is_empty(),
+        "and removes its directory"
+    );
+
+    // Disconnected first: the VM outlives the handle, for a re-attach.
+    let mut vm = Qemu::with_storage(storage.path());
+    vm.create_sandbox("keep", &NetworkNamespace::default(), &config, false)
+        .await
+        .expect("create");
+    vm.start_sandbox(support::BOOT_TIMEOUT)
+        .await
+        .expect("start");
+    let state = vm.save();
+    vm.disconnect().await;
+    drop(vm);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        alive(state.pid),
+        "a disconnected handle leaves the VM running"
+    );
+    let mut vm = Qemu::with_storage(storage.path());
+    vm.load(state).await.expect("re-attach");
+    vm.stop_sandbox().await.expect("stop");
+    vm.cleanup().await.expect("cleanup");
+    assert!(entries(storage.path()).is_empty());
+}

@@ -536,7 +536,7 @@ impl Qemu {
                 // Try the next slot, as Kata does.
                 Err(e) => {
                     tracing::warn!(id, error = %e, "cannot hot-plug vCPU");
-                    last_err = Some(e);
+                    last_err = Some(Box::new(e));
                 }
             }
         }

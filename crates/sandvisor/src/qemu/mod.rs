@@ -136,9 +136,9 @@ pub enum QemuError {
         timeout: Duration,
         /// The end of QEMU's log.
         log_tail: String,
-        /// The last connect error.
+        /// The last connect error (boxed: errors stay small to move).
         #[source]
-        last: Option<QmpError>,
+        last: Option<Box<QmpError>>,
     },
     /// QEMU has exited without being asked to.
     #[error("qemu (pid {pid}) exited on its own: {exit}; its log ends with:\n{log_tail}")]
@@ -210,9 +210,9 @@ pub enum QemuError {
         added: u32,
         /// Asked.
         requested: u32,
-        /// The last error.
+        /// The last error (boxed: errors stay small to move).
         #[source]
-        last: Option<QmpError>,
+        last: Option<Box<QmpError>>,
     },
     /// More vCPUs to remove than were hot-plugged.
     #[error(
@@ -492,7 +492,7 @@ impl Qemu {
             match Qmp::connect(&paths.qmp, left).await {
                 Ok(q) => return Ok(q),
                 Err(e) if e.is_transient_connect() => {
-                    last = Some(e);
+                    last = Some(Box::new(e));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(20).min(left)) => {}
                         _ = exit.changed() => {}

@@ -819,3 +819,48 @@ fn state_round_trips_through_save() {
     let decoded: HypervisorState = serde_json::from_slice(&bytes).expect("decodes");
     assert_eq!(decoded, s);
 }
+
+#[test]
+fn vsock_without_vhost_vsock_is_a_clear_error() {
+    let q = Qemu::with_storage("/tmp/svs");
+    let r = q.generate_socket("s1", true);
+    if std::path::Path::new(crate::probe::DEV_VHOST_VSOCK).exists() {
+        // A host with vhost-vsock claims a context id instead.
+        if let Ok(AgentSocket::Vsock(v)) = &r {
+            assert!(v.context_id >= 3);
+        }
+        return;
+    }
+    let err = r.expect_err("no /dev/vhost-vsock here");
+    assert!(matches!(err, Error::Socket(_)), "{err}");
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err).map_or(String::new(), |s| s.to_string())
+    );
+    assert!(
+        chain.contains("vhost-vsock") && chain.contains("use_vsock"),
+        "{chain}"
+    );
+    match q.generate_socket("s1", false).expect("unix socket") {
+        AgentSocket::Unix(u) => {
+            assert_eq!(u.host_path, PathBuf::from("/tmp/svs/s1/kata.sock"));
+            assert_eq!(u.name, "agent.channel.0");
+        }
+        other => panic!("expected a unix socket, got {other:?}"),
+    }
+}
+
+#[test]
+fn errors_stay_small_enough_to_return_by_value() {
+    // clippy's result_large_err threshold: callers wrap Error in theirs.
+    assert!(
+        std::mem::size_of::<Error>() <= 128,
+        "{}",
+        std::mem::size_of::<Error>()
+    );
+    assert!(
+        std::mem::size_of::<QemuError>() <= 112,
+        "{}",
+        std::mem::size_of::<QemuError>()
+    );
+}

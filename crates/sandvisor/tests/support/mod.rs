@@ -85,7 +85,18 @@ impl Console {
     /// Connects to the console socket and waits until the guest's shell
     /// answers.
     pub async fn ready(path: &Path) -> Console {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
+        match Console::ready_within(path, BOOT_TIMEOUT).await {
+            Ok(c) => c,
+            Err(said) => panic!(
+                "the guest shell did not come up within {BOOT_TIMEOUT:?}; console said:\n{said}"
+            ),
+        }
+    }
+
+    /// Like [`Console::ready`], but gives up after `timeout` and returns
+    /// what the console said.
+    pub async fn ready_within(path: &Path, timeout: Duration) -> Result<Console, String> {
+        let deadline = Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(path).await {
                 Ok(s) => break s,
@@ -109,18 +120,16 @@ impl Console {
             if c.out.contains("sandvisor: debug console ready") || c.out.contains("SV_PROBE_OK") {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the guest shell did not come up within {BOOT_TIMEOUT:?}; console said:\n{}",
-                c.out
-            );
+            if Instant::now() >= deadline {
+                return Err(c.out);
+            }
             if Instant::now() >= probe_at {
                 c.send("echo SV_PROBE\"\"_OK").await;
                 probe_at = Instant::now() + Duration::from_secs(2);
             }
             c.read_some(Duration::from_millis(200)).await;
         }
-        c
+        Ok(c)
     }
 
     async fn send(&mut self, line: &str) {
