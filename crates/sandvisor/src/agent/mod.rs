@@ -445,7 +445,31 @@ impl AgentClient {
     }
 
     async fn call(&self, op: &'static str, request: Request) -> Result<Response, ClientError> {
-        self.call_with(op, request, self.timeout).await
+        match self.call_with(op, request.clone(), self.timeout).await {
+            Err(e) if Self::lost_handshake(&e) => {
+                self.rehandshake().await?;
+                self.call_with(op, request, self.timeout).await
+            }
+            other => other,
+        }
+    }
+
+    fn lost_handshake(e: &ClientError) -> bool {
+        matches!(e.agent_error(), Some(AgentError::NoHandshake))
+    }
+
+    /// Greets the agent again after it forgot the session.
+    ///
+    /// A virtio-serial port has no connection the guest sees at once: the
+    /// agent learns that the previous host left only when a read returns
+    /// EOF, which can come after this host's hello was already answered.
+    /// The agent then starts a new session and refuses the next request
+    /// with `NoHandshake`; one more hello puts the two ends back in step.
+    async fn rehandshake(&self) -> Result<(), ClientError> {
+        tracing::debug!("agent forgot the handshake; greeting it again");
+        self.handshake_until(Instant::now() + self.timeout)
+            .await
+            .map(drop)
     }
 
     fn unexpected<T>(op: &'static str, got: Response) -> Result<T, ClientError> {
@@ -488,8 +512,14 @@ impl AgentClient {
         let deadline = req
             .timeout_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms) + self.timeout);
-        let mut route = self.send(Request::Exec(req)).await?;
-        match Self::reply("exec", &mut route, self.timeout).await? {
+        let mut route = self.send(Request::Exec(req.clone())).await?;
+        let mut reply = Self::reply("exec", &mut route, self.timeout).await;
+        if matches!(&reply, Err(e) if Self::lost_handshake(e)) {
+            self.rehandshake().await?;
+            route = self.send(Request::Exec(req)).await?;
+            reply = Self::reply("exec", &mut route, self.timeout).await;
+        }
+        match reply? {
             Response::ExecStarted { pid } => Ok(ExecHandle {
                 route,
                 pid,
@@ -647,16 +677,34 @@ mod tests {
 
     /// A scripted agent on the other end of a socket pair: answers hello
     /// with `version`, check with check, and exec with two chunks and an
-    /// exit.
-    async fn fake_agent(stream: tokio::net::UnixStream, version: u32) {
+    /// exit. With `forgetful`, it drops the session after every odd-numbered
+    /// hello, as an agent does that sees the previous host's EOF late: the
+    /// first request after such a hello gets `NoHandshake`.
+    async fn fake_agent(stream: tokio::net::UnixStream, version: u32, forgetful: bool) {
         let std = stream.into_std().expect("std");
         std.set_nonblocking(false).expect("blocking");
         tokio::task::spawn_blocking(move || {
             let mut s = std;
+            let mut forget_next = false;
+            let mut hellos = 0u32;
             while let Ok(payload) = read_frame(&mut s) {
                 let msg: HostMessage = frame::decode(&payload).expect("valid request");
                 let id = Some(msg.id);
                 let mut out = vec![];
+                let is_hello = matches!(msg.request, Request::Hello { .. });
+                if forget_next && !is_hello {
+                    forget_next = false;
+                    let refusal = AgentMessage::Reply {
+                        id,
+                        result: Err(AgentError::NoHandshake),
+                    };
+                    frame::write_frame(&mut s, &refusal).expect("write");
+                    continue;
+                }
+                if is_hello {
+                    hellos += 1;
+                    forget_next = forgetful && hellos % 2 == 1;
+                }
                 match msg.request {
                     Request::Hello { protocol_version } if protocol_version == version => {
                         out.push(AgentMessage::Reply {
@@ -711,8 +759,37 @@ mod tests {
 
     fn pair(version: u32) -> AgentClient {
         let (a, b) = tokio::net::UnixStream::pair().expect("pair");
-        tokio::spawn(fake_agent(b, version));
+        tokio::spawn(fake_agent(b, version, false));
         AgentClient::from_stream(Box::new(a))
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_handshake_is_renewed_once_and_the_request_retried() {
+        let (a, b) = tokio::net::UnixStream::pair().expect("pair");
+        tokio::spawn(fake_agent(b, PROTOCOL_VERSION, true));
+        let client = AgentClient::from_stream(Box::new(a));
+        client
+            .handshake_until(Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("handshake");
+        client.check().await.expect("check after a renewed hello");
+        // A new host session that the agent will forget again.
+        client
+            .handshake_until(Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("handshake");
+        let outcome = client
+            .exec(
+                ExecRequest {
+                    argv: vec!["x".into()],
+                    ..ExecRequest::default()
+                },
+                |_| {},
+                |_| {},
+            )
+            .await
+            .expect("exec after a renewed hello");
+        assert_eq!(outcome.status, ExitStatus::Code(3));
     }
 
     #[tokio::test]
