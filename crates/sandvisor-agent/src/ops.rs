@@ -135,24 +135,57 @@ fn online_memory() -> Result<u32, AgentError> {
     Ok(onlined)
 }
 
+/// The size of a memory block, from `block_size_bytes` (hex); 128 MiB, the
+/// x86_64 default, when it cannot be read.
+fn memory_block_bytes() -> u64 {
+    fs::read_to_string(Path::new(MEMORY_DIR).join("block_size_bytes"))
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+        .filter(|b| *b > 0)
+        .unwrap_or(128 << 20)
+}
+
+/// Onlines offline memory blocks until enough for `mib` MiB were onlined,
+/// waiting for them until `deadline`; with `mib` 0, onlines what is offline
+/// now. Returns the blocks onlined.
+fn online_memory_waiting(mib: u32, deadline: Instant) -> Result<u32, AgentError> {
+    let want = (u64::from(mib) << 20).div_ceil(memory_block_bytes());
+    let mut onlined = online_memory()?;
+    while u64::from(onlined) < want {
+        if Instant::now() >= deadline {
+            return Err(AgentError::Failed {
+                op: "online memory".into(),
+                message: format!(
+                    "onlined {onlined} of {want} memory blocks ({mib} MiB) before the wait ended"
+                ),
+                errno: None,
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
+        onlined += online_memory()?;
+    }
+    Ok(onlined)
+}
+
 /// Kata's `OnlineCPUMem`: probe memory at the given addresses, online
 /// offline memory blocks, then online CPUs, waiting up to `wait_ms` for
-/// `nb_cpus` of them (ACPI hot-plug is asynchronous).
+/// `memory_mib` of memory and `nb_cpus` CPUs to appear (ACPI hot-plug is
+/// asynchronous).
 ///
 /// # Errors
 /// When sysfs refuses a write, or fewer than `nb_cpus` CPUs could be
 /// onlined before the wait ended.
 pub fn online_cpu_mem(req: &OnlineCpuMemRequest) -> Result<OnlineCpuMemResult, AgentError> {
     let mut result = OnlineCpuMemResult::default();
+    let deadline = Instant::now() + Duration::from_millis(req.wait_ms);
     if !req.cpu_only {
         let probe = Path::new(MEMORY_DIR).join("probe");
         for addr in &req.probe_addresses {
             fs::write(&probe, format!("{addr:#x}"))
                 .map_err(|e| failed(format!("probe memory at {addr:#x}"), &e))?;
         }
-        result.memory_blocks_onlined = online_memory()?;
+        result.memory_blocks_onlined = online_memory_waiting(req.memory_mib, deadline)?;
     }
-    let deadline = Instant::now() + Duration::from_millis(req.wait_ms);
     loop {
         let want = if req.nb_cpus == 0 {
             0

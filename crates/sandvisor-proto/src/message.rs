@@ -107,7 +107,12 @@ pub struct OnlineCpuMemRequest {
     /// not discover by itself.
     #[serde(default)]
     pub probe_addresses: Vec<u64>,
-    /// How long to wait for `nb_cpus` CPUs to appear.
+    /// MiB of hot-plugged memory to bring online; 0 means whatever is
+    /// offline now. The agent waits up to `wait_ms` for that much to appear:
+    /// the guest learns of a DIMM a moment after the VMM added it.
+    #[serde(default)]
+    pub memory_mib: u32,
+    /// How long to wait for `nb_cpus` CPUs and `memory_mib` MiB to appear.
     #[serde(default)]
     pub wait_ms: u64,
 }

@@ -103,11 +103,17 @@ async fn vm_resize_hotplug_memory_and_disk_are_usable_in_the_guest() {
         .agent()
         .online_cpu_mem(OnlineCpuMemRequest {
             nb_cpus: 1,
+            memory_mib: 256,
+            wait_ms: 5_000,
             ..OnlineCpuMemRequest::default()
         })
         .await
         .expect("agent onlines the new CPU and memory");
     assert_eq!(online.cpus_online, 2, "{online:?}");
+    assert_eq!(
+        online.memory_blocks_onlined, 2,
+        "two 128 MiB blocks: {online:?}"
+    );
 
     assert_eq!(sh(sandbox.agent(), "nproc").await, "2");
     let grown = mem_total_kib(sandbox.agent()).await - mem_before;

@@ -239,6 +239,8 @@ impl GuestAgent for Client {
             nb_cpus: cpus,
             cpu_only: !memory,
             probe_addresses: probe_addresses.to_vec(),
+            // The caller polls MemTotal itself until the size it added shows.
+            memory_mib: 0,
             wait_ms: u64::try_from(ONLINE_WAIT.as_millis()).unwrap_or(u64::MAX),
         };
         let done = self.0.online_cpu_mem(request).await?;
