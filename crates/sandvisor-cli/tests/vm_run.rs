@@ -80,6 +80,15 @@ fn vm_run_streams_and_exits_with_the_command_code() {
 }
 
 #[test]
+fn vm_run_exits_3_and_sees_two_cpus() {
+    let out = sandvisor_run(&["--", "sh", "-c", "exit 3"], None);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    let out = sandvisor_run(&["--cpus", "2", "--", "nproc"], None);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "2\n");
+}
+
+#[test]
 fn vm_run_passes_piped_stdin_and_guest_kernel() {
     let out = sandvisor_run(
         &[
