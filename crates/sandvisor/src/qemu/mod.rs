@@ -906,8 +906,10 @@ impl Hypervisor for Qemu {
                 tracing::error!(id = self.id, error = %e, "qemu had died before stop");
                 Err(e.into())
             }
+            // A clean exit before stop is what a guest power-off looks like
+            // (`run` shuts the guest down first): nothing to warn about.
             Some(exit) => {
-                tracing::warn!(id = self.id, %exit, "qemu had exited before stop");
+                tracing::info!(id = self.id, %exit, "qemu had exited before stop");
                 Ok(())
             }
             None => {
