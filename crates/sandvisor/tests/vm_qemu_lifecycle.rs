@@ -138,13 +138,22 @@ async fn lifecycle_hotplug_and_reattach() {
         (640, 128),
         "600 rounds up to a whole block"
     );
-    console
-        .run(
-            "for m in /sys/devices/system/memory/memory*; do \
-             grep -q offline $m/state && echo online > $m/state; done; true",
-        )
-        .await;
-    let after = mem_total_kb(&console.run("grep MemTotal /proc/meminfo").await);
+    // The guest learns of the DIMM a moment after QEMU added it (an ACPI
+    // event): online blocks as they appear, for up to 10 s.
+    let mut after = before;
+    for _ in 0..100 {
+        console
+            .run(
+                "for m in /sys/devices/system/memory/memory*; do \
+                 grep -q offline $m/state && echo online > $m/state; done; true",
+            )
+            .await;
+        after = mem_total_kb(&console.run("grep MemTotal /proc/meminfo").await);
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(after - before, 128 * 1024, "the guest gained 128 MiB");
     let (same, _) = vm.resize_memory(512, 128, false).await.expect("shrink");
     assert_eq!(same, 640, "memory is not taken back, as in the seed");
