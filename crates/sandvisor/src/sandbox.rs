@@ -21,10 +21,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::agent::{AgentAddress, AgentClient, ClientError, ExecEvent};
 use crate::config::kata::{load_config, KataConfigError};
 use crate::config::{ConfigError, HypervisorConfig};
-use crate::device::Device;
 use crate::hypervisor::{Error as HypervisorError, Hypervisor, NetworkNamespace};
 use crate::hypervisor_type::{new_hypervisor, HypervisorType};
-use crate::socket::AgentSocket;
 
 /// How long to wait for the VMM to exit after the guest powers off.
 const POWER_OFF_WAIT: Duration = Duration::from_secs(10);
@@ -216,11 +214,7 @@ impl Sandbox {
                 id: id.to_string(),
                 source,
             })?;
-        let device = match socket {
-            AgentSocket::Unix(u) => Device::SerialPort(u),
-            AgentSocket::Vsock(v) => Device::VsockPci(v),
-            AgentSocket::HybridVsock(h) => Device::HybridVsock(h),
-        };
+        let device = socket.into_device();
         hv.add_device(device)
             .await
             .map_err(hv_err("add the agent channel to"))?;

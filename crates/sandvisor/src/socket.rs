@@ -58,6 +58,19 @@ pub enum AgentSocket {
     HybridVsock(HybridVsock),
 }
 
+impl AgentSocket {
+    /// The device that gives the guest this channel, for
+    /// [`crate::Hypervisor::add_device`].
+    pub fn into_device(self) -> crate::device::Device {
+        use crate::device::Device;
+        match self {
+            AgentSocket::Unix(u) => Device::SerialPort(u),
+            AgentSocket::Vsock(v) => Device::VsockPci(v),
+            AgentSocket::HybridVsock(h) => Device::HybridVsock(h),
+        }
+    }
+}
+
 /// Joins `parts` into a path that fits in a unix socket address.
 ///
 /// # Errors

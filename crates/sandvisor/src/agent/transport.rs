@@ -17,8 +17,10 @@ use tokio::net::UnixStream;
 
 use crate::socket::AgentSocket;
 
-/// Where the agent is reached from the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the agent is reached from the host; persisted in a sandbox's
+/// state so that a new supervisor reconnects to the same channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AgentAddress {
     /// A unix socket that carries the stream as is (QEMU's chardev behind
     /// the virtio-serial port `agent.channel.0`).

@@ -6,96 +6,26 @@
 //! before `stop`. [`GuestAgent`] is the part of the agent client it uses.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use sandvisor_proto::{ExecRequest, ExitStatus, OnlineCpuMemRequest, Stream as OutputStream};
 
 use super::proto::{ExecExit, ExecSpec};
-use crate::agent::{
-    AgentAddress as ClientAddress, AgentClient, ClientError, ExecEvent as ClientEvent,
-};
+pub use crate::agent::AgentAddress;
+use crate::agent::{AgentClient, ClientError, ExecEvent as ClientEvent};
 use crate::hypervisor_type::HypervisorType;
-use crate::socket::AgentSocket;
 
 /// Errors from the guest agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentLinkError {
-    /// The address cannot be reached by the client (a vsock context id
-    /// over 32 bits).
-    #[error("cannot reach the guest agent at {address}")]
-    Address {
-        /// The address.
-        address: AgentAddress,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// The agent did not answer, answered with an error, or the channel
     /// failed.
     #[error(transparent)]
     Client(#[from] ClientError),
-}
-
-/// Where the guest agent listens, as the host reaches it; persisted so a
-/// new supervisor reconnects to the same channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AgentAddress {
-    /// A virtio-serial port behind a host unix socket.
-    Serial {
-        /// The host socket.
-        path: PathBuf,
-    },
-    /// vhost-vsock.
-    Vsock {
-        /// The guest context id.
-        cid: u64,
-        /// The port.
-        port: u32,
-    },
-    /// A hybrid vsock: a host unix socket the VMM bridges to guest vsock.
-    HybridVsock {
-        /// The host socket.
-        path: PathBuf,
-        /// The guest port.
-        port: u32,
-    },
-}
-
-impl From<&AgentSocket> for AgentAddress {
-    fn from(socket: &AgentSocket) -> Self {
-        match socket {
-            AgentSocket::Unix(u) => AgentAddress::Serial {
-                path: u.host_path.clone(),
-            },
-            AgentSocket::Vsock(v) => AgentAddress::Vsock {
-                cid: v.context_id,
-                port: v.port,
-            },
-            AgentSocket::HybridVsock(h) => AgentAddress::HybridVsock {
-                path: h.uds_path.clone(),
-                port: h.port,
-            },
-        }
-    }
-}
-
-impl fmt::Display for AgentAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AgentAddress::Serial { path } => write!(f, "serial port {}", path.display()),
-            AgentAddress::Vsock { cid, port } => write!(f, "vsock {cid}:{port}"),
-            AgentAddress::HybridVsock { path, port } => {
-                write!(f, "hybrid vsock {}:{port}", path.display())
-            }
-        }
-    }
 }
 
 /// Output of a guest process, as it comes.
@@ -154,37 +84,9 @@ pub async fn connect(
     address: &AgentAddress,
     timeout: Duration,
 ) -> Result<Arc<dyn GuestAgent>, AgentLinkError> {
-    let client_address = address
-        .to_client()
-        .map_err(|source| AgentLinkError::Address {
-            address: address.clone(),
-            source,
-        })?;
-    let client = AgentClient::connect(&client_address, timeout).await?;
+    let client = AgentClient::connect(address, timeout).await?;
     tracing::info!(%address, version = client.agent_version(), "connected to the guest agent");
     Ok(Arc::new(Client(client)))
-}
-
-impl AgentAddress {
-    /// The agent client's form of this address.
-    fn to_client(&self) -> std::io::Result<ClientAddress> {
-        Ok(match self {
-            AgentAddress::Serial { path } => ClientAddress::Unix(path.clone()),
-            AgentAddress::Vsock { cid, port } => ClientAddress::Vsock {
-                cid: u32::try_from(*cid).map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("vsock context id {cid} is over 32 bits"),
-                    )
-                })?,
-                port: *port,
-            },
-            AgentAddress::HybridVsock { path, port } => ClientAddress::HybridVsock {
-                path: path.clone(),
-                port: *port,
-            },
-        })
-    }
 }
 
 /// The agent client, as the supervisor uses it.

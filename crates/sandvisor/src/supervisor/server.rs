@@ -30,7 +30,6 @@ use super::SupervisorError;
 use crate::device::{BlockDrive, Device, HotplugResult, MemoryDevice, NetDevice};
 use crate::hypervisor::{Hypervisor, NetworkNamespace};
 use crate::hypervisor_type::new_hypervisor;
-use crate::socket::AgentSocket;
 
 /// How often the VMM is looked at.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -1028,12 +1027,9 @@ async fn create_vm(
     let socket = hv
         .generate_socket(id.as_str(), record.config.use_vsock)
         .map_err(err)?;
-    let address = AgentAddress::from(&socket);
-    let device = match socket {
-        AgentSocket::Unix(u) => Device::SerialPort(u),
-        AgentSocket::Vsock(v) => Device::VsockPci(v),
-        AgentSocket::HybridVsock(h) => Device::HybridVsock(h),
-    };
+    let address =
+        AgentAddress::from_socket(&socket).map_err(|e| RemoteError::failed(id, Op::Create, &e))?;
+    let device = socket.into_device();
     hv.add_device(device).await.map_err(err)?;
     Ok(Some(address))
 }
