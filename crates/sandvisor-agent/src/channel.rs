@@ -30,8 +30,13 @@ fn find_serial_port(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// Waits until the host end of the port is connected: while it is not,
-/// `poll` reports `POLLHUP` at once.
+/// How often a port without a host is looked at again.
+const HOST_POLL: Duration = Duration::from_millis(10);
+
+/// Waits until the host end of the port is connected. While it is not,
+/// virtio-console reports `POLLHUP` at once, together with `POLLIN` (a read
+/// would not block: it returns end of file), so `poll` cannot wait for
+/// the host: this looks every [`HOST_POLL`].
 fn wait_for_host(port: &File) {
     loop {
         let mut fds = [PollFd::new(port.as_fd(), PollFlags::POLLIN)];
@@ -39,14 +44,14 @@ fn wait_for_host(port: &File) {
             Ok(0) => return,
             Ok(_) => {
                 let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-                if !revents.contains(PollFlags::POLLHUP) || revents.contains(PollFlags::POLLIN) {
+                if !revents.contains(PollFlags::POLLHUP) {
                     return;
                 }
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => log!("poll on the agent port failed: {e}"),
         }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(HOST_POLL);
     }
 }
 
@@ -91,8 +96,21 @@ pub fn serve_serial(agent: &Agent) {
 }
 
 /// Listens on vsock port [`VSOCK_PORT`] in a thread, one thread per
-/// connection. Without vsock in the guest, logs and returns.
+/// connection, once the vsock modules are loaded. Without vsock in the
+/// guest, logs and ends.
 pub fn start_vsock(agent: Arc<Agent>) {
+    let spawned = thread::Builder::new()
+        .name("vsock-listen".into())
+        .spawn(move || {
+            crate::modules::wait_loaded();
+            listen_vsock(agent);
+        });
+    if let Err(e) = spawned {
+        log!("cannot start the vsock thread: {e}");
+    }
+}
+
+fn listen_vsock(agent: Arc<Agent>) {
     let listener = match socket(
         AddressFamily::Vsock,
         SockType::Stream,
