@@ -6,10 +6,14 @@
 //! | runtime state | `/run/sandvisor` | `$XDG_RUNTIME_DIR/sandvisor` | `SANDVISOR_RUNTIME_DIR` |
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// File name of the guest kernel in the asset directory.
-pub const KERNEL_FILE: &str = "vmlinuz";
+/// File name of the guest kernel in the asset directory: the uncompressed
+/// ELF, booted through its PVH entry point.
+pub const KERNEL_FILE: &str = "vmlinux";
+/// File name of the same kernel as a bzImage, kept for kernels without PVH
+/// support and for users who want it.
+pub const BZIMAGE_FILE: &str = "vmlinuz";
 /// File name of the guest initrd in the asset directory.
 pub const INITRD_FILE: &str = "initrd.img";
 
@@ -35,6 +39,18 @@ pub fn asset_dir() -> PathBuf {
         .join("sandvisor/assets")
 }
 
+/// The kernel to boot from the asset directory `dir`: [`KERNEL_FILE`], or
+/// [`BZIMAGE_FILE`] when only that exists (a kernel without PVH support).
+pub fn kernel_in(dir: &Path) -> PathBuf {
+    let pvh = dir.join(KERNEL_FILE);
+    let bz = dir.join(BZIMAGE_FILE);
+    if !pvh.exists() && bz.exists() {
+        bz
+    } else {
+        pvh
+    }
+}
+
 /// The runtime directory: one subdirectory per sandbox.
 pub fn runtime_dir() -> PathBuf {
     if let Some(dir) = env::var_os("SANDVISOR_RUNTIME_DIR").filter(|d| !d.is_empty()) {
@@ -52,4 +68,24 @@ pub fn runtime_dir() -> PathBuf {
 /// Where VM directories (sockets, state files) live: `<runtime>/vm`.
 pub fn vm_storage_dir() -> PathBuf {
     runtime_dir().join("vm")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pvh_kernel_is_preferred_and_the_bzimage_is_the_fallback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        assert_eq!(
+            kernel_in(d),
+            d.join("vmlinux"),
+            "neither: name the preferred"
+        );
+        std::fs::write(d.join("vmlinuz"), b"bz").expect("write");
+        assert_eq!(kernel_in(d), d.join("vmlinuz"), "only the bzImage");
+        std::fs::write(d.join("vmlinux"), b"elf").expect("write");
+        assert_eq!(kernel_in(d), d.join("vmlinux"), "both");
+    }
 }
