@@ -25,12 +25,16 @@ const CONSOLE: &str = "/dev/console";
 pub fn start(reaper: Arc<Reaper>) {
     let spawned = thread::Builder::new()
         .name("debug-console".into())
-        .spawn(move || loop {
-            if let Err(e) = run_shell(&reaper) {
-                log!("debug console: {e}");
+        .spawn(move || {
+            // The shell's user expects the devices to have drivers.
+            crate::modules::wait_loaded();
+            loop {
+                if let Err(e) = run_shell(&reaper) {
+                    log!("debug console: {e}");
+                }
+                // Keeps a shell that dies at once from spinning.
+                thread::sleep(Duration::from_millis(500));
             }
-            // Keeps a shell that dies at once from spinning.
-            thread::sleep(Duration::from_millis(500));
         });
     if let Err(e) = spawned {
         log!("cannot start the debug console thread: {e}");

@@ -1,18 +1,12 @@
-//! PID 1 duties: the base file systems and the kernel modules.
+//! PID 1 duties: the base file systems and the kernel command line.
 
-use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::kmod::{finit_module, ModuleInitFlags};
 use nix::mount::{mount, MsFlags};
 
 use crate::log;
-
-/// The list of modules to load, one absolute path a line, dependencies
-/// first. Written by `sandvisor image build`.
-pub const MODULES_LOAD: &str = "/etc/sandvisor/modules.load";
 
 /// The `PATH` the agent and its processes get when none is given.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -104,45 +98,6 @@ pub fn mount_base() {
             let _ = std::os::unix::fs::symlink(target, link);
         }
     }
-}
-
-/// Loads the modules listed in [`MODULES_LOAD`], in order. A module that
-/// fails is logged and skipped; one already loaded is fine.
-///
-/// Returns how many were loaded and how many failed.
-pub fn load_modules() -> (usize, usize) {
-    let list = match fs::read_to_string(MODULES_LOAD) {
-        Ok(list) => list,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (0, 0),
-        Err(e) => {
-            log!("cannot read {MODULES_LOAD}: {e}");
-            return (0, 0);
-        }
-    };
-    let no_params = CString::default();
-    let (mut loaded, mut failed) = (0, 0);
-    for path in list
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                log!("cannot open module {path}: {e}");
-                failed += 1;
-                continue;
-            }
-        };
-        match finit_module(&file, &no_params, ModuleInitFlags::empty()) {
-            Ok(()) | Err(Errno::EEXIST) => loaded += 1,
-            Err(e) => {
-                log!("cannot load module {path}: {e}");
-                failed += 1;
-            }
-        }
-    }
-    (loaded, failed)
 }
 
 /// The kernel command line.

@@ -2,7 +2,9 @@
 //! that `sandvisor image build` makes.
 //!
 //! As PID 1 it mounts proc, sys, dev, dev/pts, run and tmp; loads the
-//! kernel modules listed in `/etc/sandvisor/modules.load`, in order; reaps
+//! kernel modules of `/etc/sandvisor/modules.early` (what the agent channel
+//! needs) before serving, then drivers for the devices present and
+//! hot-plugged, by their aliases (see [`modules`]); reaps
 //! every orphan; and logs to the console, each line prefixed
 //! `sandvisor-agent:`. With `sandvisor.debug_console` on the kernel command
 //! line it keeps a shell on the console (see [`console`]).
@@ -35,6 +37,7 @@ mod console;
 mod exec;
 mod init;
 mod log;
+mod modules;
 mod ops;
 mod reaper;
 mod server;
@@ -53,8 +56,9 @@ fn main() {
     std::env::set_var("PATH", init::DEFAULT_PATH);
     if pid1 {
         init::mount_base();
-        let (loaded, failed) = init::load_modules();
-        log!("loaded {loaded} modules ({failed} failed)");
+        let (loaded, failed) = modules::load_early();
+        log!("loaded {loaded} modules for the agent channel ({failed} failed)");
+        modules::start_device_drivers();
     }
     let reaper = Reaper::start();
     if init::cmdline_has(&init::cmdline(), DEBUG_CONSOLE_PARAM) {

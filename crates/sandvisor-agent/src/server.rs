@@ -12,7 +12,7 @@ use sandvisor_proto::frame::{self, FrameError};
 use sandvisor_proto::{AgentError, AgentMessage, HostMessage, Request, Response, PROTOCOL_VERSION};
 
 use crate::reaper::Reaper;
-use crate::{exec, log, ops};
+use crate::{exec, log, modules, ops};
 
 /// What goes to the writer thread.
 #[derive(Debug)]
@@ -140,19 +140,30 @@ impl Agent {
                     reply(Some(id), ops::guest_details().map(Response::GuestDetails))
                 }
                 Request::Exec(req) => {
+                    // Commands expect the guest's devices to have drivers.
+                    modules::wait_loaded();
                     if let Err(e) = exec::start(id, req, &self.reaper, &out) {
                         reply(Some(id), Err(e));
                     }
                 }
-                Request::OnlineCpuMem(req) => reply(
-                    Some(id),
-                    ops::online_cpu_mem(&req).map(Response::OnlineCpuMem),
-                ),
-                Request::ListBlockDevices => reply(
-                    Some(id),
-                    ops::list_block_devices().map(|devices| Response::BlockDevices { devices }),
-                ),
+                // These need drivers (virtio-mem, disks, file systems) that
+                // may still be loading.
+                Request::OnlineCpuMem(req) => {
+                    modules::wait_loaded();
+                    reply(
+                        Some(id),
+                        ops::online_cpu_mem(&req).map(Response::OnlineCpuMem),
+                    )
+                }
+                Request::ListBlockDevices => {
+                    modules::storage_ready();
+                    reply(
+                        Some(id),
+                        ops::list_block_devices().map(|devices| Response::BlockDevices { devices }),
+                    )
+                }
                 Request::Mount(req) => {
+                    modules::storage_ready();
                     reply(Some(id), ops::mount_fs(&req).map(|()| Response::Mounted))
                 }
                 Request::SetTime(req) => {

@@ -26,7 +26,7 @@ pub enum ImageCommand {
         /// next to this executable or in cargo's target directory.
         #[arg(long, value_name = "PATH")]
         agent: Option<PathBuf>,
-        /// Initrd compression: gzip or zstd.
+        /// Initrd compression: none, gzip or zstd.
         #[arg(long, value_name = "ALGO", default_value_t = Compression::default())]
         compression: Compression,
         /// Rebuild even when the inputs have not changed.

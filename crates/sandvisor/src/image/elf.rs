@@ -39,6 +39,9 @@ pub struct ModInfo {
     pub depends: Vec<String>,
     /// `softdep=pre: ...`: modules that should be loaded first.
     pub soft_pre: Vec<String>,
+    /// `alias=`: the device (and other) aliases the module serves, as
+    /// `fnmatch` patterns such as `virtio:d00000002v*`.
+    pub aliases: Vec<String>,
 }
 
 /// Reads the `.modinfo` section of the module image `data`; `None` when it
@@ -60,6 +63,8 @@ pub fn modinfo(data: &[u8]) -> Option<ModInfo> {
             );
         } else if let Some(soft) = field.strip_prefix("softdep=") {
             info.soft_pre.extend(parse_softdep_pre(soft));
+        } else if let Some(alias) = field.strip_prefix("alias=") {
+            info.aliases.push(alias.to_string());
         }
     }
     Some(info)

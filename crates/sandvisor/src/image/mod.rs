@@ -15,6 +15,7 @@ pub mod cpio;
 pub mod elf;
 pub mod kernel;
 pub mod modules;
+pub mod vmlinux;
 
 use std::collections::BTreeMap;
 use std::env;
@@ -28,13 +29,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::paths::{INITRD_FILE, KERNEL_FILE};
+use crate::paths::{BZIMAGE_FILE, INITRD_FILE, KERNEL_FILE};
 use cpio::{Archive, Entry};
 use elf::Linkage;
 
 /// Version of the initrd layout and manifest. Bump it when the builder
 /// would produce something different from the same inputs.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// File name of the manifest in the output directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -45,8 +46,10 @@ pub const AGENT_ENV: &str = "SANDVISOR_AGENT";
 /// Where busybox-static puts its binary.
 pub const BUSYBOX_PATH: &str = "/bin/busybox";
 
-/// In the initrd: the module load order the agent reads.
-pub const MODULES_LOAD: &str = "etc/sandvisor/modules.load";
+/// In the initrd: the modules the agent loads before it serves (its
+/// channel's drivers), in load order. The others it loads for the devices
+/// the guest has, by the aliases in `lib/modules/<release>/modules.alias`.
+pub const MODULES_EARLY: &str = "etc/sandvisor/modules.early";
 
 /// How the agent is built statically; quoted in errors.
 pub const AGENT_BUILD_COMMAND: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p sandvisor-agent --target x86_64-unknown-linux-gnu";
@@ -178,19 +181,22 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
 
 /// How the initrd is compressed.
 ///
-/// zstd is the default. Measured here with Debian's 6.1 cloud kernel under
-/// QEMU 7.2 TCG (q35, 512 MiB), 6.6 MiB of cpio: gzip -9 gives 2.6 MiB and
-/// 2.90-3.10 s from QEMU start to the agent serving its port; zstd -19
-/// gives 1.9 MiB and 2.88-2.91 s. Decompression is a small part of a TCG
-/// boot, so the gain is mostly size. Use gzip for a kernel without
-/// `CONFIG_RD_ZSTD`.
+/// None is the default: the initrd is read from the host's page cache, so
+/// its size costs nothing at boot, while the guest decompressing it does.
+/// Measured here with Debian's 6.1 cloud kernel under QEMU 7.2 TCG (q35,
+/// PVH boot), 6.6 MiB of cpio, QEMU start to the agent serving its port,
+/// two runs each: uncompressed 2.42-2.45 s; gzip -1 (2.8 MiB) 2.50-2.52 s;
+/// zstd -19 (1.9 MiB) 2.53-2.72 s. Compress when the initrd travels or
+/// lives on slow storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// A plain cpio archive.
+    #[default]
+    None,
     /// gzip, which every kernel reads.
     Gzip,
     /// zstd (`CONFIG_RD_ZSTD`).
-    #[default]
     Zstd,
 }
 
@@ -198,6 +204,7 @@ impl Compression {
     /// Its name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Compression::None => "none",
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
         }
@@ -215,10 +222,11 @@ impl FromStr for Compression {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "none" => Ok(Compression::None),
             "gzip" => Ok(Compression::Gzip),
             "zstd" => Ok(Compression::Zstd),
             other => Err(format!(
-                "unknown compression {other:?}: expected gzip or zstd"
+                "unknown compression {other:?}: expected none, gzip or zstd"
             )),
         }
     }
@@ -445,8 +453,10 @@ fn up_to_date(dir: &Path, inputs: &Inputs) -> Option<Manifest> {
     if &manifest.inputs != inputs {
         return None;
     }
-    for name in [KERNEL_FILE, INITRD_FILE] {
-        let recorded = manifest.outputs.get(name)?;
+    if !manifest.outputs.contains_key(INITRD_FILE) {
+        return None;
+    }
+    for (name, recorded) in &manifest.outputs {
         let path = dir.join(name);
         let meta = fs::metadata(&path).ok()?;
         if meta.len() != recorded.size || sha256_file(&path).ok()? != recorded.sha256 {
@@ -480,6 +490,7 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf, ImageErr
 /// Compresses a cpio archive.
 fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>, io::Error> {
     match how {
+        Compression::None => Ok(data.to_vec()),
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             enc.write_all(data)?;
@@ -551,28 +562,72 @@ fn assemble(
             data: b"root:x:0:\ntty:x:5:\n".to_vec(),
         },
     );
-    let mut load = String::new();
+    let mut early = String::new();
     if let (Some(dir), Some(release)) = (modules_dir, release) {
+        let root = Path::new("lib/modules").join(release);
+        let mut aliases = Vec::new();
         for m in &resolution.load_order {
             let data = modules::read_module(&dir.join(&m.rel_path))?;
-            let stored = Path::new("lib/modules")
-                .join(release)
-                .join(m.stored_rel_path());
+            let info = elf::modinfo(&data).unwrap_or_default();
+            aliases.push((m.name.as_str(), info.aliases));
+            let stored = root.join(m.stored_rel_path());
             let stored = stored.to_string_lossy().into_owned();
-            load.push('/');
-            load.push_str(&stored);
-            load.push('\n');
+            if resolution.early.contains(&m.name) {
+                early.push('/');
+                early.push_str(&stored);
+                early.push('\n');
+            }
             a.add(&stored, Entry::File { mode: 0o644, data });
+        }
+        // depmod's files, where modprobe (busybox's too) looks for them:
+        // the agent loads drivers for devices by these aliases.
+        let dep = modules::depmod_dep(&resolution.load_order);
+        let alias = modules::depmod_alias(aliases.iter().map(|(n, a)| (*n, a.as_slice())));
+        for (name, text) in [("modules.dep", dep), ("modules.alias", alias)] {
+            a.add(
+                &root.join(name).to_string_lossy(),
+                Entry::File {
+                    mode: 0o644,
+                    data: text.into_bytes(),
+                },
+            );
         }
     }
     a.add(
-        MODULES_LOAD,
+        MODULES_EARLY,
         Entry::File {
             mode: 0o644,
-            data: load.into_bytes(),
+            data: early.into_bytes(),
         },
     );
     Ok(a)
+}
+
+/// The kernel files to write, by asset name: a bzImage with a PVH entry
+/// gives both the uncompressed ELF ([`KERNEL_FILE`], which boots without
+/// decompressing itself) and the bzImage ([`BZIMAGE_FILE`]); a PVH ELF
+/// gives itself; anything else is kept as given, under [`BZIMAGE_FILE`],
+/// for the VMM to judge.
+fn boot_kernels(data: Vec<u8>, progress: &mut dyn FnMut(&str)) -> Vec<(&'static str, Vec<u8>)> {
+    match vmlinux::format(&data) {
+        vmlinux::KernelFormat::BzImage => match vmlinux::extract(&data) {
+            Ok(elf) => {
+                progress(&format!(
+                    "kernel: extracted the {} KiB PVH ELF from the bzImage",
+                    elf.len() / 1024
+                ));
+                vec![(KERNEL_FILE, elf), (BZIMAGE_FILE, data)]
+            }
+            Err(e) => {
+                progress(&format!(
+                    "kernel: no PVH image ({e}); guests boot the bzImage"
+                ));
+                vec![(BZIMAGE_FILE, data)]
+            }
+        },
+        vmlinux::KernelFormat::PvhElf => vec![(KERNEL_FILE, data)],
+        vmlinux::KernelFormat::Other => vec![(BZIMAGE_FILE, data)],
+    }
 }
 
 /// Builds the guest assets. `progress` gets one line per step.
@@ -641,7 +696,7 @@ pub fn build(
             progress(&format!("up to date: {}", out_dir.display()));
             return Ok(BuildReport {
                 up_to_date: true,
-                kernel: out_dir.join(KERNEL_FILE),
+                kernel: crate::paths::kernel_in(&out_dir),
                 initrd: out_dir.join(INITRD_FILE),
                 manifest,
             });
@@ -689,10 +744,11 @@ pub fn build(
     let resolution = match &modules_dir {
         Some(dir) => {
             progress(&format!("resolving modules in {}", dir.display()));
-            let r = modules::resolve(dir, modules::WANTED)?;
+            let r = modules::resolve_split(dir, modules::WANTED, modules::EARLY)?;
             progress(&format!(
-                "modules: {} to load ({}), {} built in, absent: {}",
+                "modules: {} to load, {} of them before the agent serves ({}), {} built in, absent: {}",
                 r.load_order.len(),
+                r.early.len(),
                 if r.from_modules_dep {
                     "modules.dep"
                 } else {
@@ -735,16 +791,9 @@ pub fn build(
     let initrd = compress(&cpio, opts.compression).map_err(io_err(&out_dir.join(INITRD_FILE)))?;
 
     let kernel_data = fs::read(&vmlinuz).map_err(io_err(&vmlinuz))?;
-    let kernel_path = write_atomic(&out_dir, KERNEL_FILE, &kernel_data)?;
+    let kernels = boot_kernels(kernel_data, progress);
     let initrd_path = write_atomic(&out_dir, INITRD_FILE, &initrd)?;
     let mut outputs = BTreeMap::new();
-    outputs.insert(
-        KERNEL_FILE.to_string(),
-        OutputFile {
-            sha256: sha256(&kernel_data),
-            size: kernel_data.len() as u64,
-        },
-    );
     outputs.insert(
         INITRD_FILE.to_string(),
         OutputFile {
@@ -752,6 +801,29 @@ pub fn build(
             size: initrd.len() as u64,
         },
     );
+    let mut kernel_bytes = 0;
+    for name in [KERNEL_FILE, BZIMAGE_FILE] {
+        match kernels.iter().find(|(n, _)| *n == name) {
+            Some((_, data)) => {
+                write_atomic(&out_dir, name, data)?;
+                outputs.insert(
+                    name.to_string(),
+                    OutputFile {
+                        sha256: sha256(data),
+                        size: data.len() as u64,
+                    },
+                );
+                kernel_bytes += data.len();
+            }
+            // A kernel from an earlier build must not be booted instead.
+            None => match fs::remove_file(out_dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&out_dir.join(name))(e)),
+            },
+        }
+    }
+    let kernel_path = crate::paths::kernel_in(&out_dir);
     let manifest = Manifest {
         inputs,
         kernel_release: release,
@@ -765,9 +837,9 @@ pub fn build(
     let text = serde_json::to_vec_pretty(&manifest).expect("the manifest is plain data");
     write_atomic(&out_dir, MANIFEST_FILE, &text)?;
     progress(&format!(
-        "wrote {} ({} KiB) and {} ({} KiB) in {:.1}s",
+        "wrote {} ({} KiB of kernels) and {} ({} KiB) in {:.1}s",
         kernel_path.display(),
-        kernel_data.len() / 1024,
+        kernel_bytes / 1024,
         initrd_path.display(),
         initrd.len() / 1024,
         started.elapsed().as_secs_f64()
@@ -841,7 +913,7 @@ mod tests {
             "bin/busybox",
             "bin/sh",
             "usr/bin/env",
-            MODULES_LOAD,
+            MODULES_EARLY,
             "tmp",
         ] {
             assert!(a.contains(p), "{p}");
@@ -858,6 +930,11 @@ mod tests {
         assert_eq!(back, data);
         let zs = compress(&data, Compression::Zstd).expect("zstd");
         assert_eq!(zstd::decode_all(zs.as_slice()).expect("unzstd"), data);
+        assert_eq!(compress(&data, Compression::None).expect("none"), data);
+        assert_eq!("none".parse::<Compression>(), Ok(Compression::None));
+        assert!("lz4"
+            .parse::<Compression>()
+            .is_err_and(|e| e.contains("none, gzip or zstd")));
     }
 
     #[test]
@@ -909,6 +986,47 @@ mod tests {
         // A damaged output is rebuilt too.
         fs::write(&third.initrd, b"junk").expect("write");
         assert!(!build(&opts, &mut |_| {}).expect("fourth build").up_to_date);
+    }
+
+    #[test]
+    fn a_pvh_bzimage_gives_vmlinux_and_a_later_kernel_replaces_it() {
+        let busybox = Path::new(BUSYBOX_PATH);
+        match fs::read(busybox) {
+            Ok(data) if elf::linkage(&data) == Linkage::Static => {}
+            _ => return,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let elf_image = vmlinux::tests::elf_with_note(b"Xen", 18);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&elf_image).expect("in memory");
+        let bz = vmlinux::tests::bzimage(&gz.finish().expect("in memory"), 0x020f);
+        let kernel = dir.path().join("bzImage");
+        fs::write(&kernel, &bz).expect("write");
+        let opts = BuildOptions {
+            kernel: Some(kernel.clone()),
+            agent: Some(busybox.to_path_buf()),
+            output: Some(out.clone()),
+            compression: Compression::Gzip,
+            ..BuildOptions::default()
+        };
+        let mut steps = Vec::new();
+        let first = build(&opts, &mut |s| steps.push(s.to_string())).expect("build");
+        assert_eq!(first.kernel, out.join(KERNEL_FILE));
+        assert_eq!(fs::read(out.join(KERNEL_FILE)).expect("vmlinux"), elf_image);
+        assert_eq!(fs::read(out.join(BZIMAGE_FILE)).expect("vmlinuz"), bz);
+        assert!(first.manifest.outputs.contains_key(KERNEL_FILE));
+        assert!(first.manifest.outputs.contains_key(BZIMAGE_FILE));
+        assert!(steps.iter().any(|s| s.contains("PVH ELF")), "{steps:?}");
+        assert!(build(&opts, &mut |_| {}).expect("again").up_to_date);
+
+        // A kernel without PVH: the old vmlinux must go, or it would boot.
+        fs::write(&kernel, b"not a bzImage").expect("write");
+        let second = build(&opts, &mut |_| {}).expect("rebuild");
+        assert!(!out.join(KERNEL_FILE).exists());
+        assert_eq!(second.kernel, out.join(BZIMAGE_FILE));
+        assert_eq!(crate::paths::kernel_in(&out), out.join(BZIMAGE_FILE));
+        assert!(!second.manifest.outputs.contains_key(KERNEL_FILE));
     }
 
     #[test]

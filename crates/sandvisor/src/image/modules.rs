@@ -67,6 +67,12 @@ pub const WANTED: &[Wanted] = &[
     opt("virtio_mem"),
 ];
 
+/// The modules the agent's channel needs, loaded before it serves: the
+/// virtio PCI transport and the virtio-serial console driver. The agent
+/// adds `virtio_mmio` when the machine has virtio-mmio devices (microvm);
+/// drivers for the other devices load while the host says hello.
+pub const EARLY: &[Wanted] = &[req("virtio_pci"), req("virtio_console")];
+
 /// A module chosen for the initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
@@ -74,6 +80,8 @@ pub struct Module {
     pub name: String,
     /// Path relative to the modules directory, as found (maybe compressed).
     pub rel_path: PathBuf,
+    /// The modules it needs loaded first (built-in ones left out).
+    pub deps: Vec<String>,
 }
 
 impl Module {
@@ -100,6 +108,25 @@ pub struct Resolution {
     pub missing_optional: Vec<String>,
     /// Whether dependencies came from `modules.dep`.
     pub from_modules_dep: bool,
+    /// Names of the modules in `load_order` that [`EARLY`] needs, with
+    /// their dependencies; filled by [`resolve_split`].
+    pub early: BTreeSet<String>,
+}
+
+/// [`resolve`] of `wanted`, with [`Resolution::early`] naming the modules
+/// `early` needs.
+///
+/// # Errors
+/// As [`resolve`], for either list.
+pub fn resolve_split(
+    dir: &Path,
+    wanted: &[Wanted],
+    early: &[Wanted],
+) -> Result<Resolution, ImageError> {
+    let mut res = resolve(dir, wanted)?;
+    let first = resolve(dir, early)?;
+    res.early = first.load_order.into_iter().map(|m| m.name).collect();
+    Ok(res)
 }
 
 /// A module name as the kernel spells it: dashes become underscores.
@@ -282,10 +309,11 @@ pub fn resolve(dir: &Path, wanted: &[Wanted]) -> Result<Resolution, ImageError> 
                 return Ok(false);
             };
             visiting.insert(name.to_string());
-            for dep in self.deps(name, rel)? {
-                if !self.visit(&dep, res, done, visiting)? {
+            let deps = self.deps(name, rel)?;
+            for dep in &deps {
+                if !self.visit(dep, res, done, visiting)? {
                     return Err(ImageError::ModuleMissing {
-                        name: dep,
+                        name: dep.clone(),
                         needed_by: Some(name.to_string()),
                         dir: self.dir.to_path_buf(),
                     });
@@ -296,6 +324,10 @@ pub fn resolve(dir: &Path, wanted: &[Wanted]) -> Result<Resolution, ImageError> 
             res.load_order.push(Module {
                 name: name.to_string(),
                 rel_path: rel.clone(),
+                deps: deps
+                    .into_iter()
+                    .filter(|d| !self.builtin.contains(d))
+                    .collect(),
             });
             Ok(true)
         }
@@ -326,6 +358,71 @@ pub fn resolve(dir: &Path, wanted: &[Wanted]) -> Result<Resolution, ImageError> 
     Ok(res)
 }
 
+/// Every module's dependencies, transitively, in load order (a module's
+/// dependencies come before it), for `load_order` (which is in load order).
+pub fn closures(load_order: &[Module]) -> BTreeMap<String, Vec<String>> {
+    let position: BTreeMap<&str, usize> = load_order
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.as_str(), i))
+        .collect();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in load_order {
+        let mut all = BTreeSet::new();
+        for d in &m.deps {
+            all.insert(d.clone());
+            if let Some(inner) = out.get(d) {
+                all.extend(inner.iter().cloned());
+            }
+        }
+        let mut ordered: Vec<String> = all.into_iter().collect();
+        ordered.sort_by_key(|n| position.get(n.as_str()).copied().unwrap_or(usize::MAX));
+        out.insert(m.name.clone(), ordered);
+    }
+    out
+}
+
+/// `modules.dep` in depmod's format for `load_order`: one line per module,
+/// `path: dep dep ...`, paths relative to `lib/modules/<release>`, the
+/// dependencies in the order modprobe loads them from the right.
+pub fn depmod_dep(load_order: &[Module]) -> String {
+    let closures = closures(load_order);
+    let path: BTreeMap<&str, String> = load_order
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                m.stored_rel_path().to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let mut text = String::new();
+    for m in load_order {
+        text.push_str(&path[m.name.as_str()]);
+        text.push(':');
+        for dep in closures[&m.name].iter().rev() {
+            if let Some(p) = path.get(dep.as_str()) {
+                text.push(' ');
+                text.push_str(p);
+            }
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// `modules.alias` in depmod's format: `alias <pattern> <module>` for each
+/// `(module, aliases)`.
+pub fn depmod_alias<'a>(aliases: impl IntoIterator<Item = (&'a str, &'a [String])>) -> String {
+    let mut text = String::new();
+    for (name, patterns) in aliases {
+        for pattern in patterns {
+            text.push_str(&format!("alias {pattern} {name}\n"));
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +435,7 @@ mod tests {
         let m = Module {
             name: "a".into(),
             rel_path: "kernel/a.ko.zst".into(),
+            deps: Vec::new(),
         };
         assert_eq!(m.stored_rel_path(), Path::new("kernel/a.ko"));
     }
@@ -382,6 +480,46 @@ mod tests {
         assert_eq!(res.builtin, ["ext4"]);
         assert_eq!(res.missing_optional, ["9p"]);
         assert!(res.from_modules_dep);
+    }
+
+    #[test]
+    fn depmod_files_list_dependencies_for_modprobe() {
+        let m = |name: &str, deps: &[&str]| Module {
+            name: name.into(),
+            rel_path: format!("kernel/{name}.ko.xz").into(),
+            deps: deps.iter().map(|d| d.to_string()).collect(),
+        };
+        let order = [
+            m("virtio", &[]),
+            m("virtio_ring", &["virtio"]),
+            m("virtio_blk", &["virtio_ring", "virtio"]),
+            m("sd_mod", &[]),
+        ];
+        assert_eq!(
+            depmod_dep(&order),
+            "kernel/virtio.ko:\n\
+             kernel/virtio_ring.ko: kernel/virtio.ko\n\
+             kernel/virtio_blk.ko: kernel/virtio_ring.ko kernel/virtio.ko\n\
+             kernel/sd_mod.ko:\n"
+        );
+        let c = closures(&[m("a", &[]), m("b", &["a"]), m("c", &["b"])]);
+        assert_eq!(c["c"], ["a", "b"], "transitive, in load order");
+        let aliases = ["virtio:d00000002v*".to_string()];
+        assert_eq!(
+            depmod_alias([("virtio_blk", aliases.as_slice())]),
+            "alias virtio:d00000002v* virtio_blk\n"
+        );
+    }
+
+    #[test]
+    fn the_early_set_is_a_closure_of_its_modules() {
+        let dir = fake_tree(true);
+        let wanted = [req("virtio_blk"), opt("virtio_rng")];
+        let res = resolve_split(dir.path(), &wanted, &[req("virtio_rng")]).expect("resolves");
+        let early: Vec<_> = res.early.iter().map(String::as_str).collect();
+        assert_eq!(early, ["virtio", "virtio_ring", "virtio_rng"]);
+        assert_eq!(res.load_order.len(), 4, "the full set is unchanged");
+        assert!(resolve_split(dir.path(), &wanted, &[req("virtio_scsi")]).is_err());
     }
 
     #[test]
