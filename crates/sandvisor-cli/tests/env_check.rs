@@ -206,9 +206,15 @@ fn env_json_has_values_after_defaults() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
         json["kernel"],
-        dir.path().join("vmlinuz").display().to_string()
+        dir.path().join("vmlinux").display().to_string()
     );
     assert_eq!(json["machine_type"], "q35");
+    // Kata's shipped `default_maxvcpus = 0`: the host's CPUs.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(json["default_maxvcpus"], cpus);
+    if std::path::Path::new(sandvisor::config::kata::QBOOT_PATH).is_file() {
+        assert_eq!(json["firmware"], sandvisor::config::kata::QBOOT_PATH);
+    }
 }
 
 #[test]

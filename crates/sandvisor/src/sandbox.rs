@@ -119,6 +119,9 @@ impl SandboxOptions {
         }
         if let Some(n) = self.vcpus {
             config.num_vcpus = n;
+            // Asking for more vCPUs than the default ceiling (the host's
+            // CPUs) raises the ceiling rather than failing.
+            config.default_max_vcpus = config.default_max_vcpus.max(n);
         }
         if let Some(m) = self.memory_mib {
             config.memory_size = m;
