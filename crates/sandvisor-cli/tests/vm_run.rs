@@ -166,3 +166,30 @@ fn vm_run_without_a_guest_fails_cleanly() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[test]
+fn vm_run_loads_drivers_for_the_guests_devices_only() {
+    // The default sandbox has virtio-serial, virtio-scsi and virtio-rng:
+    // their drivers load; those of devices it lacks (network, virtio-blk,
+    // virtio-fs, pmem) stay on the shelf of the initrd.
+    let out = sandvisor_run(&["--", "sh", "-c", "cut -d' ' -f1 /proc/modules"], None);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let loaded: Vec<&str> = stdout.lines().collect();
+    for m in ["virtio_pci", "virtio_console", "virtio_scsi", "virtio_rng"] {
+        assert!(loaded.contains(&m), "{m} not loaded: {loaded:?}");
+    }
+    for m in [
+        "virtio_net",
+        "virtio_blk",
+        "virtiofs",
+        "fuse",
+        "libnvdimm",
+        "sd_mod",
+    ] {
+        assert!(
+            !loaded.contains(&m),
+            "{m} loaded without its device: {loaded:?}"
+        );
+    }
+}
