@@ -212,6 +212,7 @@ fn env_json_has_values_after_defaults() {
     // Kata's shipped `default_maxvcpus = 0`: the host's CPUs.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(json["default_maxvcpus"], cpus);
+    assert_eq!(json["memory_slots"], 10, "Kata's default DIMM slots");
     if std::path::Path::new(sandvisor::config::kata::QBOOT_PATH).is_file() {
         assert_eq!(json["firmware"], sandvisor::config::kata::QBOOT_PATH);
     }

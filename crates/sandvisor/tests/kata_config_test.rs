@@ -525,6 +525,14 @@ fn unset_keys_take_sandvisor_defaults() {
         Some(sandvisor::config::kata::default_qemu_path())
     );
     assert_eq!(rc.config.accel, Accel::Auto);
+    // Kata's loader: unset memory_slots means 10 DIMM slots.
+    assert_eq!(rc.config.mem_slots, 10);
+    let rc = parse(
+        "[hypervisor.qemu]\nmemory_slots = 3\n",
+        Path::new("/x/y.toml"),
+    )
+    .expect("loads");
+    assert_eq!(rc.config.mem_slots, 3);
 
     let rc = parse(
         "[hypervisor.qemu]\nimage = \"/img\"\n",

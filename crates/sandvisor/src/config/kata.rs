@@ -91,6 +91,8 @@ pub const DEFAULT_MACHINE_TYPE: &str = "q35";
 /// VMM and a device the guest kernel enumerates at every boot (about
 /// 80 ms under TCG). Kata's `machine_accelerators` key carries them.
 pub const DEFAULT_MACHINE_OPTIONS: &str = "sata=off,smbus=off";
+/// DIMM slots Kata's loader gives a VM whose file sets no `memory_slots`.
+pub const KATA_DEFAULT_MEM_SLOTS: u32 = 10;
 /// qboot, the minimal firmware QEMU ships (Debian: `qemu-system-data`).
 pub const QBOOT_PATH: &str = "/usr/share/qemu/qboot.rom";
 
@@ -537,6 +539,10 @@ fn apply_kata_rules(
         host.cpus,
         crate::defaults::max_vcpus(),
     );
+    // Kata's loader: no `memory_slots` (or 0) means 10.
+    if config.mem_slots == 0 {
+        config.mem_slots = KATA_DEFAULT_MEM_SLOTS;
+    }
     if let (Some(image), Some(initrd)) = (&config.image_path, &config.initrd_path) {
         match (image.exists(), initrd.exists()) {
             (true, false) => {
@@ -662,6 +668,7 @@ pub fn default_config(hypervisor: HypervisorType) -> RuntimeConfig {
             hypervisor_path: Some(default_qemu_path()),
             hypervisor_machine_type: DEFAULT_MACHINE_TYPE.to_string(),
             default_max_vcpus: max_vcpus,
+            mem_slots: KATA_DEFAULT_MEM_SLOTS,
             firmware_path: Some(PathBuf::from(QBOOT_PATH)).filter(|p| p.is_file()),
             kernel_params: default_kernel_params(),
             machine_accelerators: DEFAULT_MACHINE_OPTIONS.to_string(),
