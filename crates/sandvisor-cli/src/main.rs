@@ -57,6 +57,10 @@ enum Command {
         #[command(subcommand)]
         command: cmd::image::ImageCommand,
     },
+    /// Measure cold start, lifecycle and hot-plug latencies, memory and
+    /// density on this machine, against raw QEMU; print a table and write
+    /// JSON and an SVG chart.
+    Bench(cmd::bench::BenchArgs),
     /// Run a command in a fresh VM and exit with its exit code.
     Run(cmd::run::RunArgs),
     /// Create a sandbox, kept by a supervisor process, and print its id.
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Command::Check { config, json } => cmd::check::run(&config, json),
         Command::Image { command } => cmd::image::run(command),
         Command::Run(args) => cmd::run::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Create(args) => cmd::lifecycle::create(args),
         Command::Start { id, timeout } => cmd::lifecycle::start(id, timeout),
         Command::Exec(args) => cmd::exec::run(args),

@@ -23,6 +23,7 @@
 
 pub mod agent;
 pub mod assets;
+pub mod bench;
 pub mod check;
 pub mod config;
 pub mod defaults;

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rand::RngCore;
 
-use self::cmdline::{Accelerator, LaunchSpec, MachineType, VmPaths};
+use self::cmdline::{Accelerator, LaunchSpec, MachineType, QemuCommand, VmPaths};
 use self::hotplug::HotplugState;
 use self::process::{Exit, Supervised};
 use self::qmp::{Qmp, QmpError};
@@ -513,21 +513,8 @@ impl Qemu {
         }
     }
 
-    async fn launch(&mut self, timeout: Duration) -> Result<(), QemuError> {
-        let accel = self.resolve_accel()?;
-        self.accel = Some(accel);
-        let paths = self
-            .paths
-            .clone()
-            .expect("create_sandbox set the paths before the state became Created");
-        std::fs::create_dir_all(&paths.dir).map_err(|source| QemuError::VmDir {
-            action: "create",
-            path: paths.dir.clone(),
-            source,
-        })?;
-        for stale in [&paths.qmp, &paths.console] {
-            let _ = std::fs::remove_file(stale);
-        }
+    /// The QEMU command line for this handle's sandbox, as `launch` runs it.
+    fn build_command(&self, accel: Accelerator, paths: &VmPaths) -> Result<QemuCommand, QemuError> {
         let machine = MachineType::parse(&self.config.hypervisor_machine_type)?;
         let image_size = match self.config.asset_path(crate::assets::AssetType::Image) {
             Some(img) if !self.config.disable_image_nvdimm && machine != MachineType::Microvm => {
@@ -548,12 +535,45 @@ impl Qemu {
             uuid: &self.uuid,
             accel,
             host_memory_mib: self.host_memory_mib,
-            paths: &paths,
+            paths,
             devices: &self.devices,
             image_size,
             vhost_net: self.vhost_net(),
         };
-        let cmd = cmdline::build(&spec)?;
+        Ok(cmdline::build(&spec)?)
+    }
+
+    /// The command line `start_sandbox` would run for the created sandbox,
+    /// with its devices so far: for running the same VM without sandvisor,
+    /// as `sandvisor bench` does for its raw-QEMU baseline.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] before `create_sandbox`; otherwise what
+    /// building the command line reports.
+    pub fn launch_command(&self) -> Result<QemuCommand> {
+        let Some(paths) = self.paths.as_ref() else {
+            return Err(self.invalid("build the command line of"));
+        };
+        let accel = self.resolve_accel()?;
+        Ok(self.build_command(accel, paths)?)
+    }
+
+    async fn launch(&mut self, timeout: Duration) -> Result<(), QemuError> {
+        let accel = self.resolve_accel()?;
+        self.accel = Some(accel);
+        let paths = self
+            .paths
+            .clone()
+            .expect("create_sandbox set the paths before the state became Created");
+        std::fs::create_dir_all(&paths.dir).map_err(|source| QemuError::VmDir {
+            action: "create",
+            path: paths.dir.clone(),
+            source,
+        })?;
+        for stale in [&paths.qmp, &paths.console] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let cmd = self.build_command(accel, &paths)?;
 
         if self.config.shared_fs.is_virtio_fs() {
             let share = self.devices.iter().find_map(|d| match d {
