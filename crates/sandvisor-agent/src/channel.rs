@@ -68,7 +68,9 @@ pub fn serve_serial(agent: &Agent) {
             log!("no virtio-serial port named {SERIAL_PORT_NAME} yet; still looking");
             warned = true;
         }
-        thread::sleep(Duration::from_millis(20));
+        // The port is named by the host a moment after the driver binds;
+        // every millisecond here is boot time.
+        thread::sleep(Duration::from_millis(2));
     };
     log!("serving {SERIAL_PORT_NAME} on {}", path.display());
     loop {

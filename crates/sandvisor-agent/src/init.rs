@@ -8,6 +8,23 @@ use nix::mount::{mount, MsFlags};
 
 use crate::log;
 
+/// Where the initrd has `modprobe`: not at the kernel's default
+/// `/sbin/modprobe`, which the kernel would run for module requests during
+/// boot, before anything could be loaded (`image::MODPROBE_PATH` in the
+/// library must match).
+pub const MODPROBE: &str = "/usr/sbin/modprobe";
+
+/// Points the kernel's module autoloading (`kernel.modprobe`) at
+/// [`MODPROBE`], when the initrd has it.
+pub fn enable_module_autoload() {
+    if !Path::new(MODPROBE).exists() {
+        return;
+    }
+    if let Err(e) = fs::write("/proc/sys/kernel/modprobe", MODPROBE) {
+        log!("cannot set kernel.modprobe to {MODPROBE}: {e}");
+    }
+}
+
 /// The `PATH` the agent and its processes get when none is given.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -56,6 +56,7 @@ fn main() {
     std::env::set_var("PATH", init::DEFAULT_PATH);
     if pid1 {
         init::mount_base();
+        init::enable_module_autoload();
         let (loaded, failed) = modules::load_early();
         log!("loaded {loaded} modules for the agent channel ({failed} failed)");
         modules::start_device_drivers();

@@ -213,6 +213,8 @@ fn env_json_has_values_after_defaults() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(json["default_maxvcpus"], cpus);
     assert_eq!(json["memory_slots"], 10, "Kata's default DIMM slots");
+    // The built-in sandbox is small; Kata files keep their 2048.
+    assert_eq!(json["default_memory"], 1024);
     if std::path::Path::new(sandvisor::config::kata::QBOOT_PATH).is_file() {
         assert_eq!(json["firmware"], sandvisor::config::kata::QBOOT_PATH);
     }

@@ -43,10 +43,10 @@ fn whole_lifecycle_leaves_nothing_behind() {
         .ok()
         .contains("the guest has 3"));
     let out = env.run(&["hotplug", "life", "memory", "256"]);
-    assert!(out.ok().contains("the guest has 2304 MiB"), "{out:?}");
+    assert!(out.ok().contains("the guest has 1280 MiB"), "{out:?}");
     let state = env.state("life");
     assert_eq!(state["vcpus"], 3);
-    assert_eq!(state["memory_mib"], 2304);
+    assert_eq!(state["memory_mib"], 1280);
     assert_eq!(state["devices"].as_array().map(Vec::len), Some(2));
     // Unplug finds the disk by its path.
     env.run(&["hotplug", "life", "block", disk_path, "--remove"])

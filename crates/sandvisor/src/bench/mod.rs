@@ -10,7 +10,8 @@
 //!   the same config, kernel and initrd), spawned directly with no QMP
 //!   client, supervision or orchestration, timed to the same agent
 //!   handshake. Their ratio is sandvisor's overhead. Runs alternate between
-//!   the two, after one uncounted warm-up of each, so drift hits both. The
+//!   the two, after one uncounted warm-up of each, and which goes first
+//!   alternates too, so drift and after-effects hit both. The
 //!   whole `sandvisor run -- true`, spawned as a process, is timed too.
 //! - **lifecycle** (one sandbox): exec round trip, pause and resume.
 //! - **hotplug** (the same sandbox): CPU, memory and disk, each until QEMU
@@ -489,8 +490,15 @@ async fn cold(
     sandvisor_boot(opts).await?;
     raw_boot(opts).await?;
     for i in 0..opts.boots {
-        let (up, first) = sandvisor_boot(opts).await?;
-        let raw = raw_boot(opts).await?;
+        // Alternate which goes first, so that what one leaves behind (a
+        // VMM's memory being freed, caches) weighs on both equally.
+        let ((up, first), raw) = if i % 2 == 0 {
+            let s = sandvisor_boot(opts).await?;
+            (s, raw_boot(opts).await?)
+        } else {
+            let r = raw_boot(opts).await?;
+            (sandvisor_boot(opts).await?, r)
+        };
         progress(&format!(
             "cold {}/{}: sandvisor {:.3}s, raw QEMU {:.3}s, first exec {:.3}s",
             i + 1,

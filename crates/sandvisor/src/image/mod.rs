@@ -46,6 +46,10 @@ pub const AGENT_ENV: &str = "SANDVISOR_AGENT";
 /// Where busybox-static puts its binary.
 pub const BUSYBOX_PATH: &str = "/bin/busybox";
 
+/// In the initrd: where busybox's `modprobe` is, away from the kernel's
+/// default `/sbin/modprobe` (the agent's `init::MODPROBE` must match).
+pub const MODPROBE_PATH: &str = "/usr/sbin/modprobe";
+
 /// In the initrd: the modules the agent loads before it serves (its
 /// channel's drivers), in load order. The others it loads for the devices
 /// the guest has, by the aliases in `lib/modules/<release>/modules.alias`.
@@ -542,6 +546,15 @@ fn assemble(
         },
     );
     for applet in applets {
+        // The kernel runs /sbin/modprobe for every module request, and the
+        // crypto self-tests at boot make two for built-in algorithms: two
+        // execs of busybox, 0.1 s under TCG, to load nothing. modprobe
+        // lives elsewhere; the agent points kernel.modprobe at it.
+        let applet = if applet == "sbin/modprobe" {
+            MODPROBE_PATH.trim_start_matches('/')
+        } else {
+            applet.as_str()
+        };
         let depth = applet.matches('/').count();
         let target = format!("{}bin/busybox", "../".repeat(depth));
         if !a.contains(applet) {
@@ -901,7 +914,11 @@ mod tests {
         let a = assemble(
             b"agent",
             b"bb",
-            &["bin/sh".into(), "usr/bin/env".into()],
+            &[
+                "bin/sh".into(),
+                "usr/bin/env".into(),
+                "sbin/modprobe".into(),
+            ],
             None,
             None,
             &modules::Resolution::default(),
@@ -913,11 +930,16 @@ mod tests {
             "bin/busybox",
             "bin/sh",
             "usr/bin/env",
+            "usr/sbin/modprobe",
             MODULES_EARLY,
             "tmp",
         ] {
             assert!(a.contains(p), "{p}");
         }
+        assert!(
+            !a.contains("sbin/modprobe"),
+            "the kernel's default path stays empty"
+        );
     }
 
     #[test]
