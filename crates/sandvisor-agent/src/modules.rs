@@ -10,7 +10,7 @@
 //! listens for kernel uevents and loads drivers for hot-plugged devices.
 //!
 //! A guest thus loads what its devices need and nothing else: the default
-//! sandbox loads 13 modules of the 28 in the image. Requests that run guest
+//! sandbox loads 10 modules of the 28 in the image. Requests that run guest
 //! code or touch devices wait for the first pass ([`wait_loaded`]); hello,
 //! health checks and guest details do not.
 
