@@ -66,7 +66,31 @@ pub fn run(args: BenchArgs) -> CmdResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(bench::run(&opts, &mut |line| eprintln!("bench: {line}")))?;
+    let mut progress = |line: &str| eprintln!("bench: {line}");
+    let report = runtime.block_on(async {
+        tokio::select! {
+            r = bench::run(&opts, &mut progress) => Ok(r),
+            () = super::run::interrupted() => Err(()),
+        }
+    });
+    let report = match report {
+        Ok(r) => r?,
+        Err(()) => {
+            // Dropping the run killed the VMs it owned and removed their
+            // directories; sandboxes made through the CLI have their own
+            // supervisors.
+            let deleted = bench::delete_cli_sandboxes(&opts.cli);
+            eprintln!(
+                "sandvisor: bench interrupted; every VM it started is stopped{}",
+                if deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (deleted {})", deleted.join(", "))
+                }
+            );
+            return Ok(ExitCode::from(130));
+        }
+    };
     let json = args.out.join("bench.json");
     let svg = args.out.join("bench.svg");
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)

@@ -34,7 +34,7 @@ pub struct RunArgs {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
+pub(super) async fn interrupted() {
     let term = signal(SignalKind::terminate());
     match term {
         Ok(mut term) => {

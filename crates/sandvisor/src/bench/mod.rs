@@ -65,6 +65,10 @@ pub mod targets {
     pub const HOTPLUG_VISIBLE_MS: f64 = 1000.0;
 }
 
+/// Ids of the sandboxes the memory section makes through the CLI start
+/// with this, so that an interrupted run can find and delete them.
+pub const CLI_ID_PREFIX: &str = "sv-bench-";
+
 /// How often the guest is asked whether it sees a hot-plugged device.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -220,6 +224,9 @@ pub enum BenchError {
     /// The raw-QEMU baseline cannot run this config.
     #[error("raw QEMU baseline: {0}")]
     Raw(String),
+    /// A command printed something the bench cannot read.
+    #[error("{0}")]
+    Unexpected(String),
     /// A file or process operation failed.
     #[error("{what}")]
     Io {
@@ -906,7 +913,7 @@ async fn memory_and_cpu(
 ) -> Result<(), BenchError> {
     let m = Section::Memory;
     for i in 0..opts.lifecycles {
-        let id = format!("bench-{}", &new_sandbox_id()[3..]);
+        let id = format!("{CLI_ID_PREFIX}{}", &new_sandbox_id()[3..]);
         let cli_before = children_cpu();
         let outcome = async {
             cli(opts, &["create", "--id", &id])?;
@@ -1082,6 +1089,25 @@ async fn density(
         f64::from(failures),
     );
     Ok(())
+}
+
+/// Deletes the sandboxes an interrupted run left behind: those whose id
+/// starts with [`CLI_ID_PREFIX`]. Returns the ids deleted.
+pub fn delete_cli_sandboxes(cli_path: &Path) -> Vec<String> {
+    let opts = BenchOptions {
+        cli: cli_path.to_path_buf(),
+        ..BenchOptions::default()
+    };
+    let Ok(text) = cli(&opts, &["list", "--json"]) else {
+        return Vec::new();
+    };
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    list.iter()
+        .filter_map(|r| r["id"].as_str())
+        .filter(|id| id.starts_with(CLI_ID_PREFIX))
+        .filter(|id| cli(&opts, &["delete", "--force", id]).is_ok())
+        .map(str::to_string)
+        .collect()
 }
 
 /// What the machine is.
