@@ -288,6 +288,18 @@ fn path_opt(path: &Path) -> String {
     escape_opt(&path.to_string_lossy())
 }
 
+/// The `-cpu` model under TCG: every feature TCG emulates, less ERMS and
+/// FSRM.
+///
+/// TCG runs a `rep movsb`/`rep stosb` one element per pass through its
+/// translated loop. A guest that sees ERMS clears every page with
+/// `rep stosb` (4096 passes) and copies with `rep movsb`; without it, the
+/// kernel uses `rep stosq` (512 passes) and unrolled copies. Measured on a
+/// Debian 6.1 guest, that takes about 0.25 s off the time to the agent
+/// answering. A config's `cpu_features` come after, so `+erms` brings it
+/// back. KVM guests get `host`, untouched.
+pub const TCG_CPU_MODEL: &str = "max,-erms,-fsrm";
+
 /// Truncates `id` to QEMU's block node-name limit.
 pub fn truncate_id(id: &str) -> String {
     id.chars().take(MAX_DEV_ID_LEN).collect()
@@ -573,10 +585,11 @@ pub fn build(spec: &LaunchSpec<'_>) -> Result<QemuCommand, CmdlineError> {
     }
     a.push2("-machine", m);
 
-    // -cpu: host on KVM; max under TCG, where host does not exist.
+    // -cpu: host on KVM; under TCG, where host does not exist, see
+    // TCG_CPU_MODEL.
     let mut cpu = match spec.accel {
         Accelerator::Kvm => "host".to_string(),
-        Accelerator::Tcg => "max".to_string(),
+        Accelerator::Tcg => TCG_CPU_MODEL.to_string(),
     };
     if spec.accel == Accelerator::Kvm && (c.boot_to_be_template || c.boot_from_template) {
         // VMX state does not migrate (kata runtime#1750).
