@@ -96,6 +96,7 @@ fn vm_bench_measures_every_section_and_leaves_nothing() {
         "overhead_ratio",
         "first_exec",
         "run_true_wall",
+        "host_memory_probe",
         "exec_rtt",
         "pause",
         "resume",

@@ -15,7 +15,7 @@ use super::CmdResult;
 pub struct BenchArgs {
     /// Counted boots per boot figure (sandvisor, raw QEMU, `run`); one
     /// uncounted warm-up of each comes first.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     pub runs: usize,
     /// Samples of cheap operations: exec round trip, pause, resume.
     #[arg(long, default_value_t = 20)]
@@ -106,6 +106,9 @@ pub fn run(args: BenchArgs) -> CmdResult {
         report.machine.accel
     );
     print!("{}", report.table());
+    if let Some(note) = report.steadiness_note() {
+        println!("\n{note}");
+    }
     println!("\nwrote {} and {}", json.display(), svg.display());
     let missed: Vec<&str> = report
         .figures

@@ -156,7 +156,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            boots: 5,
+            boots: 9,
             ops: 20,
             hotplugs: 5,
             lifecycles: 3,
@@ -488,6 +488,74 @@ fn cli(opts: &BenchOptions, args: &[&str]) -> Result<String, BenchError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Entries in [`HostProbe`]'s table: 32 MiB, more than a server's
+/// last-level cache share, so that every step goes to memory.
+const HOST_PROBE_ENTRIES: u32 = 8 << 20;
+
+/// Steps of one [`HostProbe::time`]: tens of milliseconds at DRAM latency.
+const HOST_PROBE_STEPS: u32 = 300_000;
+
+/// Key of the host-steadiness figure.
+pub const HOST_PROBE_KEY: &str = "host_memory_probe";
+
+/// Times a fixed chain of dependent memory loads, to show how steady the
+/// host was while the boots were measured.
+///
+/// A TCG guest's boot is the host translating and running guest code, which
+/// leans on the host's caches and memory as much as on its cores. On a
+/// shared host, a neighbour's memory traffic slows that down without any
+/// steal time showing, while plain arithmetic stays steady. A pointer chase
+/// through a table larger than the cache moves with it, so timing the same
+/// chase before every boot shows whether the boot figures were measured on
+/// a steady host. [`Report::host_variation`] turns the spread into a
+/// warning.
+pub struct HostProbe {
+    next: Vec<u32>,
+}
+
+impl HostProbe {
+    /// Builds the table: one random cycle through every entry (Sattolo's
+    /// shuffle), so the chase neither repeats early nor can be prefetched.
+    pub fn new() -> HostProbe {
+        let mut next: Vec<u32> = (0..HOST_PROBE_ENTRIES).collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in (1..next.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // The remainder is below i, an index.
+            let j = (x % i as u64) as usize;
+            next.swap(i, j);
+        }
+        HostProbe { next }
+    }
+
+    /// How long the chase took this time.
+    pub fn time(&self) -> Duration {
+        let start = Instant::now();
+        let mut at = 0u32;
+        for _ in 0..std::hint::black_box(HOST_PROBE_STEPS) {
+            at = self.next[at as usize];
+        }
+        std::hint::black_box(at);
+        start.elapsed()
+    }
+}
+
+impl fmt::Debug for HostProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostProbe")
+            .field("entries", &self.next.len())
+            .finish()
+    }
+}
+
+impl Default for HostProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 async fn cold(
     opts: &BenchOptions,
     rec: &mut Recorder,
@@ -496,14 +564,20 @@ async fn cold(
     progress("cold: warm-up boots (not counted)");
     sandvisor_boot(opts).await?;
     raw_boot(opts).await?;
+    let probe = HostProbe::new();
+    let mut probes = Vec::with_capacity(2 * opts.boots);
     for i in 0..opts.boots {
         // Alternate which goes first, so that what one leaves behind (a
         // VMM's memory being freed, caches) weighs on both equally.
         let ((up, first), raw) = if i % 2 == 0 {
+            probes.push(probe.time());
             let s = sandvisor_boot(opts).await?;
+            probes.push(probe.time());
             (s, raw_boot(opts).await?)
         } else {
+            probes.push(probe.time());
             let r = raw_boot(opts).await?;
+            probes.push(probe.time());
             (sandvisor_boot(opts).await?, r)
         };
         progress(&format!(
@@ -546,6 +620,16 @@ async fn cold(
             Unit::Ratio,
             Some(targets::OVERHEAD_RATIO),
             up.as_secs_f64() / raw.as_secs_f64(),
+        );
+    }
+    for p in probes {
+        rec.add(
+            Section::Cold,
+            HOST_PROBE_KEY,
+            "host steadiness: fixed memory-bound work before each boot",
+            Unit::Millis,
+            None,
+            ms(p),
         );
     }
     for i in 0..opts.boots {
@@ -1247,6 +1331,24 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_probe_chases_one_cycle_through_every_entry() {
+        let probe = HostProbe::new();
+        let mut at = 0u32;
+        let mut steps = 0u32;
+        loop {
+            at = probe.next[at as usize];
+            steps += 1;
+            if at == 0 {
+                break;
+            }
+        }
+        assert_eq!(steps, HOST_PROBE_ENTRIES, "one cycle, no short loops");
+        // Folded away or cached, the chase would take microseconds.
+        let took = probe.time();
+        assert!(took > Duration::from_millis(1), "{took:?}");
+    }
 
     #[test]
     fn sections_parse_by_name() {

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::stats::Summary;
 
+/// How far apart (slowest over fastest, less one) the host-steadiness
+/// probe may be before the report warns that the host's speed moved.
+pub const HOST_VARIATION_WARN: f64 = 0.15;
+
 /// Version of the JSON layout.
 pub const REPORT_VERSION: u32 = 1;
 
@@ -129,6 +133,33 @@ impl Report {
     /// Whether every figure with a target meets it, and nothing failed.
     pub fn all_targets_met(&self) -> bool {
         self.failures.is_empty() && self.figures.iter().all(|f| f.meets_target() != Some(false))
+    }
+
+    /// How much the host's speed moved during the run: the slowest
+    /// host-steadiness probe over the fastest, less one (0.4 means the
+    /// same work took 40% longer at worst). `None` when the cold section
+    /// did not run.
+    pub fn host_variation(&self) -> Option<f64> {
+        let f = self.figure(super::HOST_PROBE_KEY)?;
+        (f.summary.min > 0.0).then(|| f.summary.max / f.summary.min - 1.0)
+    }
+
+    /// A warning for people reading the figures, when the host's speed
+    /// moved by more than [`HOST_VARIATION_WARN`] during the run.
+    pub fn steadiness_note(&self) -> Option<String> {
+        let v = self.host_variation()?;
+        let f = self.figure(super::HOST_PROBE_KEY)?;
+        (v > HOST_VARIATION_WARN).then(|| {
+            format!(
+                "note: this host was not steady during the run: the same memory-bound work \
+                 took {:.1}-{:.1} ms ({:.0}% apart). TCG boot times move with the host; \
+                 the side-by-side ratio against raw QEMU is the figure to compare, or \
+                 re-run on a quieter host for absolute times.",
+                f.summary.min,
+                f.summary.max,
+                v * 100.0
+            )
+        })
     }
 
     /// The report as a table for a terminal.
@@ -319,6 +350,30 @@ pub(crate) mod tests {
         assert!(
             pause.contains("11.5ms") && pause.ends_with("MISSED"),
             "{pause}"
+        );
+    }
+
+    #[test]
+    fn a_host_whose_speed_moved_is_called_out() {
+        let mut r = report();
+        assert_eq!(r.host_variation(), None, "no probe, no verdict");
+        assert_eq!(r.steadiness_note(), None);
+        r.figures.push(figure(
+            "cold",
+            crate::bench::HOST_PROBE_KEY,
+            Unit::Millis,
+            &[40.0, 42.0, 41.0],
+            None,
+        ));
+        let v = r.host_variation().expect("variation");
+        assert!((v - 0.05).abs() < 1e-9, "{v}");
+        assert_eq!(r.steadiness_note(), None, "5% is steady");
+        r.figures.last_mut().expect("probe").summary =
+            Summary::of(&[40.0, 58.0, 44.0]).expect("summary");
+        let note = r.steadiness_note().expect("45% is not steady");
+        assert!(
+            note.contains("40.0-58.0 ms") && note.contains("45% apart"),
+            "{note}"
         );
     }
 
