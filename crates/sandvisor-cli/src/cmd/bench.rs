@@ -15,19 +15,19 @@ use super::CmdResult;
 pub struct BenchArgs {
     /// Counted boots per boot figure (sandvisor, raw QEMU, `run`); one
     /// uncounted warm-up of each comes first.
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = BenchOptions::default().boots)]
     pub runs: usize,
     /// Samples of cheap operations: exec round trip, pause, resume.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = BenchOptions::default().ops)]
     pub ops: usize,
     /// Hot-plugs of each kind: vCPU, 128 MiB DIMM, disk.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = BenchOptions::default().hotplugs)]
     pub hotplugs: usize,
     /// Sandbox lifecycles through the CLI, for memory and CPU time.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = BenchOptions::default().lifecycles)]
     pub lifecycles: usize,
     /// Sandboxes started together.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = BenchOptions::default().density)]
     pub density: usize,
     /// Only these sections (comma-separated): cold, lifecycle, hotplug,
     /// memory, density.
@@ -37,7 +37,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR", default_value = "bench-out")]
     pub out: PathBuf,
     /// Seconds one VM may take to answer.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = BenchOptions::default().boot_timeout.as_secs())]
     pub timeout: u64,
 }
 
