@@ -225,12 +225,7 @@ fn file_item(name: &'static str, key: &str, path: Option<&Path>, fix_missing: &s
 }
 
 fn vmm_fix(kind: HypervisorType) -> String {
-    match kind {
-        HypervisorType::Qemu => {
-            "install qemu-system-x86 (`apt-get install qemu-system-x86`), or set `path`".into()
-        }
-        other => format!("install the {other} binary, or set `path`"),
-    }
+    crate::backends::facts(kind).install_hint.to_string()
 }
 
 /// Checks this host and `loaded` (what [`crate::config::kata::load_config`]

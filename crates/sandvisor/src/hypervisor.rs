@@ -12,12 +12,18 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, HypervisorConfig};
 use crate::device::{Device, DeviceType, HotplugResult, MemoryDevice, VcpuThreadIds};
 use crate::hypervisor_type::HypervisorType;
+use crate::process::Exit;
 use crate::socket::{AgentSocket, SocketError};
 
 /// Result of hypervisor operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Errors from hypervisor operations.
+/// A backend's own error, boxed so that the trait names no backend.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors from hypervisor operations. Every variant is backend-neutral; a
+/// backend's own failures travel as [`Error::Backend`], and a caller that
+/// knows the backend can look inside with [`Error::backend_source`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The backend cannot do this; its [`Capabilities`] said so.
@@ -44,9 +50,50 @@ pub enum Error {
     /// The agent socket could not be made.
     #[error("cannot make the agent socket")]
     Socket(#[from] SocketError),
-    /// A QEMU failure.
-    #[error(transparent)]
-    Qemu(#[from] crate::qemu::QemuError),
+    /// The VMM exited without being asked to: while starting, or later (a
+    /// crash, the OOM killer, `kill -9`).
+    #[error(
+        "{hypervisor} ({binary:?}, pid {pid}) exited {when}: {exit}; its log ends with:\n{log_tail}",
+        when = if *.starting { "while starting" } else { "on its own" }
+    )]
+    VmmExited {
+        /// The backend.
+        hypervisor: HypervisorType,
+        /// The VMM binary.
+        binary: PathBuf,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+        /// Whether it was still starting.
+        starting: bool,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// The VMM did not answer within the start deadline.
+    #[error("{hypervisor} did not {what} within {timeout:?}; its log ends with:\n{log_tail}")]
+    StartTimeout {
+        /// The backend.
+        hypervisor: HypervisorType,
+        /// What it did not do, such as "answer on QMP socket \"/run/x\"".
+        what: String,
+        /// How long it waited.
+        timeout: Duration,
+        /// The end of the VMM's log.
+        log_tail: String,
+        /// The last error seen while waiting.
+        #[source]
+        last: Option<BackendError>,
+    },
+    /// A failure of the backend's own: its protocol, files, helpers.
+    #[error("{hypervisor} backend")]
+    Backend {
+        /// The backend.
+        hypervisor: HypervisorType,
+        /// Its error.
+        #[source]
+        source: BackendError,
+    },
 }
 
 impl Error {
@@ -63,9 +110,37 @@ impl Error {
         }
     }
 
+    /// An [`Error::Backend`] holding `source`.
+    pub fn backend(
+        hypervisor: HypervisorType,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Backend {
+            hypervisor,
+            source: Box::new(source),
+        }
+    }
+
     /// Whether this is [`Error::Unsupported`].
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Error::Unsupported { .. })
+    }
+
+    /// The backend's own error, when this is an [`Error::Backend`] holding
+    /// a `T`.
+    pub fn backend_source<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            Error::Backend { source, .. } => source.downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// How the VMM ended, when this error says (it exited by itself).
+    pub fn vmm_exit(&self) -> Option<Exit> {
+        match self {
+            Error::VmmExited { exit, .. } => Some(*exit),
+            _ => None,
+        }
     }
 }
 

@@ -1,11 +1,9 @@
-//! The five hypervisor types and the factory that builds a backend for one.
+//! The five hypervisor types. `crate::backends` builds a backend for one.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-
-use crate::hypervisor::Hypervisor;
 
 /// Which VMM drives a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -65,19 +63,5 @@ impl FromStr for HypervisorType {
 impl fmt::Display for HypervisorType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Builds the backend for `kind`, not yet created or started.
-///
-/// This is `newHypervisor` of Kata's `hypervisor.go`. Because the type is an
-/// enum, an unknown type is rejected when it is parsed, not here.
-pub fn new_hypervisor(kind: HypervisorType) -> Box<dyn Hypervisor> {
-    match kind {
-        HypervisorType::Qemu => Box::new(crate::qemu::Qemu::new()),
-        HypervisorType::Firecracker | HypervisorType::Acrn | HypervisorType::Clh => {
-            Box::new(crate::unavailable::Unavailable::new(kind))
-        }
-        HypervisorType::Mock => Box::new(crate::mock::MockHypervisor::new()),
     }
 }

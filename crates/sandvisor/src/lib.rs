@@ -23,6 +23,7 @@
 
 pub mod agent;
 pub mod assets;
+pub mod backends;
 pub mod bench;
 pub mod check;
 pub mod config;
@@ -31,16 +32,15 @@ pub mod device;
 pub mod hypervisor;
 pub mod hypervisor_type;
 pub mod image;
-pub mod mock;
 pub mod param;
 pub mod paths;
 pub mod probe;
-pub mod qemu;
+pub mod process;
 pub mod sandbox;
 pub mod socket;
 pub mod supervisor;
 mod sys;
-pub mod unavailable;
 
+pub use backends::new_hypervisor;
 pub use hypervisor::{Capabilities, Error, Hypervisor, HypervisorState, VmState};
-pub use hypervisor_type::{new_hypervisor, HypervisorType};
+pub use hypervisor_type::HypervisorType;

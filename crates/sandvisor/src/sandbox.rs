@@ -19,10 +19,11 @@ use sandvisor_proto::{ExecRequest, ExitStatus, Stream};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::agent::{AgentAddress, AgentClient, ClientError, ExecEvent};
+use crate::backends::new_hypervisor;
 use crate::config::kata::{load_config, KataConfigError};
 use crate::config::{ConfigError, HypervisorConfig};
 use crate::hypervisor::{Error as HypervisorError, Hypervisor, NetworkNamespace};
-use crate::hypervisor_type::{new_hypervisor, HypervisorType};
+use crate::hypervisor_type::HypervisorType;
 
 /// How long to wait for the VMM to exit after the guest powers off.
 const POWER_OFF_WAIT: Duration = Duration::from_secs(10);

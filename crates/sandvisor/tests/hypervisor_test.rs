@@ -6,9 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sandvisor::assets::{sha512_file, Asset, AssetError, AssetType};
+use sandvisor::backends::mock::MockHypervisor;
 use sandvisor::config::{ConfigError, HypervisorConfig};
 use sandvisor::device::UnixSocket;
-use sandvisor::mock::MockHypervisor;
 use sandvisor::param::{self, append_param, Param};
 use sandvisor::probe::{host_memory_size_kb, ProbeError};
 use sandvisor::socket::{self, AgentSocket, SocketError};

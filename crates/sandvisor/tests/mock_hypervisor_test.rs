@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use sandvisor::backends::mock::MockHypervisor;
 use sandvisor::config::HypervisorConfig;
 use sandvisor::device::{BlockDrive, Device, HotplugResult, MemoryDevice};
 use sandvisor::hypervisor::NetworkNamespace;
-use sandvisor::mock::MockHypervisor;
 use sandvisor::socket::AgentSocket;
 use sandvisor::{Error, Hypervisor, HypervisorType};
 

@@ -6,10 +6,10 @@ mod support;
 
 use std::path::Path;
 
+use sandvisor::backends::qemu::Qemu;
 use sandvisor::config::{BlockDeviceDriver, HypervisorConfig, SharedFs};
 use sandvisor::device::{Device, SharedFsVolume};
 use sandvisor::hypervisor::NetworkNamespace;
-use sandvisor::qemu::Qemu;
 use sandvisor::socket::AgentSocket;
 use sandvisor::Hypervisor;
 use support::{alive, entries, Console};

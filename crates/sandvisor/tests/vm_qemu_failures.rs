@@ -5,10 +5,10 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use sandvisor::backends::qemu::Qemu;
 use sandvisor::config::BlockDeviceDriver;
 use sandvisor::device::{BlockDrive, Device, HotplugResult};
 use sandvisor::hypervisor::NetworkNamespace;
-use sandvisor::qemu::{Qemu, QemuError};
 use sandvisor::{Error, Hypervisor, VmState};
 use support::{alive, entries, Console};
 
@@ -80,7 +80,7 @@ async fn a_killed_qemu_is_seen_within_a_second_and_nothing_is_left() {
     eprintln!("SIGKILL seen by check() after {seen:?}");
     assert!(seen < Duration::from_secs(1));
     assert!(
-        matches!(&err, Error::Qemu(QemuError::Exited { exit, .. }) if exit.signal() == Some(9)),
+        matches!(&err, Error::VmmExited { exit, starting: false, .. } if exit.signal() == Some(9)),
         "{err}"
     );
     assert!(err.to_string().contains("SIGKILL"), "{err}");
@@ -115,7 +115,7 @@ async fn a_qemu_that_fails_to_start_is_reported_and_leaves_nothing() {
         .expect_err("no kernel");
     let msg = err.to_string();
     assert!(
-        matches!(err, Error::Qemu(QemuError::EarlyExit { .. })),
+        matches!(err, Error::VmmExited { starting: true, .. }),
         "{msg}"
     );
     assert!(msg.contains("no-such-vmlinuz"), "QEMU's own words: {msg}");
@@ -145,10 +145,7 @@ async fn a_vmm_that_never_answers_is_killed_at_the_deadline() {
         .await
         .expect_err("no QMP");
     let msg = err.to_string();
-    assert!(
-        matches!(err, Error::Qemu(QemuError::StartTimeout { .. })),
-        "{msg}"
-    );
+    assert!(matches!(err, Error::StartTimeout { .. }), "{msg}");
     assert!(msg.contains("hanging on purpose"), "the log tail: {msg}");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert!(vm.pids().is_empty());

@@ -8,10 +8,10 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use sandvisor::backends::qemu::Qemu;
 use sandvisor::config::BlockDeviceDriver;
 use sandvisor::device::{BlockDrive, Device, HotplugResult};
 use sandvisor::hypervisor::NetworkNamespace;
-use sandvisor::qemu::Qemu;
 use sandvisor::socket::AgentSocket;
 use sandvisor::{Error, Hypervisor, VmState};
 use support::{alive, entries, Console};

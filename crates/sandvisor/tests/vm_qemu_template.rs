@@ -6,10 +6,10 @@ mod support;
 
 use std::time::Instant;
 
+use sandvisor::backends::qemu::{Qemu, QemuError};
 use sandvisor::config::BlockDeviceDriver;
 use sandvisor::hypervisor::NetworkNamespace;
-use sandvisor::qemu::{Qemu, QemuError};
-use sandvisor::{Error, Hypervisor, VmState};
+use sandvisor::{Hypervisor, VmState};
 use support::{alive, entries, Console};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,10 +118,17 @@ async fn a_saved_template_boots_clones_that_remember_it() {
         .start_sandbox(support::BOOT_TIMEOUT)
         .await
         .expect("start");
-    assert!(matches!(
-        plain.save_sandbox().await,
-        Err(Error::Qemu(QemuError::NoDevicesStatePath))
-    ));
+    let err = plain
+        .save_sandbox()
+        .await
+        .expect_err("no devices_state_path");
+    assert!(
+        matches!(
+            err.backend_source::<QemuError>(),
+            Some(QemuError::NoDevicesStatePath)
+        ),
+        "{err}"
+    );
     plain.stop_sandbox().await.expect("stop");
     plain.cleanup().await.expect("cleanup");
 

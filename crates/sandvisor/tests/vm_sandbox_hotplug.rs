@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use sandvisor::agent::AgentClient;
+use sandvisor::backends::qemu::Qemu;
 use sandvisor::config::BlockDeviceDriver;
 use sandvisor::device::{BlockDrive, Device};
-use sandvisor::qemu::Qemu;
 use sandvisor::sandbox::Sandbox;
 use sandvisor_proto::{ExecRequest, ExitStatus, MountRequest, OnlineCpuMemRequest};
 

@@ -42,11 +42,12 @@ use sandvisor_proto::{ExecRequest, ExitStatus, OnlineCpuMemRequest};
 use tokio::task::JoinSet;
 
 use crate::agent::{AgentAddress, AgentClient, ClientError};
+use crate::backends::new_hypervisor;
+use crate::backends::qemu::Qemu;
 use crate::config::HypervisorConfig;
 use crate::device::{BlockDrive, Device};
 use crate::hypervisor::{Hypervisor, NetworkNamespace};
-use crate::hypervisor_type::{new_hypervisor, HypervisorType};
-use crate::qemu::Qemu;
+use crate::hypervisor_type::HypervisorType;
 use crate::sandbox::{new_sandbox_id, Sandbox, SandboxError, SandboxOptions};
 use report::{Figure, Machine, Report, Target, Unit, REPORT_VERSION};
 use stats::Summary;
@@ -394,7 +395,14 @@ impl Drop for KillOnDrop {
 async fn raw_command(
     opts: &BenchOptions,
     storage: &Path,
-) -> Result<(Qemu, crate::qemu::cmdline::QemuCommand, AgentAddress), BenchError> {
+) -> Result<
+    (
+        Qemu,
+        crate::backends::qemu::cmdline::QemuCommand,
+        AgentAddress,
+    ),
+    BenchError,
+> {
     let (kind, config) = resolve(opts)?;
     if kind != HypervisorType::Qemu {
         return Err(BenchError::Raw(format!(

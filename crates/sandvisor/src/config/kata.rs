@@ -564,8 +564,9 @@ fn apply_kata_rules(
             _ => {}
         }
     }
+    let facts = crate::backends::facts(kind);
     match kind {
-        HypervisorType::Firecracker | HypervisorType::Clh => {
+        _ if facts.forces_vsock => {
             config.use_vsock = true;
             config.disable_vhost_net = true;
         }
@@ -589,12 +590,13 @@ fn fill_defaults(kind: HypervisorType, config: &mut HypervisorConfig) {
     if config.image_path.is_none() && config.initrd_path.is_none() {
         config.initrd_path = Some(assets.join(crate::paths::INITRD_FILE));
     }
-    if kind == HypervisorType::Qemu {
-        if config.hypervisor_path.is_none() {
-            config.hypervisor_path = Some(default_qemu_path());
-        }
-        if config.hypervisor_machine_type.is_empty() {
-            config.hypervisor_machine_type = DEFAULT_MACHINE_TYPE.to_string();
+    let facts = crate::backends::facts(kind);
+    if config.hypervisor_path.is_none() {
+        config.hypervisor_path = facts.default_binary();
+    }
+    if config.hypervisor_machine_type.is_empty() {
+        if let Some(machine) = facts.default_machine_type {
+            config.hypervisor_machine_type = machine.to_string();
         }
     }
 }
@@ -631,17 +633,9 @@ fn parse_factory(t: &Table, file: &str) -> Result<FactoryConfig, KataConfigError
 /// `qemu-system-x86_64` on `PATH`, else [`DEFAULT_QEMU_PATH`] (which
 /// `sandvisor check` then reports missing).
 pub fn default_qemu_path() -> PathBuf {
-    let preferred = PathBuf::from(DEFAULT_QEMU_PATH);
-    if preferred.is_file() {
-        return preferred;
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("qemu-system-x86_64"))
-                .find(|candidate| candidate.is_file())
-        })
-        .unwrap_or(preferred)
+    crate::backends::facts(HypervisorType::Qemu)
+        .default_binary()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_QEMU_PATH))
 }
 
 /// The `kernel_params` of the built-in default, as Kata ships them:
@@ -651,7 +645,7 @@ pub fn default_kernel_params() -> Vec<crate::param::Param> {
     vec![crate::param::Param::new("scsi_mod.scan", "none")]
 }
 
-/// The built-in default: QEMU with the guest assets of
+/// The built-in default for `hypervisor`; for QEMU: the guest assets of
 /// [`crate::paths::asset_dir`], machine type `q35`, `accel = "auto"`,
 /// qboot as firmware when installed ([`QBOOT_PATH`]: it hands over to the
 /// kernel about 0.2 s sooner than SeaBIOS under TCG, as it sets up no
@@ -662,26 +656,33 @@ pub fn default_kernel_params() -> Vec<crate::param::Param> {
 /// under TCG.
 pub fn default_config(hypervisor: HypervisorType) -> RuntimeConfig {
     let assets = crate::paths::asset_dir();
+    let facts = crate::backends::facts(hypervisor);
     let max_vcpus = vocabulary::kata_default_max_vcpus(
         0,
         HostFacts::probe().cpus,
         crate::defaults::max_vcpus(),
     );
+    let mut config = HypervisorConfig {
+        kernel_path: Some(crate::paths::kernel_in(&assets)),
+        initrd_path: Some(assets.join(crate::paths::INITRD_FILE)),
+        hypervisor_path: facts.default_binary(),
+        hypervisor_machine_type: facts.default_machine_type.unwrap_or_default().to_string(),
+        default_max_vcpus: max_vcpus,
+        mem_slots: KATA_DEFAULT_MEM_SLOTS,
+        memory_size: BUILTIN_MEMORY_MIB,
+        kernel_params: default_kernel_params(),
+        use_vsock: facts.forces_vsock,
+        disable_vhost_net: facts.forces_vsock,
+        ..HypervisorConfig::default()
+    };
+    // Firmware and `-machine` options are QEMU's.
+    if hypervisor == HypervisorType::Qemu {
+        config.firmware_path = Some(PathBuf::from(QBOOT_PATH)).filter(|p| p.is_file());
+        config.machine_accelerators = DEFAULT_MACHINE_OPTIONS.to_string();
+    }
     RuntimeConfig {
         hypervisor,
-        config: HypervisorConfig {
-            kernel_path: Some(crate::paths::kernel_in(&assets)),
-            initrd_path: Some(assets.join(crate::paths::INITRD_FILE)),
-            hypervisor_path: Some(default_qemu_path()),
-            hypervisor_machine_type: DEFAULT_MACHINE_TYPE.to_string(),
-            default_max_vcpus: max_vcpus,
-            mem_slots: KATA_DEFAULT_MEM_SLOTS,
-            memory_size: BUILTIN_MEMORY_MIB,
-            firmware_path: Some(PathBuf::from(QBOOT_PATH)).filter(|p| p.is_file()),
-            kernel_params: default_kernel_params(),
-            machine_accelerators: DEFAULT_MACHINE_OPTIONS.to_string(),
-            ..HypervisorConfig::default()
-        },
+        config,
         factory: FactoryConfig::default().with_defaults(),
         ..RuntimeConfig::default()
     }

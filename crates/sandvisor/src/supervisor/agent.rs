@@ -72,7 +72,7 @@ pub const ONLINE_WAIT: Duration = Duration::from_secs(10);
 
 /// Whether a backend runs a guest with an agent; the mock runs none.
 pub fn has_guest(kind: HypervisorType) -> bool {
-    kind != HypervisorType::Mock
+    crate::backends::facts(kind).has_guest
 }
 
 /// Connects to the agent at `address`, waiting up to `timeout` for it to

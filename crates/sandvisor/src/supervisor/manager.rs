@@ -12,7 +12,6 @@ use tokio::net::UnixStream;
 
 use super::id::SandboxId;
 use super::layout::{LayoutError, SandboxDir, SandboxLock};
-use super::process::VmmExit;
 use super::proto::{
     read_frame, write_frame, ClientMessage, ExecExit, ExecSpec, Frame, HotplugOutcome,
     HotplugTarget, Op, ProtoError, RemoteError, Reply, Request, MAX_PAYLOAD, PROTOCOL_VERSION,
@@ -20,8 +19,10 @@ use super::proto::{
 use super::server::LaunchMode;
 use super::state::{SandboxRecord, SandboxStatus};
 use super::SupervisorError;
+use crate::backends::new_hypervisor;
 use crate::config::HypervisorConfig;
-use crate::hypervisor_type::{new_hypervisor, HypervisorType};
+use crate::hypervisor_type::HypervisorType;
+use crate::process::{Exit, Stoppable};
 
 /// How long a command waits for another to release a sandbox's lock,
 /// unless `SANDVISOR_LOCK_TIMEOUT` (seconds) says otherwise.
@@ -283,7 +284,7 @@ impl Manager {
             tracing::warn!(id = %dir.id(), "supervisor and VMM are gone: the sandbox is dead");
             record.status = SandboxStatus::Dead;
             if vmm_gone && record.vmm_exit.is_none() {
-                record.vmm_exit = Some(VmmExit::Unknown);
+                record.vmm_exit = Some(Exit::Unknown);
             }
             record.store(&dir.state_file()).await?;
             return Ok(Attached::Ended(record));

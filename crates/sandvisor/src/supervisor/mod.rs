@@ -39,7 +39,7 @@ pub mod console;
 pub mod id;
 pub mod layout;
 pub mod manager;
-pub mod process;
+
 pub mod proto;
 pub mod server;
 pub mod state;
@@ -47,10 +47,10 @@ pub mod state;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::process::{Exit, ProcessRef};
 pub use id::{InvalidId, SandboxId};
 pub use layout::{LayoutError, SandboxDir, SandboxLock};
 pub use manager::{CreateSpec, Launcher, Manager};
-pub use process::{ProcessRef, VmmExit};
 pub use proto::{ExecExit, ExecSpec, HotplugOutcome, HotplugTarget, Op, RemoteError};
 pub use server::{supervise, LaunchMode};
 pub use state::{PluggedDevice, SandboxRecord, SandboxStatus, StateError};

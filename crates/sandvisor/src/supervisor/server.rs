@@ -20,16 +20,16 @@ use tokio::task::JoinHandle;
 use super::agent::{self, AgentAddress, ExecEvent, GuestAgent, ONLINE_WAIT};
 use super::id::SandboxId;
 use super::layout::SandboxDir;
-use super::process::{Liveness, ProcessRef, VmmExit};
 use super::proto::{
     read_frame, write_frame, ClientMessage, ExecSpec, Frame, HotplugOutcome, HotplugTarget, Op,
     RemoteError, Reply, Request, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use super::state::{PluggedDevice, SandboxRecord, SandboxStatus};
 use super::SupervisorError;
+use crate::backends::new_hypervisor;
 use crate::device::{BlockDrive, Device, HotplugResult, MemoryDevice, NetDevice};
 use crate::hypervisor::{Hypervisor, NetworkNamespace};
-use crate::hypervisor_type::new_hypervisor;
+use crate::process::{Exit, Liveness, ProcessRef, Stoppable};
 
 /// How often the VMM is looked at.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -160,7 +160,7 @@ enum Event {
     /// An `exec` wants the agent.
     Agent(oneshot::Sender<Result<Arc<dyn GuestAgent>, RemoteError>>),
     /// The watched VMM ended.
-    VmmExited(ProcessRef, VmmExit),
+    Exited(ProcessRef, Exit),
     /// Leave the VM running and end the supervisor.
     Detach,
 }
@@ -270,7 +270,7 @@ impl Owner {
         self.watcher = Some(tokio::spawn(async move {
             loop {
                 if let Liveness::Gone(exit) = vmm.liveness() {
-                    let _ = events.send(Event::VmmExited(vmm, exit)).await;
+                    let _ = events.send(Event::Exited(vmm, exit)).await;
                     return;
                 }
                 tokio::time::sleep(WATCH_INTERVAL).await;
@@ -299,7 +299,7 @@ impl Owner {
                 Event::Agent(reply) => {
                     let _ = reply.send(self.agent_for_exec().await);
                 }
-                Event::VmmExited(vmm, exit) => self.vmm_exited(vmm, exit).await,
+                Event::Exited(vmm, exit) => self.vmm_exited(vmm, exit).await,
                 Event::Detach => {
                     self.hv.disconnect().await;
                     break;
@@ -311,11 +311,11 @@ impl Owner {
         }
     }
 
-    async fn vmm_exited(&mut self, vmm: ProcessRef, mut exit: VmmExit) {
+    async fn vmm_exited(&mut self, vmm: ProcessRef, mut exit: Exit) {
         if self.record.vmm != Some(vmm) {
             return;
         }
-        if exit == VmmExit::Unknown {
+        if exit == Exit::Unknown {
             // The backend holds the child handle and may have reaped it
             // first; its check() then says how it ended.
             if let Err(e) = self.hv.check().await {
@@ -324,7 +324,7 @@ impl Owner {
         }
         if !self.record.status.vmm_runs() {
             // Stopped on purpose: keep a known status, nothing else.
-            if exit != VmmExit::Unknown && self.record.vmm_exit.is_none() {
+            if exit != Exit::Unknown && self.record.vmm_exit.is_none() {
                 self.record.vmm_exit = Some(exit);
                 self.persist().await;
             }
@@ -517,7 +517,7 @@ impl Owner {
         self.record.status = SandboxStatus::Stopped;
         if let Some(vmm) = self.record.vmm {
             match vmm.liveness() {
-                Liveness::Gone(VmmExit::Unknown) | Liveness::Alive => {}
+                Liveness::Gone(Exit::Unknown) | Liveness::Alive => {}
                 Liveness::Gone(exit) => self.record.vmm_exit = Some(exit),
             }
         }
@@ -987,21 +987,10 @@ impl Owner {
     }
 }
 
-/// How the VMM ended, when the backend's error says: QEMU reports the exit
-/// status of the child it reaped.
-fn backend_exit(err: &crate::Error) -> Option<VmmExit> {
-    use std::os::unix::process::ExitStatusExt;
-
-    match err {
-        crate::Error::Qemu(crate::qemu::QemuError::Exited {
-            exit: crate::qemu::process::Exit::Status(status),
-            ..
-        }) => status
-            .code()
-            .map(VmmExit::Code)
-            .or_else(|| status.signal().map(VmmExit::Signal)),
-        _ => None,
-    }
+/// How the VMM ended, when the backend's error says: a backend reports the
+/// exit status of a child it reaped as [`crate::Error::VmmExited`].
+fn backend_exit(err: &crate::Error) -> Option<Exit> {
+    err.vmm_exit().filter(|exit| *exit != Exit::Unknown)
 }
 
 /// Prepares the VM of `record` on a fresh backend, as Kata does: the

@@ -20,11 +20,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::agent::AgentAddress;
 use super::id::SandboxId;
-use super::process::{ProcessRef, VmmExit};
 use super::proto::RemoteError;
 use crate::config::HypervisorConfig;
 use crate::hypervisor::HypervisorState;
 use crate::hypervisor_type::HypervisorType;
+use crate::process::{Exit, ProcessRef};
 
 /// The version of the record's layout. A supervisor refuses records of
 /// another version rather than misread them.
@@ -162,7 +162,7 @@ pub struct SandboxRecord {
     /// as the mock).
     pub vmm: Option<ProcessRef>,
     /// How the VMM ended, once it has.
-    pub vmm_exit: Option<VmmExit>,
+    pub vmm_exit: Option<Exit>,
     /// vCPUs the guest has now.
     pub vcpus: u32,
     /// Memory the guest has now, in MiB.
@@ -345,7 +345,7 @@ mod tests {
         let path = dir.path().join("state.json");
         let mut rec = record();
         rec.status = SandboxStatus::Dead;
-        rec.vmm_exit = Some(VmmExit::Signal(9));
+        rec.vmm_exit = Some(Exit::Signal(9));
         rec.devices.push(PluggedDevice::Memory {
             slot: 0,
             size_mib: 128,

@@ -71,7 +71,7 @@ pub fn entries(dir: &Path) -> Vec<PathBuf> {
 
 /// Whether a process with `pid` runs (not a zombie).
 pub fn alive(pid: u32) -> bool {
-    sandvisor::qemu::process::pid_alive(pid)
+    sandvisor::backends::vmm::process::pid_alive(pid)
 }
 
 /// A shell on the guest's serial console.

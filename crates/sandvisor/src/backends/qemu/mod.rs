@@ -4,9 +4,9 @@
 //! |---|---|
 //! | the command line, a pure function of config and devices | [`cmdline`] |
 //! | the QMP client: typed commands, replies, events | [`qmp`] |
-//! | supervising QEMU and virtiofsd, adopting them after a re-attach | [`process`] |
+//! | supervising QEMU and virtiofsd, adopting them after a re-attach | [`crate::backends::vmm::process`] |
 //! | hot-plug: slots and the QMP sequences | [`hotplug`] |
-//! | virtiofsd | [`virtiofsd`] |
+//! | virtiofsd | [`crate::backends::vmm::virtiofsd`] |
 //!
 //! # Lifecycle
 //!
@@ -33,9 +33,7 @@
 
 pub mod cmdline;
 pub mod hotplug;
-pub mod process;
 pub mod qmp;
-pub mod virtiofsd;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -47,8 +45,9 @@ use rand::RngCore;
 
 use self::cmdline::{Accelerator, LaunchSpec, MachineType, QemuCommand, VmPaths};
 use self::hotplug::HotplugState;
-use self::process::{Exit, Supervised};
 use self::qmp::{Qmp, QmpError};
+use crate::backends::vmm::process::{self, Exit, Supervised};
+use crate::backends::vmm::virtiofsd;
 use crate::config::{HypervisorConfig, SharedFs};
 use crate::device::{Device, HotplugResult, MemoryDevice, VcpuThreadIds};
 use crate::hypervisor::{
@@ -120,8 +119,12 @@ pub enum QemuError {
     #[error("cannot duplicate a descriptor for qemu")]
     DupFd(#[source] std::io::Error),
     /// QEMU exited while starting.
-    #[error("qemu exited while starting ({exit}); its log ends with:\n{log_tail}")]
+    #[error("qemu ({binary:?}, pid {pid}) exited while starting ({exit}); its log ends with:\n{log_tail}")]
     EarlyExit {
+        /// The binary.
+        binary: PathBuf,
+        /// Its pid.
+        pid: u32,
         /// How it ended.
         exit: Exit,
         /// The end of its log.
@@ -141,8 +144,12 @@ pub enum QemuError {
         last: Option<Box<QmpError>>,
     },
     /// QEMU has exited without being asked to.
-    #[error("qemu (pid {pid}) exited on its own: {exit}; its log ends with:\n{log_tail}")]
+    #[error(
+        "qemu ({binary:?}, pid {pid}) exited on its own: {exit}; its log ends with:\n{log_tail}"
+    )]
     Exited {
+        /// The binary.
+        binary: PathBuf,
         /// Its pid.
         pid: u32,
         /// How it ended.
@@ -255,6 +262,54 @@ pub enum QemuError {
     /// A saved placement that does not parse.
     #[error(transparent)]
     Placement(#[from] hotplug::BadPlacement),
+}
+
+impl From<QemuError> for Error {
+    /// QEMU's exits and start timeouts become the shared variants every
+    /// backend reports them with; the rest is [`Error::Backend`].
+    fn from(e: QemuError) -> Self {
+        match e {
+            QemuError::EarlyExit {
+                binary,
+                pid,
+                exit,
+                log_tail,
+            } => Error::VmmExited {
+                hypervisor: HypervisorType::Qemu,
+                binary,
+                pid,
+                exit,
+                starting: true,
+                log_tail,
+            },
+            QemuError::Exited {
+                binary,
+                pid,
+                exit,
+                log_tail,
+            } => Error::VmmExited {
+                hypervisor: HypervisorType::Qemu,
+                binary,
+                pid,
+                exit,
+                starting: false,
+                log_tail,
+            },
+            QemuError::StartTimeout {
+                path,
+                timeout,
+                log_tail,
+                last,
+            } => Error::StartTimeout {
+                hypervisor: HypervisorType::Qemu,
+                what: format!("answer on QMP socket {path:?}"),
+                timeout,
+                log_tail,
+                last: last.map(|e| e as crate::hypervisor::BackendError),
+            },
+            other => Error::backend(HypervisorType::Qemu, other),
+        }
+    }
 }
 
 /// The QEMU backend.
@@ -382,6 +437,11 @@ impl Qemu {
         }
     }
 
+    /// The QEMU binary the config names.
+    fn binary(&self) -> PathBuf {
+        self.config.hypervisor_path.clone().unwrap_or_default()
+    }
+
     fn log_tail(&self) -> String {
         self.paths
             .as_ref()
@@ -393,6 +453,7 @@ impl Qemu {
     fn exited_error(&self) -> Option<QemuError> {
         let p = self.qemu.as_ref()?;
         p.exited().map(|exit| QemuError::Exited {
+            binary: self.binary(),
             pid: p.pid(),
             exit,
             log_tail: self.log_tail(),
@@ -406,14 +467,16 @@ impl Qemu {
             return result;
         };
         let gone = matches!(
-            &e,
-            Error::Qemu(QemuError::Qmp(
-                QmpError::Disconnected { .. }
-                    | QmpError::Send { .. }
-                    | QmpError::Timeout { .. }
-                    | QmpError::Connect { .. }
-                    | QmpError::Greeting { .. }
-            )) | Error::Qemu(QemuError::UnplugTimeout { .. })
+            e.backend_source::<QemuError>(),
+            Some(
+                QemuError::Qmp(
+                    QmpError::Disconnected { .. }
+                        | QmpError::Send { .. }
+                        | QmpError::Timeout { .. }
+                        | QmpError::Connect { .. }
+                        | QmpError::Greeting { .. }
+                ) | QemuError::UnplugTimeout { .. }
+            )
         );
         if gone {
             if let Some(p) = &self.qemu {
@@ -476,6 +539,8 @@ impl Qemu {
         loop {
             if let Some(exit) = p.exited() {
                 return Err(QemuError::EarlyExit {
+                    binary: self.binary(),
+                    pid: p.pid(),
                     exit,
                     log_tail: process::log_tail(&paths.qemu_log),
                 });
@@ -503,6 +568,8 @@ impl Qemu {
                     // exit is the better answer.
                     if let Some(exit) = p.wait(Duration::from_millis(200)).await {
                         return Err(QemuError::EarlyExit {
+                            binary: self.binary(),
+                            pid: p.pid(),
                             exit,
                             log_tail: process::log_tail(&paths.qemu_log),
                         });
@@ -919,6 +986,7 @@ impl Hypervisor for Qemu {
         match died_alone {
             Some(exit) if !matches!(exit, Exit::Unknown) && !exit.success() => {
                 let e = QemuError::Exited {
+                    binary: self.binary(),
                     pid: p.pid(),
                     exit,
                     log_tail: self.log_tail(),

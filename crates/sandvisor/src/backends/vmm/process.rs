@@ -1,4 +1,5 @@
-//! Supervising QEMU and virtiofsd.
+//! Supervising VMM processes (QEMU, Cloud Hypervisor, Firecracker, acrn-dm)
+//! and their helpers (virtiofsd, vhost-device-vsock).
 //!
 //! A VMM is a child we watch, not a daemon we lose: it is spawned in its
 //! own process group (so a terminal's signals aimed at the caller do not
@@ -13,13 +14,11 @@
 //! if its pid is reused, and becomes readable when it exits. Its exit
 //! status cannot be known (it is not our child), only that it exited.
 
-use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -27,6 +26,9 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::process::Stoppable;
+pub use crate::process::{pid_alive, Exit};
 
 /// How many bytes of a log [`log_tail`] reads at most.
 pub const LOG_TAIL_BYTES: u64 = 4096;
@@ -84,46 +86,6 @@ pub enum ProcessError {
         #[source]
         source: io::Error,
     },
-}
-
-/// How a supervised process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Our child ended with this status.
-    Status(ExitStatus),
-    /// An adopted process ended; its status belongs to its parent.
-    Unknown,
-}
-
-impl Exit {
-    /// Whether the process ended with status 0.
-    pub fn success(&self) -> bool {
-        matches!(self, Exit::Status(s) if s.success())
-    }
-
-    /// The signal that killed it, when one did.
-    pub fn signal(&self) -> Option<i32> {
-        match self {
-            Exit::Status(s) => s.signal(),
-            Exit::Unknown => None,
-        }
-    }
-}
-
-impl fmt::Display for Exit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exit::Status(s) => match (s.code(), s.signal()) {
-                (Some(code), _) => write!(f, "exit status {code}"),
-                (None, Some(sig)) => match Signal::try_from(sig) {
-                    Ok(name) => write!(f, "killed by signal {sig} ({name})"),
-                    Err(_) => write!(f, "killed by signal {sig}"),
-                },
-                (None, None) => write!(f, "{s}"),
-            },
-            Exit::Unknown => f.write_str("exited (status unknown: not our child)"),
-        }
-    }
 }
 
 /// What to spawn.
@@ -219,7 +181,7 @@ impl Supervised {
         let program = spec.program.display().to_string();
         let waiter = tokio::spawn(async move {
             let exit = match child.wait().await {
-                Ok(status) => Exit::Status(status),
+                Ok(status) => Exit::from_status(status),
                 Err(e) => {
                     tracing::warn!(pid, error = %e, "cannot wait for child");
                     Exit::Unknown
@@ -262,7 +224,7 @@ impl Supervised {
         // reused under us.
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map_err(|_| ProcessError::NotRunning { pid })?;
-        if zombie(pid) {
+        if matches!(crate::process::proc_stat(pid), Some(('Z', _))) {
             return Err(ProcessError::NotRunning { pid });
         }
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
@@ -351,40 +313,33 @@ impl Supervised {
         }
     }
 
-    /// Sends SIGTERM, waits up to `grace`, then SIGKILLs and waits up to
-    /// `grace` again. Returns how it ended, if it did.
+    /// Sends SIGTERM, waits up to `grace`, then SIGKILLs (the group) and
+    /// waits again ([`Stoppable::terminate`]). Returns how it ended, if it
+    /// did.
     pub async fn terminate(&self, grace: Duration) -> Option<Exit> {
-        if let Some(exit) = self.exited() {
-            return Some(exit);
+        if self.exited().is_none() {
+            Stoppable::terminate(self, grace).await;
         }
-        self.signal(Signal::SIGTERM);
-        if let Some(exit) = self.wait(grace).await {
-            return Some(exit);
+        self.exited()
+    }
+}
+
+impl Stoppable for Supervised {
+    fn send(&self, sig: Signal) {
+        if sig == Signal::SIGKILL {
+            self.kill();
+        } else {
+            self.signal(sig);
         }
-        self.kill();
-        self.wait(grace).await
+    }
+
+    async fn wait_ended(&self, timeout: Duration) -> bool {
+        self.wait(timeout).await.is_some()
     }
 }
 
 fn pid_of(pid: u32) -> Pid {
     Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
-}
-
-/// Whether `pid` is a zombie (dead, not yet reaped).
-fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // The state follows the parenthesised command name.
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "Z"))
-        })
-        .unwrap_or(false)
-}
-
-/// Whether a process with `pid` exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    signal::kill(pid_of(pid), None).is_ok() && !zombie(pid)
 }
 
 /// The last lines of a log, at most [`LOG_TAIL_BYTES`], for error messages.

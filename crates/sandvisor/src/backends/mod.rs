@@ -1,0 +1,194 @@
+//! The backends, one per [`HypervisorType`], and the facts about each that
+//! the rest of sandvisor reads instead of matching on the type.
+//!
+//! | backend | binary | Kata's install paths | install | Kata loader rules | can do |
+//! |---|---|---|---|---|---|
+//! | qemu | `qemu-system-x86_64` | `/usr/bin`, `/opt/kata/bin` | `apt-get install qemu-system-x86` | machine `q35` by default; `use_vsock` falls back to virtio-serial without `/dev/vhost-vsock` | everything but VFIO here; vCPU hot-unplug needs QEMU ≥ 9.2 under TCG |
+//! | firecracker | `firecracker` (+ `jailer`) | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | not yet driven |
+//! | acrn | `acrn-dm` (+ `acrnctl`) | `/usr/bin` | an ACRN Service VM | — | not yet driven |
+//! | clh | `cloud-hypervisor` | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | not yet driven |
+//! | mock | — | — | — | — | everything, with no VM |
+//!
+//! `vmm/` holds what the VMM-process backends share: process supervision,
+//! virtiofsd, the VM directory.
+
+pub mod mock;
+pub mod qemu;
+pub mod unavailable;
+pub mod vmm;
+
+use std::path::PathBuf;
+
+use crate::hypervisor::Hypervisor;
+use crate::hypervisor_type::HypervisorType;
+
+/// What sandvisor knows about a backend before building one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendFacts {
+    /// The backend.
+    pub kind: HypervisorType,
+    /// Its name for people.
+    pub display_name: &'static str,
+    /// The VMM binary's file name; `None` for the mock.
+    pub binary: Option<&'static str>,
+    /// Where Kata installs that binary, most preferred first.
+    pub kata_paths: &'static [&'static str],
+    /// How to install the binary.
+    pub install_hint: &'static str,
+    /// The machine type a config gets when it names none.
+    pub default_machine_type: Option<&'static str>,
+    /// Kata's loader forces `use_vsock = true` and `disable_vhost_net = true`
+    /// for this backend (its agent channel is a hybrid vsock).
+    pub forces_vsock: bool,
+    /// Whether the backend runs a guest with an agent (the mock runs none).
+    pub has_guest: bool,
+    /// One line on what it can do, for `check` and docs.
+    pub summary: &'static str,
+}
+
+/// The facts of every backend, in [`HypervisorType::ALL`] order.
+pub const BACKENDS: [BackendFacts; 5] = [
+    BackendFacts {
+        kind: HypervisorType::Qemu,
+        display_name: "QEMU",
+        binary: Some("qemu-system-x86_64"),
+        kata_paths: &[
+            "/usr/bin/qemu-system-x86_64",
+            "/opt/kata/bin/qemu-system-x86_64",
+        ],
+        install_hint: "install qemu-system-x86 (`apt-get install qemu-system-x86`), or set `path`",
+        default_machine_type: Some("q35"),
+        forces_vsock: false,
+        has_guest: true,
+        summary: "every operation; vCPU hot-unplug needs QEMU >= 9.2 under TCG",
+    },
+    BackendFacts {
+        kind: HypervisorType::Firecracker,
+        display_name: "Firecracker",
+        binary: Some("firecracker"),
+        kata_paths: &["/usr/bin/firecracker", "/opt/kata/bin/firecracker"],
+        install_hint: "run scripts/setup.sh (installs firecracker and jailer), or set `path`",
+        default_machine_type: None,
+        forces_vsock: true,
+        has_guest: true,
+        summary: "configuration only: sandvisor does not drive firecracker yet",
+    },
+    BackendFacts {
+        kind: HypervisorType::Acrn,
+        display_name: "ACRN",
+        binary: Some("acrn-dm"),
+        kata_paths: &["/usr/bin/acrn-dm"],
+        install_hint: "run on an ACRN Service VM with acrn-dm and acrnctl installed, or set `path`",
+        default_machine_type: None,
+        forces_vsock: false,
+        has_guest: true,
+        summary: "configuration only: sandvisor does not drive acrn yet",
+    },
+    BackendFacts {
+        kind: HypervisorType::Clh,
+        display_name: "Cloud Hypervisor",
+        binary: Some("cloud-hypervisor"),
+        kata_paths: &[
+            "/usr/bin/cloud-hypervisor",
+            "/opt/kata/bin/cloud-hypervisor",
+        ],
+        install_hint: "run scripts/setup.sh (installs cloud-hypervisor), or set `path`",
+        default_machine_type: None,
+        forces_vsock: true,
+        has_guest: true,
+        summary: "configuration only: sandvisor does not drive cloud hypervisor yet",
+    },
+    BackendFacts {
+        kind: HypervisorType::Mock,
+        display_name: "mock",
+        binary: None,
+        kata_paths: &[],
+        install_hint: "nothing to install",
+        default_machine_type: None,
+        forces_vsock: false,
+        has_guest: false,
+        summary: "every operation succeeds, with no VM (for tests of the layers above)",
+    },
+];
+
+/// The facts of `kind`.
+pub fn facts(kind: HypervisorType) -> &'static BackendFacts {
+    // BACKENDS lists every type once, in HypervisorType::ALL order.
+    &BACKENDS[kind as usize]
+}
+
+impl BackendFacts {
+    /// The binary a config without `path` gets: the first of
+    /// [`BackendFacts::kata_paths`] that exists, else the first
+    /// [`BackendFacts::binary`] on `PATH`, else the first Kata path (which
+    /// `sandvisor check` then reports missing). `None` for the mock.
+    pub fn default_binary(&self) -> Option<PathBuf> {
+        let name = self.binary?;
+        if let Some(found) = self
+            .kata_paths
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+        {
+            return Some(found);
+        }
+        let on_path = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+        });
+        on_path.or_else(|| self.kata_paths.first().map(PathBuf::from))
+    }
+}
+
+/// Builds the backend for `kind`, not yet created or started.
+///
+/// This is `newHypervisor` of Kata's `hypervisor.go`. Because the type is an
+/// enum, an unknown type is rejected when it is parsed, not here.
+pub fn new_hypervisor(kind: HypervisorType) -> Box<dyn Hypervisor> {
+    match kind {
+        HypervisorType::Qemu => Box::new(qemu::Qemu::new()),
+        HypervisorType::Firecracker | HypervisorType::Acrn | HypervisorType::Clh => {
+            Box::new(unavailable::Unavailable::new(kind))
+        }
+        HypervisorType::Mock => Box::new(mock::MockHypervisor::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_every_backend_in_order() {
+        for (facts, kind) in BACKENDS.iter().zip(HypervisorType::ALL) {
+            assert_eq!(facts.kind, kind);
+            assert_eq!(super::facts(kind).kind, kind);
+        }
+    }
+
+    #[test]
+    fn only_the_mock_has_no_binary_and_no_guest() {
+        for f in &BACKENDS {
+            let mock = f.kind == HypervisorType::Mock;
+            assert_eq!(f.binary.is_none(), mock, "{}", f.kind);
+            assert_eq!(f.has_guest, !mock, "{}", f.kind);
+            assert_eq!(f.default_binary().is_none(), mock, "{}", f.kind);
+        }
+    }
+
+    #[test]
+    fn defaults_belong_to_their_backend() {
+        assert_eq!(
+            facts(HypervisorType::Qemu).default_machine_type,
+            Some("q35")
+        );
+        let clh = facts(HypervisorType::Clh)
+            .default_binary()
+            .expect("clh has a binary");
+        assert!(clh.ends_with("cloud-hypervisor"), "{clh:?}");
+        assert!(facts(HypervisorType::Clh).forces_vsock);
+        assert!(facts(HypervisorType::Firecracker).forces_vsock);
+        assert!(!facts(HypervisorType::Qemu).forces_vsock);
+    }
+}
