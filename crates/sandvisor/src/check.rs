@@ -203,6 +203,45 @@ fn file_item(name: &'static str, key: &str, path: Option<&Path>, fix_missing: &s
     }
 }
 
+/// The VMM binaries of every backend that runs here, where the lookup finds
+/// them and their versions: information, never a blocker (the `vmm` item
+/// judges the configured one).
+async fn vmm_inventory(timeout: Duration) -> Vec<CheckItem> {
+    use crate::backends::vmm::lookup::{self, Binary};
+
+    let binaries = [
+        (Binary::QEMU, HypervisorType::Qemu),
+        (Binary::CLOUD_HYPERVISOR, HypervisorType::Clh),
+        (Binary::FIRECRACKER, HypervisorType::Firecracker),
+        (Binary::JAILER, HypervisorType::Firecracker),
+    ];
+    let mut items = Vec::new();
+    for (binary, kind) in binaries {
+        items.push(match lookup::find(&binary, None) {
+            Ok(found) => match vmm_version(&found.path, timeout).await {
+                Ok(v) => CheckItem::ok(
+                    binary.name,
+                    false,
+                    format!("{v} at {} (from {})", found.path.display(), found.source),
+                ),
+                Err(why) => CheckItem::no(binary.name, false, why, Some(vmm_fix(kind))),
+            },
+            Err(lookup::LookupError::NotFound { .. }) => CheckItem::no(
+                binary.name,
+                false,
+                format!(
+                    "not found in ${}, PATH or {}",
+                    lookup::VMM_DIR_ENV,
+                    binary.kata_paths.join(", ")
+                ),
+                Some(vmm_fix(kind)),
+            ),
+            Err(e) => CheckItem::no(binary.name, false, error_chain(&e), Some(vmm_fix(kind))),
+        });
+    }
+    items
+}
+
 fn vmm_fix(kind: HypervisorType) -> String {
     crate::backends::facts(kind).install_hint.to_string()
 }
@@ -424,6 +463,8 @@ pub async fn run_check(
             ));
         }
     }
+
+    items.extend(vmm_inventory(options.vmm_timeout).await);
 
     let startable = !items.iter().any(CheckItem::blocks);
     CheckReport {
