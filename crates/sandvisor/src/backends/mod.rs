@@ -14,6 +14,7 @@
 
 pub mod mock;
 pub mod qemu;
+pub mod firecracker;
 pub mod unavailable;
 pub mod vmm;
 
