@@ -466,6 +466,21 @@ mod tests {
     }
 
     #[test]
+    fn every_pre_boot_request_keeps_to_the_published_spec() {
+        let spec = crate::backends::vmm::contract::Spec::firecracker().expect("spec loads");
+        let c = config();
+        for r in pre_boot_requests(&plan(&c)).expect("plans") {
+            let s = r.shown();
+            let method = match s.method {
+                "PUT" => Method::Put,
+                other => panic!("pre-boot requests are PUTs, not {other}"),
+            };
+            spec.check(method, &s.path, Some(&s.body))
+                .unwrap_or_else(|e| panic!("{} {}: {e}", s.method, s.path));
+        }
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_their_values() {
         let mut c = config();
         c.num_vcpus = 33;
