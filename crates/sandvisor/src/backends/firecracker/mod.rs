@@ -707,33 +707,47 @@ impl Firecracker {
         })
     }
 
-    /// Makes the directories and spawns Firecracker (or the jailer).
+    /// Makes the VM directory and the jail's root, before the jailer runs,
+    /// so that every file (and bind mount) is in place when it pivots.
+    fn make_dirs(&self) -> Result<(), FcError> {
+        let f = self
+            .files
+            .as_ref()
+            .expect("create_sandbox set the files before the state became Created");
+        std::fs::create_dir_all(&f.dir).map_err(io_dir("create", &f.dir))?;
+        if let Some(jail) = &f.jail {
+            let (uid, gid) = self.owner();
+            jail_fs::make_dir(jail.root(), uid, gid)?;
+            jail_fs::make_dir(&jail.root().join("run"), uid, gid)?;
+        }
+        Ok(())
+    }
+
+    /// Spawns Firecracker (or the jailer).
     fn spawn(&mut self) -> Result<(), FcError> {
         let f = self
             .files
             .clone()
             .expect("create_sandbox set the files before the state became Created");
-        std::fs::create_dir_all(&f.dir).map_err(io_dir("create", &f.dir))?;
         let fc = self.binary();
-        let mut fc_args = vec![format!("--id={}", self.id)];
+        let mut fc_args = Vec::new();
         if self.options.hotplug == HotplugMode::Pci {
-            fc_args.push("--enable-pci".into());
+            fc_args.push("--enable-pci".to_string());
         }
         let (program, args, netns) = match (&f.jail, self.jailer()) {
-            (Some(jail), Some(jailer)) => {
-                // Made before the jailer runs, so that every file (and bind
-                // mount) is in place when it pivots into the root.
-                let (uid, gid) = self.owner();
-                jail_fs::make_dir(jail.root(), uid, gid)?;
-                jail_fs::make_dir(&jail.root().join("run"), uid, gid)?;
+            (Some(_), Some(jailer)) => {
                 let spec = self.jail_spec(&fc, &jailer);
-                let (program, mut args) = jailer::command(&spec, &[]);
-                // The jailer passes --id itself.
-                args.extend(fc_args.into_iter().skip(1));
+                // The jailer gives Firecracker --id itself.
+                let (program, args) = jailer::command(&spec, &fc_args);
                 (program, args, None)
             }
             _ => {
-                let mut args = vec!["--api-sock".to_string(), f.api().display().to_string()];
+                let mut args = vec![
+                    "--api-sock".to_string(),
+                    f.api().display().to_string(),
+                    "--id".to_string(),
+                    self.id.clone(),
+                ];
                 args.extend(fc_args);
                 (fc, args, self.netns.path.clone())
             }
@@ -789,8 +803,7 @@ impl Firecracker {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .ok_or(FcError::PidFile { path })?;
-        self.fc =
-            Some(Supervised::adopt(pid, &format!("--id={}", self.id)).map_err(FcError::from)?);
+        self.fc = Some(Supervised::adopt(pid, &self.id).map_err(FcError::from)?);
         Ok(())
     }
 
@@ -854,6 +867,7 @@ impl Firecracker {
             .map(|kb| kb / 1024)
             .map_err(FcError::HostMemory)?;
         let from_template = self.config.boot_from_template;
+        self.make_dirs()?;
         // Placed before the spawn: a jail's files and mounts must exist
         // when the jailer pivots into it.
         let requests = if from_template {
@@ -1048,7 +1062,7 @@ impl Firecracker {
     }
 
     fn adopt(&mut self, pid: u32) -> Result<(), FcError> {
-        self.fc = Some(Supervised::adopt(pid, &format!("--id={}", self.id))?);
+        self.fc = Some(Supervised::adopt(pid, &self.id)?);
         self.detached = false;
         Ok(())
     }
