@@ -170,6 +170,14 @@ pub enum FcError {
         #[source]
         source: std::io::Error,
     },
+    /// A kernel, initrd or image that is not there.
+    #[error("{what} {path:?} does not exist")]
+    MissingAsset {
+        /// `kernel`, `initrd` or `image`.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
     /// Booting from a template needs both snapshot files.
     #[error("boot_from_template needs memory_path and devices_state_path")]
     NoTemplateFiles,
@@ -412,11 +420,8 @@ impl Drop for Firecracker {
                 "dropping a handle that owns a running VM: killing it (call disconnect() to keep it)"
             );
             p.kill();
-            if let Some(f) = &self.files {
-                let _ = std::fs::remove_dir_all(&f.dir);
-                if let Some(j) = &f.jail {
-                    let _ = jail_fs::remove_jail(j.dir());
-                }
+            if let Err(e) = self.remove_files() {
+                tracing::warn!(error = %e, "cannot remove the VM's files");
             }
         }
     }
@@ -646,6 +651,18 @@ impl Firecracker {
             .as_ref()
             .expect("create_sandbox set the files before the state became Created");
         let c = &self.config;
+        for (what, kind) in [
+            ("kernel", AssetType::Kernel),
+            ("initrd", AssetType::Initrd),
+            ("image", AssetType::Image),
+        ] {
+            if let Some(path) = c.asset_path(kind).filter(|p| !p.is_file()) {
+                return Err(FcError::MissingAsset {
+                    what,
+                    path: path.to_path_buf(),
+                });
+            }
+        }
         let kernel = c
             .asset_path(AssetType::Kernel)
             .ok_or(VmConfigError::NoKernel)?;
