@@ -110,7 +110,7 @@ pub fn place(f: &JailedFile, writable: bool, uid: u32, gid: u32) -> Result<(), J
     let linked = std::fs::hard_link(&f.host, &f.target);
     match (linked, f.placement) {
         (Ok(()), _) => {}
-        (Err(e), _) if e.kind() != io::ErrorKind::CrossesDevices => return Err(err(e)),
+        (Err(e), _) if e.raw_os_error() != Some(nix::libc::EXDEV) => return Err(err(e)),
         (Err(_), Placement::LinkOrCopy) => {
             std::fs::copy(&f.host, &f.target).map_err(err)?;
         }
@@ -166,12 +166,10 @@ fn unescape_mount_path(s: &str) -> PathBuf {
             .then(|| std::str::from_utf8(&b[i + 1..i + 4]).ok())
             .flatten()
             .and_then(|d| u8::from_str_radix(d, 8).ok());
-        {
-            if let Some(v) = octal {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if let Some(v) = octal {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;
