@@ -36,11 +36,18 @@ async fn boot(vm: &mut Firecracker, id: &str, config: &sandvisor::config::Hyperv
         panic!("firecracker's agent socket is a hybrid vsock");
     };
     assert_eq!(h.port, 1024);
-    vm.add_device(Device::HybridVsock(h))
+    vm.add_device(Device::HybridVsock(h.clone()))
         .await
         .expect("add the vsock");
     vm.start_sandbox(fc::START_TIMEOUT).await.expect("start");
     assert_eq!(vm.state(), VmState::Running);
+    // Firecracker listens on the hybrid vsock's socket (in the jail when
+    // jailed); only a Linux guest's agent would answer `CONNECT 1024`.
+    assert!(
+        h.uds_path.exists(),
+        "the vsock socket {:?} exists",
+        h.uds_path
+    );
 }
 
 async fn stop_and_clean(vm: &mut Firecracker) {
