@@ -294,10 +294,17 @@ pub async fn run_check(
     };
 
     if let Some(rc) = &runtime {
-        // QEMU is the backend sandvisor drives VMs with; the others only
-        // read and validate their config.
-        if rc.hypervisor == HypervisorType::Qemu {
-            items.push(CheckItem::ok("backend", true, "sandvisor drives qemu"));
+        // QEMU and Firecracker are backends sandvisor drives VMs with; the
+        // others only read and validate their config.
+        if matches!(
+            rc.hypervisor,
+            HypervisorType::Qemu | HypervisorType::Firecracker
+        ) {
+            items.push(CheckItem::ok(
+                "backend",
+                true,
+                format!("sandvisor drives {}", rc.hypervisor),
+            ));
         } else {
             items.push(CheckItem::no(
                 "backend",
@@ -363,7 +370,12 @@ pub async fn run_check(
             if use_vsock {
                 why.clone()
             } else {
-                format!("{why}; not needed: the agent uses virtio-serial")
+                match runtime.as_ref().map(|rc| rc.hypervisor) {
+                    Some(HypervisorType::Firecracker) => {
+                        format!("{why}; not needed: the agent uses firecracker's hybrid vsock")
+                    }
+                    _ => format!("{why}; not needed: the agent uses virtio-serial"),
+                }
             },
             use_vsock.then(|| "load vhost_vsock, or set use_vsock = false".to_string()),
         ),
@@ -430,6 +442,19 @@ pub async fn run_check(
                 Err(why) => CheckItem::no("vmm", true, why, Some(vmm_fix(rc.hypervisor))),
             },
         });
+        if let Some(j) = &c.jailer_path {
+            let fix = "install Firecracker's jailer (scripts/setup.sh), or unset `jailer_path`";
+            items.push(match vmm_version(j, options.vmm_timeout).await {
+                _ if !j.is_file() => CheckItem::no(
+                    "jailer",
+                    true,
+                    format!("{} is missing", j.display()),
+                    Some(fix.to_string()),
+                ),
+                Ok(v) => CheckItem::ok("jailer", true, format!("{}: {v}", j.display())),
+                Err(why) => CheckItem::no("jailer", true, why, Some(fix.to_string())),
+            });
+        }
         let build = "run `sandvisor image build`, or point the key at an existing file";
         items.push(file_item(
             "kernel",
