@@ -24,10 +24,16 @@
 //! - **density**: N sandboxes launched at once: time until all answer, and
 //!   failures.
 //!
+//! - **firecracker** (only with `--only firecracker`): the Firecracker
+//!   backend with the tiny PVH guest: API boot (also jailed), pause and
+//!   resume, snapshot create, restore to running, hot-plug ack
+//!   ([`firecracker`](self::firecracker)).
+//!
 //! Every VM started is stopped and its files removed, on failure too. A
 //! section that fails is reported as such and the others still run.
 
 pub mod chart;
+mod firecracker;
 pub mod report;
 pub mod stats;
 
@@ -86,10 +92,13 @@ pub enum Section {
     Memory,
     /// Sandboxes started together.
     Density,
+    /// The Firecracker backend with the tiny guest: API boot, pause and
+    /// resume, snapshot, restore, hot-plug ack. Not run by default.
+    Firecracker,
 }
 
 impl Section {
-    /// Every section, in running order.
+    /// Every section run by default, in running order.
     pub const ALL: [Section; 5] = [
         Section::Cold,
         Section::Lifecycle,
@@ -97,6 +106,9 @@ impl Section {
         Section::Memory,
         Section::Density,
     ];
+
+    /// Sections run only when asked for (`--only`).
+    pub const OPTIONAL: [Section; 1] = [Section::Firecracker];
 
     /// Its name.
     pub fn as_str(self) -> &'static str {
@@ -106,6 +118,7 @@ impl Section {
             Section::Hotplug => "hotplug",
             Section::Memory => "memory",
             Section::Density => "density",
+            Section::Firecracker => "firecracker",
         }
     }
 }
@@ -122,10 +135,11 @@ impl FromStr for Section {
     fn from_str(s: &str) -> Result<Self, String> {
         Section::ALL
             .into_iter()
+            .chain(Section::OPTIONAL)
             .find(|x| x.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown section {s:?}: expected cold, lifecycle, hotplug, memory or density"
+                    "unknown section {s:?}: expected cold, lifecycle, hotplug, memory, density or firecracker"
                 )
             })
     }
@@ -1312,6 +1326,7 @@ pub async fn run(
             }
             Section::Memory => memory_and_cpu(opts, &mut rec, progress).await,
             Section::Density => density(opts, &mut rec, progress).await,
+            Section::Firecracker => firecracker::section(opts, &mut rec, progress).await,
         };
         if let Err(e) = result {
             let mut msg = format!("{section}: {e}");
