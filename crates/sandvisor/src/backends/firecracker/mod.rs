@@ -106,8 +106,6 @@ pub const TERM_GRACE: Duration = Duration::from_secs(3);
 pub const GUEST_CID: u32 = 3;
 /// The size of a placeholder drive's file.
 pub const PLACEHOLDER_BYTES: u64 = 1 << 20;
-/// The default chroot base of jails.
-pub const DEFAULT_CHROOT_BASE: &str = "/run/sandvisor/jail";
 
 /// File names in the VM directory, or at the jail's root.
 mod names {
@@ -242,7 +240,8 @@ pub struct FcOptions {
     /// Placeholder drives made before boot (for MMIO hot-plug; Kata makes
     /// 8). `None`: 8 in MMIO mode, none in PCI mode.
     pub placeholders: Option<u32>,
-    /// Where jails are made.
+    /// Where jails are made: `<runtime dir>/jail` by default (so
+    /// `/run/sandvisor/jail/firecracker/<id>/root` as root).
     pub chroot_base: PathBuf,
     /// The uid Firecracker runs as in the jail; root only when asked.
     pub jail_uid: u32,
@@ -263,7 +262,7 @@ impl Default for FcOptions {
         FcOptions {
             hotplug: HotplugMode::Pci,
             placeholders: None,
-            chroot_base: PathBuf::from(DEFAULT_CHROOT_BASE),
+            chroot_base: crate::paths::runtime_dir().join("jail"),
             jail_uid: jailer::DEFAULT_JAIL_ID,
             jail_gid: jailer::DEFAULT_JAIL_ID,
             new_pid_ns: false,
