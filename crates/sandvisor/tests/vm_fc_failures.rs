@@ -175,11 +175,12 @@ async fn vm_fc_the_jail_runs_as_nobody_unless_root_is_asked_for() {
     vm.stop_sandbox().await.expect("stop");
     vm.cleanup().await.expect("cleanup");
 
-    let mut root = dirs.options();
-    root.jail_uid = 0;
-    root.jail_gid = 0;
-    let mut vm = dirs.backend(root);
-    boot(&mut vm, "fc-uid", &config).await;
+    // Root when the config asks for it.
+    let mut root = config.clone();
+    root.jailer_uid = Some(0);
+    root.jailer_gid = Some(0);
+    let mut vm = dirs.backend(dirs.options());
+    boot(&mut vm, "fc-uid", &root).await;
     assert_eq!(uid_of(vm.pids()[0]), 0);
     vm.stop_sandbox().await.expect("stop");
     vm.cleanup().await.expect("cleanup");

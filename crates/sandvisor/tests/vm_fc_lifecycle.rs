@@ -154,12 +154,14 @@ async fn lifecycle(jailed: bool) {
     stop_and_clean(&mut vm).await;
     dirs.assert_empty();
 
-    // MMIO mode: a placeholder swapped for the drive, and back.
-    let mut options = dirs.options();
-    options.hotplug = HotplugMode::Mmio;
-    options.placeholders = Some(1);
-    let mut vm = dirs.backend(options);
-    boot(&mut vm, id, &config).await;
+    // MMIO mode, chosen by the config's keys: a placeholder swapped for
+    // the drive, and back.
+    let mut mmio = config.clone();
+    mmio.hotplug_transport = Some(HotplugMode::Mmio);
+    mmio.drive_placeholders = Some(1);
+    let mut vm = dirs.backend(dirs.options());
+    boot(&mut vm, id, &mmio).await;
+    assert!(!vm.capabilities().net_hotplug, "no network hot-plug over MMIO");
     let drive = BlockDrive {
         file: disk.clone(),
         id: "sw0".into(),

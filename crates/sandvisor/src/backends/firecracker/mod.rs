@@ -521,10 +521,38 @@ impl Firecracker {
         }
     }
 
+    /// The config's sandvisor keys for Firecracker win over the options
+    /// the backend was built with.
+    fn apply_config_options(&mut self) {
+        let c = &self.config;
+        if let Some(m) = c.hotplug_transport {
+            self.options.hotplug = m;
+        }
+        if let Some(n) = c.drive_placeholders {
+            self.options.placeholders = Some(n);
+        }
+        if let Some(u) = c.jailer_uid {
+            self.options.jail_uid = u;
+        }
+        if let Some(g) = c.jailer_gid {
+            self.options.jail_gid = g;
+        }
+    }
+
+    /// The configured binary, else the one the lookup finds
+    /// (`$SANDVISOR_VMM_DIR`, `PATH`, Kata's paths).
     fn binary(&self) -> PathBuf {
         self.config
             .asset_path(AssetType::Hypervisor)
             .map(Path::to_path_buf)
+            .or_else(|| {
+                crate::backends::vmm::lookup::find(
+                    &crate::backends::vmm::lookup::Binary::FIRECRACKER,
+                    None,
+                )
+                .ok()
+                .map(|f| f.path)
+            })
             .or_else(|| crate::backends::facts(FC).default_binary())
             .unwrap_or_else(|| PathBuf::from("firecracker"))
     }
@@ -1050,6 +1078,7 @@ impl Firecracker {
         if state.hypervisor != FC {
             return Err(FcError::WrongHypervisor(state.hypervisor));
         }
+        self.apply_config_options();
         self.id = state.id.clone();
         if let Some(parent) = state.vm_dir.parent() {
             self.storage = parent.to_path_buf();
@@ -1302,6 +1331,7 @@ impl Hypervisor for Firecracker {
             .into());
         }
         self.config = config;
+        self.apply_config_options();
         self.id = id.to_string();
         self.netns = network_ns.clone();
         let dir = self.storage.join(id);

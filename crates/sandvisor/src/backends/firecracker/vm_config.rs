@@ -81,18 +81,7 @@ pub enum VmConfigError {
     NoKernel,
 }
 
-/// How block and network devices are hot-plugged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HotplugMode {
-    /// Firecracker runs with `--enable-pci`: `PUT` a drive or interface
-    /// after boot and `DELETE` it to unplug; the guest rescans PCI.
-    #[default]
-    Pci,
-    /// MMIO, as Kata does it: placeholder drives made before boot, whose
-    /// backing file `PATCH /drives/{id}` swaps; no network hot-plug.
-    Mmio,
-}
+pub use crate::config::HotplugMode;
 
 /// Everything a boot needs, with every path as Firecracker sees it
 /// (inside the jail when there is one).
