@@ -286,7 +286,9 @@ async fn vm_fc_reattach_through_save_load_and_grpc() {
             "a disconnected handle leaves the VM running"
         );
 
-        let mut second = dirs.backend(dirs.options());
+        // A handle with the defaults: the VM directory and the jail come
+        // from the saved state.
+        let mut second = Firecracker::new();
         second.load(state).await.expect("load");
         assert_eq!(second.pids(), vec![pid]);
         assert_eq!(second.state(), VmState::Running);
@@ -298,7 +300,7 @@ async fn vm_fc_reattach_through_save_load_and_grpc() {
         drop(second);
         assert!(support::alive(pid));
 
-        let mut third = dirs.backend(dirs.options());
+        let mut third = Firecracker::new();
         third.from_grpc(&config, &data).await.expect("from_grpc");
         assert_eq!(third.state(), VmState::Paused);
         third.resume_sandbox().await.expect("resume");

@@ -161,7 +161,10 @@ async fn lifecycle(jailed: bool) {
     mmio.drive_placeholders = Some(1);
     let mut vm = dirs.backend(dirs.options());
     boot(&mut vm, id, &mmio).await;
-    assert!(!vm.capabilities().net_hotplug, "no network hot-plug over MMIO");
+    assert!(
+        !vm.capabilities().net_hotplug,
+        "no network hot-plug over MMIO"
+    );
     let drive = BlockDrive {
         file: disk.clone(),
         id: "sw0".into(),

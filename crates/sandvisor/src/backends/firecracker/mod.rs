@@ -1085,6 +1085,15 @@ impl Firecracker {
         }
         let jail = match self.jailer() {
             Some(jailer) => {
+                // The jail is where the saved API socket is:
+                // `<base>/<exec>/<id>/root/run/firecracker.socket`.
+                if let Some(base) = state
+                    .api_socket
+                    .as_deref()
+                    .and_then(|p| p.ancestors().nth(5))
+                {
+                    self.options.chroot_base = base.to_path_buf();
+                }
                 let spec = self.jail_spec(&self.binary(), &jailer);
                 Some(Jail::new(&spec)?)
             }
@@ -1130,13 +1139,14 @@ impl Firecracker {
         self.hand_over(&d.file, "drives", placement, writable)
     }
 
-    async fn hotplug_add_block(&mut self, d: BlockDrive) -> Result<HotplugResult, FcError> {
+    async fn hotplug_add_block(
+        &mut self,
+        api: &RestClient,
+        d: BlockDrive,
+    ) -> Result<HotplugResult, FcError> {
         if self.hot.drives.contains_key(&d.id) || self.hot.swapped.values().any(|v| *v == d.id) {
             return Err(FcError::DeviceExists { id: d.id });
         }
-        let api = self.api().map_err(|e| FcError::UnknownDevice {
-            id: format!("{} ({e})", d.id),
-        })?;
         let path = self.drive_path_inside(&d, !d.read_only)?;
         let jailed = self.files.as_ref().is_some_and(|f| f.jail.is_some());
         let placed = jailed.then(|| path.clone());
@@ -1186,10 +1196,11 @@ impl Firecracker {
         }
     }
 
-    async fn hotplug_remove_block(&mut self, d: BlockDrive) -> Result<HotplugResult, FcError> {
-        let api = self.api().map_err(|e| FcError::UnknownDevice {
-            id: format!("{} ({e})", d.id),
-        })?;
+    async fn hotplug_remove_block(
+        &mut self,
+        api: &RestClient,
+        d: BlockDrive,
+    ) -> Result<HotplugResult, FcError> {
         if let Some(placed) = self.hot.drives.get(&d.id).cloned() {
             api.call(
                 &DeleteDrive {
@@ -1224,7 +1235,11 @@ impl Firecracker {
         Ok(HotplugResult::Attached(Some(d)))
     }
 
-    async fn resize_memory_inner(&mut self, mem_mib: u32) -> Result<(u32, MemoryDevice), FcError> {
+    async fn resize_memory_inner(
+        &mut self,
+        api: &RestClient,
+        mem_mib: u32,
+    ) -> Result<(u32, MemoryDevice), FcError> {
         let boot = self.config.memory_size;
         let extra = mem_mib.saturating_sub(boot);
         if mem_mib < boot || extra > self.memory_region_mib {
@@ -1236,9 +1251,6 @@ impl Firecracker {
         }
         let block = vm_config::MEMORY_BLOCK_MIB;
         let extra = extra.div_ceil(block) * block;
-        let api = self.api().map_err(|e| FcError::UnknownDevice {
-            id: format!("memory ({e})"),
-        })?;
         api.call(
             &PatchMemoryHotplug(MemoryHotplugSizeUpdate {
                 requested_size_mib: extra,
@@ -1557,13 +1569,13 @@ impl Hypervisor for Firecracker {
 
     async fn hotplug_add_device(&mut self, device: Device) -> Result<HotplugResult> {
         self.require("hotplug_add_device", &[VmState::Running, VmState::Paused])?;
+        let api = self.api()?;
         let result = match device {
-            Device::Block(d) => self.hotplug_add_block(d).await,
+            Device::Block(d) => self.hotplug_add_block(&api, d).await,
             Device::Net(n) if self.options.hotplug == HotplugMode::Pci => {
                 if self.hot.nets.contains(&n.id) {
                     Err(FcError::DeviceExists { id: n.id })
                 } else {
-                    let api = self.api()?;
                     let put = PutNetworkInterface(vm_config::network_interface(&n));
                     match api.call(&put, API_TIMEOUT).await {
                         Ok(()) => {
@@ -1577,7 +1589,7 @@ impl Hypervisor for Firecracker {
             Device::Cpu(_) => return Err(no_vcpu_hotplug("hotplug_add_device")),
             Device::Memory(m) => {
                 let target = self.config.memory_size + self.hot.memory_mib + m.size_mib;
-                self.resize_memory_inner(target)
+                self.resize_memory_inner(&api, target)
                     .await
                     .map(|(_, d)| HotplugResult::MemoryMib(d.size_mib))
             }
@@ -1605,10 +1617,10 @@ impl Hypervisor for Firecracker {
             "hotplug_remove_device",
             &[VmState::Running, VmState::Paused],
         )?;
+        let api = self.api()?;
         let result = match device {
-            Device::Block(d) => self.hotplug_remove_block(d).await,
+            Device::Block(d) => self.hotplug_remove_block(&api, d).await,
             Device::Net(n) if self.hot.nets.contains(&n.id) => {
-                let api = self.api()?;
                 match api
                     .call(
                         &DeleteNetworkInterface {
@@ -1655,7 +1667,8 @@ impl Hypervisor for Firecracker {
                 "firecracker grows memory with virtio-mem only: set enable_virtio_mem",
             ));
         }
-        let r = self.resize_memory_inner(mem_mib).await;
+        let api = self.api()?;
+        let r = self.resize_memory_inner(&api, mem_mib).await;
         self.or_exited(r).await
     }
 
