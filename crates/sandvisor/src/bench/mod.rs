@@ -26,8 +26,7 @@
 //!
 //! - **firecracker** (only with `--only firecracker`): the Firecracker
 //!   backend with the tiny PVH guest: API boot (also jailed), pause and
-//!   resume, snapshot create, restore to running, hot-plug ack
-//!   ([`firecracker`](self::firecracker)).
+//!   resume, snapshot create, restore to running, hot-plug ack.
 //!
 //! Every VM started is stopped and its files removed, on failure too. A
 //! section that fails is reported as such and the others still run.
