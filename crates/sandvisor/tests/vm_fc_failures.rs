@@ -4,12 +4,15 @@
 //! nothing; `--new-pid-ns` (SIGTERM ignored: stop ends with SIGKILL);
 //! cgroup v1 works and v2 fails cleanly here; the jail runs as a non-root
 //! uid by default; re-attach with `save`/`load` and `to_grpc`/`from_grpc`;
-//! a dropped handle kills its VM; virtio-mem's resize is a typed fault.
+//! a dropped handle kills its VM; virtio-mem's resize is a typed fault;
+//! Firecracker in a network namespace the test made (nsenter, or the
+//! jailer's `--netns`) takes a tap from it by PCI hot-plug.
 //!
 //! Needs `$SANDVISOR_VMM_DIR/{firecracker,jailer}`; the guest is the tiny
 //! PVH guest. Would need a booted Linux guest (not asserted): memory
 //! onlined after `resize_memory` (the tiny guest never drives virtio-mem,
-//! so Firecracker answers 400), and the agent answering after a re-attach.
+//! so Firecracker answers 400), the agent answering after a re-attach, and
+//! the hot-plugged interface appearing in the guest after a PCI rescan.
 
 mod support;
 
@@ -368,4 +371,104 @@ async fn vm_fc_virtio_mem_resize_is_a_typed_fault_and_vcpus_are_unsupported() {
     vm.cleanup().await.expect("cleanup");
     dirs.assert_empty();
     no_process("fc-mem");
+}
+
+/// A network namespace made for one test, with a tap device in it;
+/// deleted on drop.
+struct Netns {
+    name: String,
+    path: std::path::PathBuf,
+}
+
+impl Netns {
+    fn new(name: &str, tap: &str) -> Netns {
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip runs");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", name])
+            .output();
+        ip(&["netns", "add", name]);
+        let ns = Netns {
+            name: name.to_string(),
+            path: std::path::PathBuf::from(format!("/run/netns/{name}")),
+        };
+        ip(&["-n", name, "tuntap", "add", "dev", tap, "mode", "tap"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_fc_network_namespace_and_pci_network_hot_plug() {
+    use sandvisor::backends::firecracker::api::GetVmConfig;
+    use sandvisor::device::NetDevice;
+    support::trace();
+    let dirs = Dirs::new();
+    for jailed in [false, true] {
+        let ns = Netns::new(if jailed { "svfc-nsj" } else { "svfc-ns" }, "svtap0");
+        let mut vm = dirs.backend(dirs.options());
+        let netns = NetworkNamespace {
+            path: Some(ns.path.clone()),
+            created: false,
+        };
+        let config = dirs.config(jailed);
+        vm.create_sandbox("fc-net", &netns, &config, false)
+            .await
+            .expect("create");
+        let AgentSocket::HybridVsock(h) = vm.generate_socket("fc-net", true).expect("socket")
+        else {
+            panic!("a hybrid vsock");
+        };
+        vm.add_device(Device::HybridVsock(h)).await.expect("vsock");
+        vm.start_sandbox(fc::START_TIMEOUT)
+            .await
+            .expect("start in the namespace");
+        let pid = vm.pids()[0];
+        let own = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("netns of fc");
+        let want = std::fs::read_link("/proc/self/ns/net").expect("own netns");
+        assert_ne!(own, want, "firecracker runs in the test's namespace");
+        let nic = NetDevice {
+            id: "eth1".into(),
+            tap_name: "svtap0".into(),
+            mac: "02:00:00:00:00:07".into(),
+            queues: 1,
+        };
+        vm.hotplug_add_device(Device::Net(nic.clone()))
+            .await
+            .expect("PCI network hot-plug of a tap in the namespace");
+        let listed = vm.call(&GetVmConfig).await.expect("vm config");
+        assert!(
+            listed
+                .network_interfaces
+                .iter()
+                .any(|n| n.iface_id == "eth1"),
+            "{listed:?}"
+        );
+        vm.hotplug_remove_device(Device::Net(nic))
+            .await
+            .expect("unplug");
+        let listed = vm.call(&GetVmConfig).await.expect("vm config");
+        assert!(listed.network_interfaces.is_empty(), "{listed:?}");
+        vm.stop_sandbox().await.expect("stop");
+        vm.cleanup().await.expect("cleanup");
+        dirs.assert_empty();
+        drop(ns);
+    }
+    no_process("fc-net");
 }
