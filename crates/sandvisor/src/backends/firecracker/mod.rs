@@ -1136,4 +1136,66 @@ mod tests {
         assert!(e.is_unsupported(), "{e}");
         assert!(e.to_string().contains("cannot hot-plug vCPUs"), "{e}");
     }
+
+    #[tokio::test]
+    async fn ids_and_socket_paths_are_refused_at_create_with_the_value() {
+        let config = HypervisorConfig {
+            kernel_path: Some("/k".into()),
+            initrd_path: Some("/i".into()),
+            jailer_path: Some("/usr/bin/jailer".into()),
+            ..HypervisorConfig::default()
+        };
+        let ns = NetworkNamespace::default();
+        let mut vm = Firecracker::with_options(
+            "/tmp/x",
+            FcOptions {
+                chroot_base: "/tmp/j".into(),
+                ..FcOptions::default()
+            },
+        );
+        let long = "a".repeat(65);
+        let e = vm
+            .create_sandbox(&long, &ns, &config, false)
+            .await
+            .expect_err("65 characters");
+        let chain = format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        assert!(chain.contains("65 characters long"), "{chain}");
+        assert_eq!(vm.state(), VmState::New);
+
+        let mut vm = Firecracker::with_options(
+            "/tmp/x",
+            FcOptions {
+                chroot_base: format!("/tmp/{}", "d".repeat(40)).into(),
+                ..FcOptions::default()
+            },
+        );
+        let e = vm
+            .create_sandbox(&"b".repeat(60), &ns, &config, false)
+            .await
+            .expect_err("the socket path is too long");
+        let chain = format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        assert!(chain.contains("over the 107-byte limit"), "{chain}");
+
+        // Without a jailer the socket lives in the VM directory.
+        let mut vm = Firecracker::with_storage(format!("/tmp/{}", "s".repeat(60)));
+        let plain = HypervisorConfig {
+            jailer_path: None,
+            ..config
+        };
+        let e = vm
+            .create_sandbox(&"c".repeat(50), &ns, &plain, false)
+            .await
+            .expect_err("too long");
+        assert!(matches!(e, Error::Socket(_)), "{e:?}");
+    }
 }
