@@ -472,3 +472,32 @@ async fn vm_fc_network_namespace_and_pci_network_hot_plug() {
     }
     no_process("fc-net");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_fc_a_jailed_snapshot_with_placeholder_drives_restores() {
+    support::trace();
+    let dirs = Dirs::new();
+    let (state_file, mem_file) = dirs.snapshot();
+    let mut config = dirs.config(true);
+    config.hotplug_transport = Some(sandvisor::config::HotplugMode::Mmio);
+    config.drive_placeholders = Some(2);
+    config.devices_state_path = Some(state_file);
+    config.memory_path = Some(mem_file);
+    let mut vm = dirs.backend(dirs.options());
+    boot(&mut vm, "fc-tpl", &config).await;
+    vm.save_sandbox().await.expect("snapshot (pauses first)");
+    vm.stop_sandbox().await.expect("stop");
+    vm.cleanup().await.expect("cleanup");
+    dirs.assert_empty();
+
+    let mut from = config.clone();
+    from.boot_from_template = true;
+    let mut vm = dirs.backend(dirs.options());
+    boot(&mut vm, "fc-tpl", &from).await;
+    let serial = vm.serial_log().expect("serial");
+    fc::wait_serial(&serial, Duration::from_secs(10), |s| fc::dots(s) >= 1).await;
+    vm.stop_sandbox().await.expect("stop");
+    vm.cleanup().await.expect("cleanup");
+    dirs.assert_empty();
+    no_process("fc-tpl");
+}

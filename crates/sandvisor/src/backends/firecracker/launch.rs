@@ -337,6 +337,17 @@ impl Firecracker {
         for name in [names::LOG, names::METRICS, names::SERIAL] {
             jail_fs::make_file(&f.host(name), uid, gid).map_err(FcError::from)?;
         }
+        // The snapshot names the template's placeholder drives by the path
+        // Firecracker had: in a jail, the same path in this jail. (Without
+        // a jail it is the template VM's directory, which must still be
+        // there: Firecracker cannot re-point drives at load.)
+        if f.jail.is_some() {
+            for id in &self.hot.placeholders {
+                let host = f.host(&format!("{id}.img"));
+                jail_fs::make_placeholder(&host, PLACEHOLDER_BYTES, uid, gid)
+                    .map_err(FcError::from)?;
+            }
+        }
         let pre = [
             PreBoot::Logger(api::PutLogger(api::Logger {
                 log_path: f.inside(names::LOG),
