@@ -446,13 +446,13 @@ pub async fn run_check(
             let fix = "install Firecracker's jailer (scripts/setup.sh), or unset `jailer_path`";
             items.push(match vmm_version(j, options.vmm_timeout).await {
                 _ if !j.is_file() => CheckItem::no(
-                    "jailer",
+                    "jailer_path",
                     true,
                     format!("{} is missing", j.display()),
                     Some(fix.to_string()),
                 ),
-                Ok(v) => CheckItem::ok("jailer", true, format!("{}: {v}", j.display())),
-                Err(why) => CheckItem::no("jailer", true, why, Some(fix.to_string())),
+                Ok(v) => CheckItem::ok("jailer_path", true, format!("{}: {v}", j.display())),
+                Err(why) => CheckItem::no("jailer_path", true, why, Some(fix.to_string())),
             });
         }
         let build = "run `sandvisor image build`, or point the key at an existing file";

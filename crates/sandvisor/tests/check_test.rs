@@ -287,7 +287,7 @@ async fn firecracker_is_driven_and_its_jailer_is_checked() {
     let report = run_check(Ok(rc), &host.options()).await;
     let backend = item(&report, "backend");
     assert!(!backend.blocks(), "{backend:?}");
-    let jailer = item(&report, "jailer");
+    let jailer = item(&report, "jailer_path");
     assert!(
         jailer.blocks() && jailer.detail.contains("/nonexistent/jailer is missing"),
         "{jailer:?}"
