@@ -658,17 +658,22 @@ impl Hypervisor for Firecracker {
         };
         let died_alone = p.exited();
         if died_alone.is_none() {
+            // A running guest is asked first (a Linux guest reboots, which
+            // ends Firecracker); a paused one could not take it.
+            let mut asked = false;
             if self.state == VmState::Running {
-                if let Some(api) = &self.api {
+                if let Ok(api) = self.api() {
                     let ctrl_alt_del = PutAction(InstanceActionInfo {
                         action_type: ActionType::SendCtrlAltDel,
                     });
-                    if let Err(e) = api.call(&ctrl_alt_del, CTRL_ALT_DEL_GRACE).await {
-                        tracing::debug!(error = %e, "SendCtrlAltDel");
+                    match api.call(&ctrl_alt_del, CTRL_ALT_DEL_GRACE).await {
+                        Ok(()) => asked = true,
+                        Err(e) => tracing::debug!(error = %e, "SendCtrlAltDel"),
                     }
                 }
             }
-            if p.wait(CTRL_ALT_DEL_GRACE).await.is_none() {
+            let went = asked && p.wait(CTRL_ALT_DEL_GRACE).await.is_some();
+            if !went {
                 let pid_ns_init = self.options.new_pid_ns
                     && self.files.as_ref().is_some_and(|f| f.jail.is_some());
                 if pid_ns_init {
