@@ -292,10 +292,6 @@ fn unsupported(op: &'static str, reason: impl Into<String>) -> Error {
 }
 
 impl Qemu {
-    fn machine(&self) -> MachineType {
-        MachineType::parse(&self.config.hypervisor_machine_type).unwrap_or(MachineType::Q35)
-    }
-
     fn require_hotplug(&self, op: &'static str) -> Result<()> {
         if self.machine().supports_hotplug() {
             Ok(())

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cmdline::{self, Accelerator, LaunchSpec, MachineType, QemuCommand, VmPaths};
+use super::cmdline::{self, Accelerator, LaunchSpec, QemuCommand, VmPaths};
 use super::qmp::Qmp;
-use super::{Qemu, QemuError, REAP_TIMEOUT};
+use super::{Qemu, QemuError, QemuSpec, REAP_TIMEOUT};
 use crate::backends::vmm::process::{self, Supervised};
 use crate::backends::vmm::virtiofsd;
 use crate::device::Device;
@@ -86,20 +86,22 @@ impl Qemu {
     }
 
     /// The QEMU command line for this handle's sandbox, as `launch` runs it.
-    fn build_command(&self, accel: Accelerator, paths: &VmPaths) -> Result<QemuCommand, QemuError> {
-        let machine = MachineType::parse(&self.config.hypervisor_machine_type)?;
-        let image_size = match self.config.asset_path(crate::assets::AssetType::Image) {
-            Some(img) if !self.config.disable_image_nvdimm && machine != MachineType::Microvm => {
-                Some(
-                    std::fs::metadata(img)
-                        .map_err(|source| QemuError::Image {
-                            path: img.to_path_buf(),
-                            source,
-                        })?
-                        .len(),
-                )
-            }
-            _ => None,
+    fn build_command(
+        &self,
+        accel: Accelerator,
+        paths: &VmPaths,
+        qemu: &QemuSpec,
+    ) -> Result<QemuCommand, QemuError> {
+        let image_size = match &qemu.nvdimm_image {
+            Some(img) => Some(
+                std::fs::metadata(img)
+                    .map_err(|source| QemuError::Image {
+                        path: img.clone(),
+                        source,
+                    })?
+                    .len(),
+            ),
+            None => None,
         };
         let spec = LaunchSpec {
             config: &self.config,
@@ -112,7 +114,7 @@ impl Qemu {
             image_size,
             vhost_net: self.vhost_net(),
         };
-        Ok(cmdline::build(&spec)?)
+        Ok(cmdline::build_for(&spec, qemu.machine)?)
     }
 
     /// The command line `start_sandbox` would run for the created sandbox,
@@ -123,11 +125,11 @@ impl Qemu {
     /// [`Error::InvalidState`] before `create_sandbox`; otherwise what
     /// building the command line reports.
     pub fn launch_command(&self) -> Result<QemuCommand> {
-        let Some(paths) = self.paths.as_ref() else {
+        let (Some(paths), Some(qemu)) = (self.paths.as_ref(), self.spec.as_ref()) else {
             return Err(self.invalid("build the command line of"));
         };
         let accel = self.resolve_accel()?;
-        Ok(self.build_command(accel, paths)?)
+        Ok(self.build_command(accel, paths, qemu)?)
     }
 
     pub(super) async fn launch(&mut self, timeout: Duration) -> Result<(), QemuError> {
@@ -145,7 +147,11 @@ impl Qemu {
         for stale in [&paths.qmp, &paths.console] {
             let _ = std::fs::remove_file(stale);
         }
-        let cmd = self.build_command(accel, &paths)?;
+        let qemu = self
+            .spec
+            .as_ref()
+            .expect("create_sandbox made the spec before the state became Created");
+        let cmd = self.build_command(accel, &paths, qemu)?;
 
         if self.config.shared_fs.is_virtio_fs() {
             let share = self.devices.iter().find_map(|d| match d {

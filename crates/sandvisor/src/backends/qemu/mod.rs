@@ -7,6 +7,7 @@
 //! | supervising QEMU and virtiofsd, adopting them after a re-attach | [`crate::backends::vmm::process`] |
 //! | hot-plug: slots and the QMP sequences | [`hotplug`] |
 //! | virtiofsd | [`crate::backends::vmm::virtiofsd`] |
+//! | the config parsed once into QEMU terms | [`QemuSpec`] |
 //! | the error, and its mapping onto the shared one | `error` |
 //! | starting QEMU and undoing a failed start | `launch` |
 //! | saving device state, restoring a template | `migration` |
@@ -14,8 +15,9 @@
 //!
 //! # Lifecycle
 //!
-//! `create_sandbox` validates the config and checks that the VM's socket
-//! paths fit; `add_device` collects cold-plugged devices; `start_sandbox`
+//! `create_sandbox` validates the config, parses it once into a
+//! [`QemuSpec`] and checks that the VM's socket paths fit; `add_device`
+//! collects cold-plugged devices; `start_sandbox`
 //! makes the VM directory `<storage>/<id>`, starts virtiofsd when needed,
 //! spawns QEMU (its own process group, output in `qemu.log`) and waits for
 //! QMP. A start that fails for any reason kills what it started and removes
@@ -41,6 +43,7 @@ mod launch;
 mod migration;
 mod persist;
 pub mod qmp;
+mod spec;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,6 +78,7 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 pub use self::error::QemuError;
 #[cfg(test)]
 use self::migration::shell_quote;
+pub use self::spec::QemuSpec;
 /// The QEMU backend.
 #[derive(Debug)]
 pub struct Qemu {
@@ -92,6 +96,8 @@ pub struct Qemu {
     qmp: Option<Arc<Qmp>>,
     hot: HotplugState,
     accel: Option<Accelerator>,
+    /// The config parsed into QEMU terms, once created or re-attached.
+    spec: Option<QemuSpec>,
     detached: bool,
 }
 
@@ -166,6 +172,7 @@ impl Qemu {
             qmp: None,
             hot: HotplugState::default(),
             accel: None,
+            spec: None,
             detached: false,
         }
     }
@@ -192,6 +199,19 @@ impl Qemu {
             Ok(())
         } else {
             Err(self.invalid(op))
+        }
+    }
+
+    /// The machine type, from the spec `create_sandbox` or a re-attach
+    /// made. A handle not created yet has no spec: it answers from its
+    /// config as given, and q35 (the default) for a type that does not
+    /// parse, which `create_sandbox` would refuse.
+    fn machine(&self) -> MachineType {
+        match &self.spec {
+            Some(spec) => spec.machine,
+            None => {
+                MachineType::parse(&self.config.hypervisor_machine_type).unwrap_or(MachineType::Q35)
+            }
         }
     }
 
@@ -338,8 +358,7 @@ impl Hypervisor for Qemu {
         let mut config = config.clone();
         config.validate()?;
         // Reject what cannot be launched now, not at start.
-        MachineType::parse(&config.hypervisor_machine_type).map_err(QemuError::from)?;
-        cmdline::memory_knobs(&config, &[]).map_err(QemuError::from)?;
+        let spec = QemuSpec::new(&config).map_err(QemuError::from)?;
         let paths = VmPaths::new(&self.storage, id);
         for name in [VmPaths::QMP, VmPaths::CONSOLE, VmPaths::VIRTIOFS] {
             socket::build_socket_path(&[&self.storage, Path::new(id), Path::new(name)])?;
@@ -350,6 +369,7 @@ impl Hypervisor for Qemu {
         self.netns = network_ns.clone();
         self.hot = HotplugState::new(config.default_bridges, config.pcie_root_port);
         self.config = config;
+        self.spec = Some(spec);
         self.paths = Some(paths);
         self.state = VmState::Created;
         tracing::debug!(id, uuid = self.uuid, "sandbox created");
@@ -592,9 +612,7 @@ impl Hypervisor for Qemu {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let machine =
-            MachineType::parse(&self.config.hypervisor_machine_type).unwrap_or(MachineType::Q35);
-        let hotplug = machine.supports_hotplug();
+        let hotplug = self.machine().supports_hotplug();
         Capabilities {
             block_device: true,
             block_device_hotplug: hotplug,

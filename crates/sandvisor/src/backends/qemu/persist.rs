@@ -9,7 +9,7 @@ use super::cmdline::VmPaths;
 use super::hotplug::HotplugState;
 use super::launch::host_memory_mib;
 use super::qmp;
-use super::{Qemu, QemuError};
+use super::{Qemu, QemuError, QemuSpec};
 use crate::backends::vmm::process::Supervised;
 use crate::config::HypervisorConfig;
 use crate::hypervisor::{HypervisorState, Result, VmState};
@@ -116,6 +116,7 @@ impl Qemu {
             paths.console = console.clone();
         }
         self.paths = Some(paths);
+        self.spec = Some(QemuSpec::new(&self.config)?);
         let mut hot = HotplugState::new(self.config.default_bridges, state.pcie_root_port);
         hot.restore_devices(&state.hotplugged_devices)?;
         hot.vcpus = state.hotplugged_vcpus.clone();

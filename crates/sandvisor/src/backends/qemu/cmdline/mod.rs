@@ -243,8 +243,19 @@ struct Plan<'a> {
 /// # Errors
 /// See [`CmdlineError`].
 pub fn build(spec: &LaunchSpec<'_>) -> Result<QemuCommand, CmdlineError> {
+    build_for(
+        spec,
+        MachineType::parse(&spec.config.hypervisor_machine_type)?,
+    )
+}
+
+/// [`build`] for a `machine` the caller parsed already, from the same
+/// config: the backend's [`super::QemuSpec`].
+///
+/// # Errors
+/// See [`CmdlineError`].
+pub fn build_for(spec: &LaunchSpec<'_>, machine: MachineType) -> Result<QemuCommand, CmdlineError> {
     let c = spec.config;
-    let machine = MachineType::parse(&c.hypervisor_machine_type)?;
     let image = boot::image_mode(c, machine);
     let knobs = memory_knobs(c, spec.devices)?;
     let kernel = c
