@@ -122,7 +122,7 @@ impl Qemu {
     /// as `sandvisor bench` does for its raw-QEMU baseline.
     ///
     /// # Errors
-    /// [`Error::InvalidState`] before `create_sandbox`; otherwise what
+    /// [`Error::InvalidState`](crate::hypervisor::Error::InvalidState) before `create_sandbox`; otherwise what
     /// building the command line reports.
     pub fn launch_command(&self) -> Result<QemuCommand> {
         let (Some(paths), Some(qemu)) = (self.paths.as_ref(), self.spec.as_ref()) else {
