@@ -11,28 +11,30 @@
 //! Progress is reported as one line per step through a callback, so the
 //! command line prints it and the library stays quiet.
 
+mod agent;
 pub mod cpio;
 pub mod elf;
+mod initrd;
 pub mod kernel;
+mod manifest;
 pub mod modules;
 pub mod tiny_guest;
 pub mod vmlinux;
 
 use std::collections::BTreeMap;
-use std::env;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+pub use self::agent::{agent_candidates, locate_agent};
+use self::manifest::{modules_identity, sha256, sha256_file, up_to_date, write_atomic};
+pub use self::manifest::{Inputs, Manifest, OutputFile};
 use crate::paths::{BZIMAGE_FILE, INITRD_FILE, KERNEL_FILE};
-use cpio::{Archive, Entry};
-use elf::Linkage;
 
 /// Version of the initrd layout and manifest. Bump it when the builder
 /// would produce something different from the same inputs.
@@ -255,45 +257,6 @@ pub struct BuildOptions {
     pub force: bool,
 }
 
-/// The identities of a build's inputs: equal inputs give equal outputs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inputs {
-    /// [`FORMAT_VERSION`].
-    pub builder: u32,
-    /// `debian:<package>=<version>` or `file:<sha256>`.
-    pub kernel: String,
-    /// The wanted module list and where modules come from.
-    pub modules: String,
-    /// SHA-256 of busybox.
-    pub busybox: String,
-    /// SHA-256 of the agent.
-    pub agent: String,
-    /// Initrd compression.
-    pub compression: Compression,
-}
-
-/// One output file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputFile {
-    /// SHA-256.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-/// `manifest.json`: what a build used and made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// The inputs.
-    pub inputs: Inputs,
-    /// The kernel release, when known.
-    pub kernel_release: Option<String>,
-    /// Modules in the initrd, in load order.
-    pub modules: Vec<String>,
-    /// Output files by name.
-    pub outputs: BTreeMap<String, OutputFile>,
-}
-
 /// What [`build`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildReport {
@@ -307,104 +270,6 @@ pub struct BuildReport {
     pub manifest: Manifest,
 }
 
-/// The SHA-256 of a file, in hex.
-fn sha256_file(path: &Path) -> Result<String, ImageError> {
-    let mut hasher = Sha256::new();
-    let mut f = fs::File::open(path).map_err(io_err(path))?;
-    io::copy(&mut f, &mut hasher).map_err(io_err(path))?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-fn sha256(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn check_static(path: &Path) -> Result<Linkage, ImageError> {
-    let data = fs::read(path).map_err(io_err(path))?;
-    Ok(elf::linkage(&data))
-}
-
-/// Where `image build` looks for the agent, in order, when neither
-/// `--agent` nor `SANDVISOR_AGENT` names it: next to the running
-/// executable, then in cargo's `--target x86_64-unknown-linux-gnu` output
-/// beside it (same profile first, then release).
-pub fn agent_candidates(exe: &Path) -> Vec<PathBuf> {
-    let Some(exe_dir) = exe.parent() else {
-        return Vec::new();
-    };
-    let mut out = vec![exe_dir.join("sandvisor-agent")];
-    let profile = exe_dir.file_name().and_then(|p| p.to_str());
-    if let Some(target_dir) = exe_dir.parent() {
-        let triple = target_dir.join("x86_64-unknown-linux-gnu");
-        let mut profiles = Vec::new();
-        if let Some(p) = profile {
-            profiles.push(p.to_string());
-        }
-        for p in ["release", "debug"] {
-            if !profiles.iter().any(|q| q == p) {
-                profiles.push(p.to_string());
-            }
-        }
-        out.extend(
-            profiles
-                .iter()
-                .map(|p| triple.join(p).join("sandvisor-agent")),
-        );
-    }
-    out
-}
-
-/// Finds the agent: `explicit`, else `$SANDVISOR_AGENT`, else the first
-/// statically linked one among [`agent_candidates`] of the running
-/// executable.
-///
-/// # Errors
-/// [`ImageError::AgentNotStatic`] when the agent named is not a static
-/// executable; [`ImageError::AgentNotFound`] when no candidate is.
-pub fn locate_agent(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {
-    let named = explicit.map(Path::to_path_buf).or_else(|| {
-        env::var_os(AGENT_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    if let Some(path) = named {
-        return match check_static(&path)? {
-            Linkage::Static => Ok(path),
-            Linkage::Dynamic => Err(ImageError::AgentNotStatic {
-                path,
-                what: "dynamically linked",
-            }),
-            Linkage::NotElf => Err(ImageError::AgentNotStatic {
-                path,
-                what: "not an ELF executable",
-            }),
-        };
-    }
-    let exe = env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
-    let searched = agent_candidates(&exe);
-    let mut dynamic = Vec::new();
-    for c in &searched {
-        if !c.is_file() {
-            continue;
-        }
-        match check_static(c)? {
-            Linkage::Static => return Ok(c.clone()),
-            _ => dynamic.push(c.clone()),
-        }
-    }
-    Err(ImageError::AgentNotFound { searched, dynamic })
-}
-
-/// busybox applets as `busybox --list-full` prints them (`bin/sh`, ...).
-fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
-    let out = kernel::run(&busybox.to_string_lossy(), &["--list-full"], None)?;
-    Ok(out
-        .lines()
-        .map(|l| l.trim().trim_start_matches('/').to_string())
-        .filter(|l| !l.is_empty() && l != "bin/busybox" && l != "init" && l != "linuxrc")
-        .collect())
-}
-
 /// Where the kernel and its modules come from.
 enum KernelSource {
     Debian(kernel::KernelPackage),
@@ -412,209 +277,6 @@ enum KernelSource {
         kernel: PathBuf,
         modules: Option<PathBuf>,
     },
-}
-
-fn modules_identity(source: &KernelSource) -> Result<String, ImageError> {
-    let wanted: Vec<String> = modules::WANTED
-        .iter()
-        .map(|w| format!("{}{}", w.name, if w.required { "" } else { "?" }))
-        .collect();
-    let origin = match source {
-        KernelSource::Debian(_) => "package".to_string(),
-        KernelSource::File { modules: None, .. } => "none".to_string(),
-        KernelSource::File {
-            modules: Some(dir), ..
-        } => {
-            // The directory's module set: modules.dep when there is one,
-            // else the list of module files with their sizes.
-            let dep = dir.join("modules.dep");
-            if dep.is_file() {
-                format!("dir:{}", sha256_file(&dep)?)
-            } else {
-                let mut listing = Vec::new();
-                let mut stack = vec![dir.clone()];
-                while let Some(d) = stack.pop() {
-                    for e in fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
-                        let p = e.path();
-                        if p.is_dir() {
-                            stack.push(p);
-                        } else if let Ok(m) = e.metadata() {
-                            listing.push(format!("{} {}", p.display(), m.len()));
-                        }
-                    }
-                }
-                listing.sort();
-                format!("dir:{}", sha256(listing.join("\n").as_bytes()))
-            }
-        }
-    };
-    Ok(format!("{origin};{}", wanted.join(",")))
-}
-
-/// Whether `dir` holds outputs matching `manifest` and built from `inputs`.
-fn up_to_date(dir: &Path, inputs: &Inputs) -> Option<Manifest> {
-    let text = fs::read_to_string(dir.join(MANIFEST_FILE)).ok()?;
-    let manifest: Manifest = serde_json::from_str(&text).ok()?;
-    if &manifest.inputs != inputs {
-        return None;
-    }
-    if !manifest.outputs.contains_key(INITRD_FILE) {
-        return None;
-    }
-    for (name, recorded) in &manifest.outputs {
-        let path = dir.join(name);
-        let meta = fs::metadata(&path).ok()?;
-        if meta.len() != recorded.size || sha256_file(&path).ok()? != recorded.sha256 {
-            return None;
-        }
-    }
-    Some(manifest)
-}
-
-/// Writes `data` to `dir/name` through a temporary file and a rename, so a
-/// reader never sees half a file.
-fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf, ImageError> {
-    let dest = dir.join(name);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-    tmp.write_all(data).map_err(io_err(tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
-    let mut perms = tmp
-        .as_file()
-        .metadata()
-        .map_err(io_err(tmp.path()))?
-        .permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    fs::set_permissions(tmp.path(), perms).map_err(io_err(tmp.path()))?;
-    tmp.persist(&dest).map_err(|e| ImageError::Io {
-        path: dest.clone(),
-        source: e.error,
-    })?;
-    Ok(dest)
-}
-
-/// Compresses a cpio archive.
-fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>, io::Error> {
-    match how {
-        Compression::None => Ok(data.to_vec()),
-        Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-            enc.write_all(data)?;
-            enc.finish()
-        }
-        Compression::Zstd => zstd::encode_all(data, 19),
-    }
-}
-
-/// Everything the initrd holds.
-fn assemble(
-    agent: &[u8],
-    busybox: &[u8],
-    applets: &[String],
-    modules_dir: Option<&Path>,
-    release: Option<&str>,
-    resolution: &modules::Resolution,
-) -> Result<Archive, ImageError> {
-    let mut a = Archive::new();
-    for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "proc", "sys", "dev", "run", "tmp",
-        "mnt", "var", "lib",
-    ] {
-        a.add(dir, Entry::Dir { mode: 0o755 });
-    }
-    a.add("tmp", Entry::Dir { mode: 0o1777 });
-    a.add("root", Entry::Dir { mode: 0o700 });
-    // The kernel opens /dev/console for init before /dev is mounted.
-    a.add(
-        "dev/console",
-        Entry::CharDev {
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-    );
-    a.add(
-        "init",
-        Entry::File {
-            mode: 0o755,
-            data: agent.to_vec(),
-        },
-    );
-    a.add(
-        "bin/busybox",
-        Entry::File {
-            mode: 0o755,
-            data: busybox.to_vec(),
-        },
-    );
-    for applet in applets {
-        // The kernel runs /sbin/modprobe for every module request, and the
-        // crypto self-tests at boot make two for built-in algorithms: two
-        // execs of busybox, 0.1 s under TCG, to load nothing. modprobe
-        // lives elsewhere; the agent points kernel.modprobe at it.
-        let applet = if applet == "sbin/modprobe" {
-            MODPROBE_PATH.trim_start_matches('/')
-        } else {
-            applet.as_str()
-        };
-        let depth = applet.matches('/').count();
-        let target = format!("{}bin/busybox", "../".repeat(depth));
-        if !a.contains(applet) {
-            a.add(applet, Entry::Symlink { target });
-        }
-    }
-    a.add(
-        "etc/passwd",
-        Entry::File {
-            mode: 0o644,
-            data: b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
-        },
-    );
-    a.add(
-        "etc/group",
-        Entry::File {
-            mode: 0o644,
-            data: b"root:x:0:\ntty:x:5:\n".to_vec(),
-        },
-    );
-    let mut early = String::new();
-    if let (Some(dir), Some(release)) = (modules_dir, release) {
-        let root = Path::new("lib/modules").join(release);
-        let mut aliases = Vec::new();
-        for m in &resolution.load_order {
-            let data = modules::read_module(&dir.join(&m.rel_path))?;
-            let info = elf::modinfo(&data).unwrap_or_default();
-            aliases.push((m.name.as_str(), info.aliases));
-            let stored = root.join(m.stored_rel_path());
-            let stored = stored.to_string_lossy().into_owned();
-            if resolution.early.contains(&m.name) {
-                early.push('/');
-                early.push_str(&stored);
-                early.push('\n');
-            }
-            a.add(&stored, Entry::File { mode: 0o644, data });
-        }
-        // depmod's files, where modprobe (busybox's too) looks for them:
-        // the agent loads drivers for devices by these aliases.
-        let dep = modules::depmod_dep(&resolution.load_order);
-        let alias = modules::depmod_alias(aliases.iter().map(|(n, a)| (*n, a.as_slice())));
-        for (name, text) in [("modules.dep", dep), ("modules.alias", alias)] {
-            a.add(
-                &root.join(name).to_string_lossy(),
-                Entry::File {
-                    mode: 0o644,
-                    data: text.into_bytes(),
-                },
-            );
-        }
-    }
-    a.add(
-        MODULES_EARLY,
-        Entry::File {
-            mode: 0o644,
-            data: early.into_bytes(),
-        },
-    );
-    Ok(a)
 }
 
 /// The kernel files to write, by asset name: a bzImage with a PVH entry
@@ -656,46 +318,14 @@ pub fn build(
     let started = Instant::now();
     let out_dir = opts.output.clone().unwrap_or_else(crate::paths::asset_dir);
 
-    let source = match (&opts.kernel, &opts.modules) {
-        (None, Some(m)) => return Err(ImageError::ModulesWithoutKernel(m.clone())),
-        (Some(k), m) => KernelSource::File {
-            kernel: k.clone(),
-            modules: m.clone(),
-        },
-        (None, None) => {
-            progress(&format!("resolving {}", kernel::CLOUD_KERNEL_META));
-            KernelSource::Debian(kernel::resolve(kernel::CLOUD_KERNEL_META)?)
-        }
-    };
+    let source = kernel_source(opts, progress)?;
     let kernel_identity = match &source {
         KernelSource::Debian(pkg) => pkg.identity(),
         KernelSource::File { kernel, .. } => format!("file:{}", sha256_file(kernel)?),
     };
     progress(&format!("kernel: {kernel_identity}"));
-
-    let agent_path = locate_agent(opts.agent.as_deref())?;
-    let agent = fs::read(&agent_path).map_err(io_err(&agent_path))?;
-    let agent_hash = sha256(&agent);
-    progress(&format!(
-        "agent: {} (static, sha256 {})",
-        agent_path.display(),
-        &agent_hash[..12]
-    ));
-
-    let busybox_path = Path::new(BUSYBOX_PATH);
-    let busybox = fs::read(busybox_path).map_err(|_| ImageError::Busybox {
-        path: busybox_path.to_path_buf(),
-    })?;
-    if elf::linkage(&busybox) != Linkage::Static {
-        return Err(ImageError::Busybox {
-            path: busybox_path.to_path_buf(),
-        });
-    }
-    let busybox_hash = sha256(&busybox);
-    progress(&format!(
-        "busybox: {BUSYBOX_PATH} (sha256 {})",
-        &busybox_hash[..12]
-    ));
+    let (agent, agent_hash) = agent::read_agent(opts.agent.as_deref(), progress)?;
+    let (busybox, busybox_hash) = initrd::read_busybox(progress)?;
 
     let inputs = Inputs {
         builder: FORMAT_VERSION,
@@ -718,93 +348,19 @@ pub fn build(
     }
     fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
 
-    // Keeps the unpacked package alive until the initrd is written.
-    let unpacked;
-    let (vmlinuz, modules_dir, release) = match &source {
-        KernelSource::Debian(pkg) => {
-            let cache = out_dir.join("cache");
-            progress(&format!("fetching {} {}", pkg.name, pkg.version));
-            let (deb, downloaded) = kernel::download(pkg, &cache)?;
-            progress(&format!(
-                "{} {}",
-                if downloaded { "downloaded" } else { "cached" },
-                deb.display()
-            ));
-            progress("unpacking with dpkg-deb -x");
-            unpacked = kernel::unpack(&deb)?;
-            (
-                unpacked.vmlinuz.clone(),
-                Some(unpacked.modules.clone()),
-                Some(unpacked.release.clone()),
-            )
-        }
-        KernelSource::File { kernel, modules } => {
-            let release = match modules {
-                Some(dir) => Some(
-                    dir.file_name()
-                        .and_then(|n| n.to_str())
-                        .map(str::to_string)
-                        .ok_or_else(|| ImageError::BadModulesDir {
-                            dir: dir.clone(),
-                            reason: "its name is not a kernel release".into(),
-                        })?,
-                ),
-                None => None,
-            };
-            (kernel.clone(), modules.clone(), release)
-        }
-    };
-
-    let resolution = match &modules_dir {
-        Some(dir) => {
-            progress(&format!("resolving modules in {}", dir.display()));
-            let r = modules::resolve_split(dir, modules::WANTED, modules::EARLY)?;
-            progress(&format!(
-                "modules: {} to load, {} of them before the agent serves ({}), {} built in, absent: {}",
-                r.load_order.len(),
-                r.early.len(),
-                if r.from_modules_dep {
-                    "modules.dep"
-                } else {
-                    ".modinfo"
-                },
-                r.builtin.len(),
-                if r.missing_optional.is_empty() {
-                    "none".to_string()
-                } else {
-                    r.missing_optional.join(" ")
-                }
-            ));
-            r
-        }
-        None => {
-            progress("no modules directory: the kernel must have virtio built in");
-            modules::Resolution::default()
-        }
-    };
-
-    let applets = busybox_applets(busybox_path)?;
-    let archive = assemble(
+    let files = kernel_files(&source, &out_dir, progress)?;
+    let resolution = resolve_modules(files.modules_dir.as_deref(), progress)?;
+    let initrd = initrd::pack(
         &agent,
         &busybox,
-        &applets,
-        modules_dir.as_deref(),
-        release.as_deref(),
+        &files,
         &resolution,
+        opts.compression,
+        &out_dir.join(INITRD_FILE),
+        progress,
     )?;
-    let mut cpio = Vec::new();
-    archive
-        .write_to(&mut cpio)
-        .map_err(io_err(&out_dir.join(INITRD_FILE)))?;
-    progress(&format!(
-        "initrd: {} entries, {} KiB uncompressed; compressing with {}",
-        archive.len(),
-        cpio.len() / 1024,
-        opts.compression
-    ));
-    let initrd = compress(&cpio, opts.compression).map_err(io_err(&out_dir.join(INITRD_FILE)))?;
 
-    let kernel_data = fs::read(&vmlinuz).map_err(io_err(&vmlinuz))?;
+    let kernel_data = fs::read(&files.vmlinuz).map_err(io_err(&files.vmlinuz))?;
     let kernels = boot_kernels(kernel_data, progress);
     let initrd_path = write_atomic(&out_dir, INITRD_FILE, &initrd)?;
     let mut outputs = BTreeMap::new();
@@ -815,32 +371,11 @@ pub fn build(
             size: initrd.len() as u64,
         },
     );
-    let mut kernel_bytes = 0;
-    for name in [KERNEL_FILE, BZIMAGE_FILE] {
-        match kernels.iter().find(|(n, _)| *n == name) {
-            Some((_, data)) => {
-                write_atomic(&out_dir, name, data)?;
-                outputs.insert(
-                    name.to_string(),
-                    OutputFile {
-                        sha256: sha256(data),
-                        size: data.len() as u64,
-                    },
-                );
-                kernel_bytes += data.len();
-            }
-            // A kernel from an earlier build must not be booted instead.
-            None => match fs::remove_file(out_dir.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&out_dir.join(name))(e)),
-            },
-        }
-    }
+    let kernel_bytes = write_kernels(&out_dir, &kernels, &mut outputs)?;
     let kernel_path = crate::paths::kernel_in(&out_dir);
     let manifest = Manifest {
         inputs,
-        kernel_release: release,
+        kernel_release: files.release,
         modules: resolution
             .load_order
             .iter()
@@ -866,99 +401,153 @@ pub fn build(
     })
 }
 
+/// Where the kernel comes from: the file given, or Debian's cloud kernel
+/// package, resolved.
+fn kernel_source(
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<KernelSource, ImageError> {
+    match (&opts.kernel, &opts.modules) {
+        (None, Some(m)) => Err(ImageError::ModulesWithoutKernel(m.clone())),
+        (Some(k), m) => Ok(KernelSource::File {
+            kernel: k.clone(),
+            modules: m.clone(),
+        }),
+        (None, None) => {
+            progress(&format!("resolving {}", kernel::CLOUD_KERNEL_META));
+            Ok(KernelSource::Debian(kernel::resolve(
+                kernel::CLOUD_KERNEL_META,
+            )?))
+        }
+    }
+}
+
+/// The kernel image, its modules directory and release, on disk.
+struct KernelFiles {
+    vmlinuz: PathBuf,
+    modules_dir: Option<PathBuf>,
+    release: Option<String>,
+    /// Keeps the unpacked package alive until the initrd is written.
+    _unpacked: Option<kernel::Unpacked>,
+}
+
+/// Fetches and unpacks the Debian package, or takes the files given.
+fn kernel_files(
+    source: &KernelSource,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<KernelFiles, ImageError> {
+    match source {
+        KernelSource::Debian(pkg) => {
+            let cache = out_dir.join("cache");
+            progress(&format!("fetching {} {}", pkg.name, pkg.version));
+            let (deb, downloaded) = kernel::download(pkg, &cache)?;
+            progress(&format!(
+                "{} {}",
+                if downloaded { "downloaded" } else { "cached" },
+                deb.display()
+            ));
+            progress("unpacking with dpkg-deb -x");
+            let unpacked = kernel::unpack(&deb)?;
+            Ok(KernelFiles {
+                vmlinuz: unpacked.vmlinuz.clone(),
+                modules_dir: Some(unpacked.modules.clone()),
+                release: Some(unpacked.release.clone()),
+                _unpacked: Some(unpacked),
+            })
+        }
+        KernelSource::File { kernel, modules } => {
+            let release = match modules {
+                Some(dir) => Some(
+                    dir.file_name()
+                        .and_then(|n| n.to_str())
+                        .map(str::to_string)
+                        .ok_or_else(|| ImageError::BadModulesDir {
+                            dir: dir.clone(),
+                            reason: "its name is not a kernel release".into(),
+                        })?,
+                ),
+                None => None,
+            };
+            Ok(KernelFiles {
+                vmlinuz: kernel.clone(),
+                modules_dir: modules.clone(),
+                release,
+                _unpacked: None,
+            })
+        }
+    }
+}
+
+/// The modules to load from `modules_dir`, in order; none without one.
+fn resolve_modules(
+    modules_dir: Option<&Path>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<modules::Resolution, ImageError> {
+    let Some(dir) = modules_dir else {
+        progress("no modules directory: the kernel must have virtio built in");
+        return Ok(modules::Resolution::default());
+    };
+    progress(&format!("resolving modules in {}", dir.display()));
+    let r = modules::resolve_split(dir, modules::WANTED, modules::EARLY)?;
+    progress(&format!(
+        "modules: {} to load, {} of them before the agent serves ({}), {} built in, absent: {}",
+        r.load_order.len(),
+        r.early.len(),
+        if r.from_modules_dep {
+            "modules.dep"
+        } else {
+            ".modinfo"
+        },
+        r.builtin.len(),
+        if r.missing_optional.is_empty() {
+            "none".to_string()
+        } else {
+            r.missing_optional.join(" ")
+        }
+    ));
+    Ok(r)
+}
+
+/// Writes the kernel files [`boot_kernels`] chose into `out_dir`, records
+/// them in `outputs` and removes the one not chosen; returns the bytes
+/// written.
+fn write_kernels(
+    out_dir: &Path,
+    kernels: &[(&'static str, Vec<u8>)],
+    outputs: &mut BTreeMap<String, OutputFile>,
+) -> Result<usize, ImageError> {
+    let mut kernel_bytes = 0;
+    for name in [KERNEL_FILE, BZIMAGE_FILE] {
+        match kernels.iter().find(|(n, _)| *n == name) {
+            Some((_, data)) => {
+                write_atomic(out_dir, name, data)?;
+                outputs.insert(
+                    name.to_string(),
+                    OutputFile {
+                        sha256: sha256(data),
+                        size: data.len() as u64,
+                    },
+                );
+                kernel_bytes += data.len();
+            }
+            // A kernel from an earlier build must not be booted instead.
+            None => match fs::remove_file(out_dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&out_dir.join(name))(e)),
+            },
+        }
+    }
+    Ok(kernel_bytes)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
-
-    #[test]
-    fn agent_candidates_cover_the_target_dir() {
-        let c = agent_candidates(Path::new("/w/target/debug/sandvisor"));
-        assert_eq!(
-            c,
-            [
-                PathBuf::from("/w/target/debug/sandvisor-agent"),
-                PathBuf::from("/w/target/x86_64-unknown-linux-gnu/debug/sandvisor-agent"),
-                PathBuf::from("/w/target/x86_64-unknown-linux-gnu/release/sandvisor-agent"),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_dynamic_agent_is_refused_with_the_build_command() {
-        let exe = env::current_exe().expect("exe");
-        // Test binaries are dynamically linked.
-        if check_static(&exe).expect("readable") != Linkage::Dynamic {
-            return;
-        }
-        let err = locate_agent(Some(&exe)).expect_err("dynamic");
-        assert!(matches!(err, ImageError::AgentNotStatic { .. }));
-        assert!(err.to_string().contains("crt-static"), "{err}");
-    }
-
-    #[test]
-    fn not_an_elf_agent_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let f = dir.path().join("agent");
-        fs::write(&f, "#!/bin/sh\n").expect("write");
-        let err = locate_agent(Some(&f)).expect_err("script");
-        assert!(matches!(
-            err,
-            ImageError::AgentNotStatic {
-                what: "not an ELF executable",
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn assembled_initrd_has_init_console_and_load_order() {
-        let a = assemble(
-            b"agent",
-            b"bb",
-            &[
-                "bin/sh".into(),
-                "usr/bin/env".into(),
-                "sbin/modprobe".into(),
-            ],
-            None,
-            None,
-            &modules::Resolution::default(),
-        )
-        .expect("assembles");
-        for p in [
-            "init",
-            "dev/console",
-            "bin/busybox",
-            "bin/sh",
-            "usr/bin/env",
-            "usr/sbin/modprobe",
-            MODULES_EARLY,
-            "tmp",
-        ] {
-            assert!(a.contains(p), "{p}");
-        }
-        assert!(
-            !a.contains("sbin/modprobe"),
-            "the kernel's default path stays empty"
-        );
-    }
-
-    #[test]
-    fn compressions_round_trip() {
-        let data = b"hello hello hello hello".repeat(100);
-        let gz = compress(&data, Compression::Gzip).expect("gzip");
-        let mut back = Vec::new();
-        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut back)
-            .expect("gunzip");
-        assert_eq!(back, data);
-        let zs = compress(&data, Compression::Zstd).expect("zstd");
-        assert_eq!(zstd::decode_all(zs.as_slice()).expect("unzstd"), data);
-        assert_eq!(compress(&data, Compression::None).expect("none"), data);
-        assert_eq!("none".parse::<Compression>(), Ok(Compression::None));
-        assert!("lz4"
-            .parse::<Compression>()
-            .is_err_and(|e| e.contains("none, gzip or zstd")));
-    }
+    use crate::image::elf::Linkage;
 
     #[test]
     fn rebuilds_only_when_an_input_changes() {

@@ -7,11 +7,17 @@
 //! | supervising QEMU and virtiofsd, adopting them after a re-attach | [`crate::backends::vmm::process`] |
 //! | hot-plug: slots and the QMP sequences | [`hotplug`] |
 //! | virtiofsd | [`crate::backends::vmm::virtiofsd`] |
+//! | the config parsed once into QEMU terms | [`QemuSpec`] |
+//! | the error, and its mapping onto the shared one | `error` |
+//! | starting QEMU and undoing a failed start | `launch` |
+//! | saving device state, restoring a template | `migration` |
+//! | `save`/`load`, `to_grpc`/`from_grpc`, re-adopting processes | `persist` |
 //!
 //! # Lifecycle
 //!
-//! `create_sandbox` validates the config and checks that the VM's socket
-//! paths fit; `add_device` collects cold-plugged devices; `start_sandbox`
+//! `create_sandbox` validates the config, parses it once into a
+//! [`QemuSpec`] and checks that the VM's socket paths fit; `add_device`
+//! collects cold-plugged devices; `start_sandbox`
 //! makes the VM directory `<storage>/<id>`, starts virtiofsd when needed,
 //! spawns QEMU (its own process group, output in `qemu.log`) and waits for
 //! QMP. A start that fails for any reason kills what it started and removes
@@ -30,12 +36,15 @@
 //! up ownership with [`Hypervisor::disconnect`] or [`Hypervisor::to_grpc`]:
 //! then the VM outlives it, for another process to re-attach with
 //! [`Hypervisor::load`] or [`Hypervisor::from_grpc`].
-
 pub mod cmdline;
+mod error;
 pub mod hotplug;
+mod launch;
+mod migration;
+mod persist;
 pub mod qmp;
+mod spec;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,18 +52,17 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rand::RngCore;
 
-use self::cmdline::{Accelerator, LaunchSpec, MachineType, QemuCommand, VmPaths};
+use self::cmdline::{Accelerator, MachineType, VmPaths};
 use self::hotplug::HotplugState;
+use self::launch::{host_memory_mib, remove_dir};
 use self::qmp::{Qmp, QmpError};
 use crate::backends::vmm::process::{self, Exit, Supervised};
-use crate::backends::vmm::virtiofsd;
 use crate::config::{HypervisorConfig, SharedFs};
 use crate::device::{Device, HotplugResult, MemoryDevice, VcpuThreadIds};
 use crate::hypervisor::{
     Capabilities, Error, Hypervisor, HypervisorState, NetworkNamespace, Result, VmState,
 };
 use crate::hypervisor_type::HypervisorType;
-use crate::probe;
 use crate::socket::{self, AgentSocket};
 
 /// How long `stop_sandbox` waits after `quit` before SIGKILL.
@@ -67,251 +75,10 @@ pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a process to go after SIGKILL.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Errors from driving QEMU.
-#[derive(Debug, thiserror::Error)]
-pub enum QemuError {
-    /// The command line could not be built.
-    #[error(transparent)]
-    Cmdline(#[from] cmdline::CmdlineError),
-    /// A QMP failure.
-    #[error(transparent)]
-    Qmp(#[from] QmpError),
-    /// A process could not be spawned or adopted.
-    #[error(transparent)]
-    Process(#[from] process::ProcessError),
-    /// virtiofsd could not be started.
-    #[error(transparent)]
-    Virtiofsd(#[from] virtiofsd::VirtiofsdError),
-    /// The host's memory could not be read.
-    #[error("cannot read the host's memory size")]
-    HostMemory(#[source] probe::ProbeError),
-    /// The VM directory could not be made or removed.
-    #[error("cannot {action} VM directory {path:?}")]
-    VmDir {
-        /// `create` or `remove`.
-        action: &'static str,
-        /// The directory.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The image could not be read for its size.
-    #[error("cannot read image {path:?}")]
-    Image {
-        /// The image.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A block device's file could not be read.
-    #[error("cannot read block device file {path:?}")]
-    BlockFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A descriptor could not be duplicated for the child.
-    #[error("cannot duplicate a descriptor for qemu")]
-    DupFd(#[source] std::io::Error),
-    /// QEMU exited while starting.
-    #[error("qemu ({binary:?}, pid {pid}) exited while starting ({exit}); its log ends with:\n{log_tail}")]
-    EarlyExit {
-        /// The binary.
-        binary: PathBuf,
-        /// Its pid.
-        pid: u32,
-        /// How it ended.
-        exit: Exit,
-        /// The end of its log.
-        log_tail: String,
-    },
-    /// QEMU did not answer on QMP in time.
-    #[error("qemu did not answer on QMP socket {path:?} within {timeout:?}; its log ends with:\n{log_tail}")]
-    StartTimeout {
-        /// The socket.
-        path: PathBuf,
-        /// How long it waited.
-        timeout: Duration,
-        /// The end of QEMU's log.
-        log_tail: String,
-        /// The last connect error (boxed: errors stay small to move).
-        #[source]
-        last: Option<Box<QmpError>>,
-    },
-    /// QEMU has exited without being asked to.
-    #[error(
-        "qemu ({binary:?}, pid {pid}) exited on its own: {exit}; its log ends with:\n{log_tail}"
-    )]
-    Exited {
-        /// The binary.
-        binary: PathBuf,
-        /// Its pid.
-        pid: u32,
-        /// How it ended.
-        exit: Exit,
-        /// The end of its log.
-        log_tail: String,
-    },
-    /// virtiofsd has exited.
-    #[error("virtiofsd (pid {pid}) exited: {exit}")]
-    VirtiofsdExited {
-        /// Its pid.
-        pid: u32,
-        /// How it ended.
-        exit: Exit,
-    },
-    /// The guest is in a failed state.
-    #[error("guest failure: qemu reports status {status:?}")]
-    GuestFailure {
-        /// QEMU's run state.
-        status: String,
-    },
-    /// A migration failed or did not finish.
-    #[error("migration {uri:?} ended in status {status:?}: {desc}")]
-    Migration {
-        /// The URI.
-        uri: String,
-        /// The last status.
-        status: String,
-        /// QEMU's description, or why it was abandoned.
-        desc: String,
-    },
-    /// Saving needs `devices_state_path`.
-    #[error("save_sandbox needs devices_state_path in the config")]
-    NoDevicesStatePath,
-    /// A device id already in use.
-    #[error("device {id:?} is already attached")]
-    DeviceExists {
-        /// The id.
-        id: String,
-    },
-    /// A device that was not hot-plugged.
-    #[error("device {id:?} was not hot-plugged into this VM")]
-    UnknownDevice {
-        /// The id.
-        id: String,
-    },
-    /// No bridge slot or root port is free.
-    #[error("no free PCI slot for device {id:?}: raise default_bridges (30 slots each) or pcie_root_port")]
-    NoFreeSlot {
-        /// The device.
-        id: String,
-    },
-    /// The guest did not release a device.
-    #[error("the guest did not release device {id:?} within {timeout:?}")]
-    UnplugTimeout {
-        /// The device.
-        id: String,
-        /// How long it waited.
-        timeout: Duration,
-    },
-    /// Fewer vCPUs were added than asked.
-    #[error("only {added} of {requested} vCPUs were hot-plugged")]
-    CpuHotplug {
-        /// Added.
-        added: u32,
-        /// Asked.
-        requested: u32,
-        /// The last error (boxed: errors stay small to move).
-        #[source]
-        last: Option<Box<QmpError>>,
-    },
-    /// More vCPUs to remove than were hot-plugged.
-    #[error(
-        "cannot remove {requested} vCPUs: only {hotplugged} were hot-plugged, and boot vCPUs stay"
-    )]
-    CpuRemove {
-        /// Asked.
-        requested: u32,
-        /// Hot-plugged.
-        hotplugged: u32,
-    },
-    /// Memory over the host's.
-    #[error("cannot add {requested_mib} MiB: the VM has {current_mib} MiB and may have at most the host's {max_mib} MiB")]
-    MemoryLimit {
-        /// Asked.
-        requested_mib: u32,
-        /// Current.
-        current_mib: u64,
-        /// Most.
-        max_mib: u64,
-    },
-    /// A DIMM's address was not reported.
-    #[error("qemu did not report the address of memory device {id:?}")]
-    MemoryAddress {
-        /// The DIMM.
-        id: String,
-    },
-    /// Only one virtio-fs share per VM.
-    #[error("a VM has one virtio-fs share, served by one virtiofsd: {tag:?} would be a second")]
-    SecondVirtioFs {
-        /// The mount tag.
-        tag: String,
-    },
-    /// `to_grpc` output that does not decode.
-    #[error("cannot decode the VM cache state")]
-    Grpc(#[source] serde_json::Error),
-    /// A state for another hypervisor.
-    #[error("the state is for {0}, not qemu")]
-    WrongHypervisor(HypervisorType),
-    /// A saved placement that does not parse.
-    #[error(transparent)]
-    Placement(#[from] hotplug::BadPlacement),
-}
-
-impl From<QemuError> for Error {
-    /// QEMU's exits and start timeouts become the shared variants every
-    /// backend reports them with; the rest is [`Error::Backend`].
-    fn from(e: QemuError) -> Self {
-        match e {
-            QemuError::EarlyExit {
-                binary,
-                pid,
-                exit,
-                log_tail,
-            } => Error::VmmExited {
-                hypervisor: HypervisorType::Qemu,
-                binary,
-                pid,
-                exit,
-                starting: true,
-                log_tail,
-            },
-            QemuError::Exited {
-                binary,
-                pid,
-                exit,
-                log_tail,
-            } => Error::VmmExited {
-                hypervisor: HypervisorType::Qemu,
-                binary,
-                pid,
-                exit,
-                starting: false,
-                log_tail,
-            },
-            QemuError::StartTimeout {
-                path,
-                timeout,
-                log_tail,
-                last,
-            } => Error::StartTimeout {
-                hypervisor: HypervisorType::Qemu,
-                what: format!("answer on QMP socket {path:?}"),
-                timeout,
-                log_tail,
-                last: last.map(|e| e as crate::hypervisor::BackendError),
-            },
-            other => Error::backend(HypervisorType::Qemu, other),
-        }
-    }
-}
-
+pub use self::error::QemuError;
+#[cfg(test)]
+use self::migration::shell_quote;
+pub use self::spec::QemuSpec;
 /// The QEMU backend.
 #[derive(Debug)]
 pub struct Qemu {
@@ -329,6 +96,8 @@ pub struct Qemu {
     qmp: Option<Arc<Qmp>>,
     hot: HotplugState,
     accel: Option<Accelerator>,
+    /// The config parsed into QEMU terms, once created or re-attached.
+    spec: Option<QemuSpec>,
     detached: bool,
 }
 
@@ -379,11 +148,6 @@ fn new_uuid() -> String {
     )
 }
 
-/// Single-quotes `s` for `/bin/sh`, which runs `exec:` migration commands.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 impl Qemu {
     /// A QEMU backend keeping VMs under [`crate::paths::vm_storage_dir`].
     pub fn new() -> Self {
@@ -408,6 +172,7 @@ impl Qemu {
             qmp: None,
             hot: HotplugState::default(),
             accel: None,
+            spec: None,
             detached: false,
         }
     }
@@ -434,6 +199,19 @@ impl Qemu {
             Ok(())
         } else {
             Err(self.invalid(op))
+        }
+    }
+
+    /// The machine type, from the spec `create_sandbox` or a re-attach
+    /// made. A handle not created yet has no spec: it answers from its
+    /// config as given, and q35 (the default) for a type that does not
+    /// parse, which `create_sandbox` would refuse.
+    fn machine(&self) -> MachineType {
+        match &self.spec {
+            Some(spec) => spec.machine,
+            None => {
+                MachineType::parse(&self.config.hypervisor_machine_type).unwrap_or(MachineType::Q35)
+            }
         }
     }
 
@@ -511,273 +289,6 @@ impl Qemu {
         Ok(q)
     }
 
-    fn resolve_accel(&self) -> Result<Accelerator, QemuError> {
-        let kvm = probe::probe_host_kvm();
-        let accel = probe::resolve_accel(self.config.accel, &kvm);
-        match (self.config.accel, accel) {
-            (crate::config::Accel::Auto, crate::config::Accel::Tcg) => tracing::info!(
-                reason = kvm.reason.as_deref().unwrap_or(""),
-                "accel auto: using TCG"
-            ),
-            (requested, resolved) => {
-                tracing::info!(%requested, %resolved, "accelerator")
-            }
-        }
-        Ok(Accelerator::from_resolved(accel)?)
-    }
-
-    /// Waits for QMP on a QEMU that is starting, until `deadline`.
-    async fn wait_qmp(&self, timeout: Duration) -> Result<Qmp, QemuError> {
-        let (Some(p), Some(paths)) = (&self.qemu, &self.paths) else {
-            return Err(QemuError::Process(process::ProcessError::NotRunning {
-                pid: 0,
-            }));
-        };
-        let deadline = Instant::now() + timeout;
-        let mut exit = p.exit_watch();
-        let mut last = None;
-        loop {
-            if let Some(exit) = p.exited() {
-                return Err(QemuError::EarlyExit {
-                    binary: self.binary(),
-                    pid: p.pid(),
-                    exit,
-                    log_tail: process::log_tail(&paths.qemu_log),
-                });
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(QemuError::StartTimeout {
-                    path: paths.qmp.clone(),
-                    timeout,
-                    log_tail: process::log_tail(&paths.qemu_log),
-                    last,
-                });
-            }
-            match Qmp::connect(&paths.qmp, left).await {
-                Ok(q) => return Ok(q),
-                Err(e) if e.is_transient_connect() => {
-                    last = Some(Box::new(e));
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(20).min(left)) => {}
-                        _ = exit.changed() => {}
-                    }
-                }
-                Err(e) => {
-                    // QEMU dying mid-handshake shows as a QMP error: the
-                    // exit is the better answer.
-                    if let Some(exit) = p.wait(Duration::from_millis(200)).await {
-                        return Err(QemuError::EarlyExit {
-                            binary: self.binary(),
-                            pid: p.pid(),
-                            exit,
-                            log_tail: process::log_tail(&paths.qemu_log),
-                        });
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-    }
-
-    /// The QEMU command line for this handle's sandbox, as `launch` runs it.
-    fn build_command(&self, accel: Accelerator, paths: &VmPaths) -> Result<QemuCommand, QemuError> {
-        let machine = MachineType::parse(&self.config.hypervisor_machine_type)?;
-        let image_size = match self.config.asset_path(crate::assets::AssetType::Image) {
-            Some(img) if !self.config.disable_image_nvdimm && machine != MachineType::Microvm => {
-                Some(
-                    std::fs::metadata(img)
-                        .map_err(|source| QemuError::Image {
-                            path: img.to_path_buf(),
-                            source,
-                        })?
-                        .len(),
-                )
-            }
-            _ => None,
-        };
-        let spec = LaunchSpec {
-            config: &self.config,
-            id: &self.id,
-            uuid: &self.uuid,
-            accel,
-            host_memory_mib: self.host_memory_mib,
-            paths,
-            devices: &self.devices,
-            image_size,
-            vhost_net: self.vhost_net(),
-        };
-        Ok(cmdline::build(&spec)?)
-    }
-
-    /// The command line `start_sandbox` would run for the created sandbox,
-    /// with its devices so far: for running the same VM without sandvisor,
-    /// as `sandvisor bench` does for its raw-QEMU baseline.
-    ///
-    /// # Errors
-    /// [`Error::InvalidState`] before `create_sandbox`; otherwise what
-    /// building the command line reports.
-    pub fn launch_command(&self) -> Result<QemuCommand> {
-        let Some(paths) = self.paths.as_ref() else {
-            return Err(self.invalid("build the command line of"));
-        };
-        let accel = self.resolve_accel()?;
-        Ok(self.build_command(accel, paths)?)
-    }
-
-    async fn launch(&mut self, timeout: Duration) -> Result<(), QemuError> {
-        let accel = self.resolve_accel()?;
-        self.accel = Some(accel);
-        let paths = self
-            .paths
-            .clone()
-            .expect("create_sandbox set the paths before the state became Created");
-        std::fs::create_dir_all(&paths.dir).map_err(|source| QemuError::VmDir {
-            action: "create",
-            path: paths.dir.clone(),
-            source,
-        })?;
-        for stale in [&paths.qmp, &paths.console] {
-            let _ = std::fs::remove_file(stale);
-        }
-        let cmd = self.build_command(accel, &paths)?;
-
-        if self.config.shared_fs.is_virtio_fs() {
-            let share = self.devices.iter().find_map(|d| match d {
-                Device::Fs(v) => Some(v.host_path.clone()),
-                _ => None,
-            });
-            if let Some(source) = share {
-                self.virtiofsd = Some(virtiofsd::start(
-                    &self.config,
-                    &source,
-                    &paths.virtiofs,
-                    &paths.virtiofsd_log,
-                )?);
-            }
-        }
-
-        let fds = cmd
-            .fds
-            .iter()
-            .map(|(fd, n)| fd.try_clone().map(|fd| (fd, *n)))
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(QemuError::DupFd)?;
-        tracing::info!(id = self.id, args = ?cmd.args, "starting qemu");
-        self.qemu = Some(Supervised::spawn(process::Spawn {
-            program: &cmd.program,
-            args: &cmd.args,
-            fds,
-            log: &paths.qemu_log,
-            netns: self.netns.path.as_deref(),
-        })?);
-        let started = Instant::now();
-        let qmp = self.wait_qmp(timeout).await?;
-        tracing::info!(
-            id = self.id,
-            version = %qmp.version(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "qemu answers on QMP"
-        );
-        self.qmp = Some(Arc::new(qmp));
-
-        if self.config.boot_from_template {
-            self.restore_template().await?;
-        }
-        Ok(())
-    }
-
-    /// Loads device state from the template and resumes: the memory comes
-    /// from the template's file (mapped private), the rest from
-    /// `devices_state_path`.
-    async fn restore_template(&mut self) -> Result<(), QemuError> {
-        let state_file = self
-            .config
-            .devices_state_path
-            .clone()
-            .ok_or(QemuError::NoDevicesStatePath)?;
-        let uri = format!("exec:cat {}", shell_quote(&state_file.to_string_lossy()));
-        let qmp = self.qmp().await?;
-        qmp.execute(&qmp::MigrateSetCapabilities {
-            capabilities: vec![qmp::MigrationCapability {
-                capability: "x-ignore-shared",
-                state: true,
-            }],
-        })
-        .await?;
-        qmp.execute(&qmp::MigrateIncoming { uri: uri.clone() })
-            .await?;
-        wait_migration(&qmp, &uri, MIGRATION_TIMEOUT).await?;
-        qmp.execute(&qmp::Cont {}).await?;
-        Ok(())
-    }
-
-    /// Kills whatever a failed start left and removes the VM directory.
-    async fn abort_start(&mut self) {
-        self.qmp = None;
-        if let Some(p) = self.qemu.take() {
-            p.kill();
-            if p.wait(REAP_TIMEOUT).await.is_none() {
-                tracing::error!(pid = p.pid(), "qemu did not die after SIGKILL");
-            }
-        }
-        if let Some(v) = self.virtiofsd.take() {
-            v.terminate(REAP_TIMEOUT).await;
-        }
-        if let Some(paths) = &self.paths {
-            if let Err(e) = remove_dir(&paths.dir) {
-                tracing::warn!(error = %e, "cannot remove VM directory after a failed start");
-            }
-        }
-    }
-
-    fn restore_from_state(&mut self, state: &HypervisorState) -> Result<(), QemuError> {
-        if state.hypervisor != HypervisorType::Qemu {
-            return Err(QemuError::WrongHypervisor(state.hypervisor));
-        }
-        self.id = state.id.clone();
-        self.uuid = state.uuid.clone();
-        let storage = state
-            .vm_dir
-            .parent()
-            .map_or_else(|| self.storage.clone(), Path::to_path_buf);
-        self.storage = storage;
-        let mut paths = VmPaths::new(&self.storage, &self.id);
-        if let Some(qmp) = &state.api_socket {
-            paths.qmp = qmp.clone();
-        }
-        if let Some(console) = &state.console_socket {
-            paths.console = console.clone();
-        }
-        self.paths = Some(paths);
-        let mut hot = HotplugState::new(self.config.default_bridges, state.pcie_root_port);
-        hot.restore_devices(&state.hotplugged_devices)?;
-        hot.vcpus = state.hotplugged_vcpus.clone();
-        hot.memory = state.hotplugged_memory.clone();
-        hot.memory_mib = state.hotplugged_memory_mib;
-        hot.block_indexes = state.block_index_map.clone();
-        self.hot = hot;
-        self.host_memory_mib = host_memory_mib()?;
-        // The same host resolves `auto` the same way it did at start.
-        self.accel = Some(self.resolve_accel()?);
-        Ok(())
-    }
-
-    fn adopt(&mut self, state: &HypervisorState) -> Result<(), QemuError> {
-        let qmp_path = self
-            .paths
-            .as_ref()
-            .map(|p| p.qmp.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.qemu = Some(Supervised::adopt(state.pid, &qmp_path)?);
-        self.virtiofsd = match state.virtiofsd_pid {
-            Some(pid) => Some(Supervised::adopt(pid, "virtiofsd")?),
-            None => None,
-        };
-        self.detached = false;
-        Ok(())
-    }
-
     async fn resize_memory_inner(
         &mut self,
         mem_mib: u32,
@@ -830,58 +341,6 @@ impl Qemu {
     }
 }
 
-fn host_memory_mib() -> Result<u64, QemuError> {
-    probe::host_memory_size_kb(Path::new(probe::PROC_MEMINFO))
-        .map(|kb| kb / 1024)
-        .map_err(QemuError::HostMemory)
-}
-
-fn remove_dir(dir: &Path) -> Result<(), QemuError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(QemuError::VmDir {
-            action: "remove",
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// Polls `query-migrate` until the migration completes, fails, or
-/// `timeout` passes; keeps the last status for the error.
-async fn wait_migration(qmp: &Qmp, uri: &str, timeout: Duration) -> Result<(), QemuError> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("none");
-    loop {
-        let info = qmp.execute(&qmp::QueryMigrate {}).await?;
-        let status = info.status.unwrap_or_else(|| "none".to_string());
-        match status.as_str() {
-            "completed" => return Ok(()),
-            "failed" | "cancelled" => {
-                return Err(QemuError::Migration {
-                    uri: uri.to_string(),
-                    status,
-                    desc: info.error_desc.unwrap_or_default(),
-                })
-            }
-            _ => {}
-        }
-        if status != last {
-            tracing::debug!(status, "migration");
-            last = status;
-        }
-        if Instant::now() >= deadline {
-            return Err(QemuError::Migration {
-                uri: uri.to_string(),
-                status: last,
-                desc: format!("not completed within {timeout:?}"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[async_trait]
 impl Hypervisor for Qemu {
     fn hypervisor_type(&self) -> HypervisorType {
@@ -899,8 +358,7 @@ impl Hypervisor for Qemu {
         let mut config = config.clone();
         config.validate()?;
         // Reject what cannot be launched now, not at start.
-        MachineType::parse(&config.hypervisor_machine_type).map_err(QemuError::from)?;
-        cmdline::memory_knobs(&config, &[]).map_err(QemuError::from)?;
+        let spec = QemuSpec::new(&config).map_err(QemuError::from)?;
         let paths = VmPaths::new(&self.storage, id);
         for name in [VmPaths::QMP, VmPaths::CONSOLE, VmPaths::VIRTIOFS] {
             socket::build_socket_path(&[&self.storage, Path::new(id), Path::new(name)])?;
@@ -911,6 +369,7 @@ impl Hypervisor for Qemu {
         self.netns = network_ns.clone();
         self.hot = HotplugState::new(config.default_bridges, config.pcie_root_port);
         self.config = config;
+        self.spec = Some(spec);
         self.paths = Some(paths);
         self.state = VmState::Created;
         tracing::debug!(id, uuid = self.uuid, "sandbox created");
@@ -1019,35 +478,7 @@ impl Hypervisor for Qemu {
     }
 
     async fn save_sandbox(&mut self) -> Result<()> {
-        self.require("save_sandbox", &[VmState::Running, VmState::Paused])?;
-        let path = self
-            .config
-            .devices_state_path
-            .clone()
-            .ok_or(QemuError::NoDevicesStatePath)?;
-        if self.state == VmState::Running {
-            self.pause_sandbox().await?;
-        }
-        let template = self.config.boot_to_be_template;
-        let uri = format!("exec:cat > {}", shell_quote(&path.to_string_lossy()));
-        let qmp = self.qmp().await?;
-        if template {
-            // The memory is the template's shared file: skip it.
-            qmp.execute(&qmp::MigrateSetCapabilities {
-                capabilities: vec![qmp::MigrationCapability {
-                    capability: "x-ignore-shared",
-                    state: true,
-                }],
-            })
-            .await
-            .map_err(QemuError::from)?;
-        }
-        qmp.execute(&qmp::Migrate { uri: uri.clone() })
-            .await
-            .map_err(QemuError::from)?;
-        wait_migration(&qmp, &uri, MIGRATION_TIMEOUT).await?;
-        tracing::info!(id = self.id, path = %path.display(), "sandbox saved");
-        Ok(())
+        self.save_to_file().await
     }
 
     async fn resume_sandbox(&mut self) -> Result<()> {
@@ -1181,9 +612,7 @@ impl Hypervisor for Qemu {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let machine =
-            MachineType::parse(&self.config.hypervisor_machine_type).unwrap_or(MachineType::Q35);
-        let hotplug = machine.supports_hotplug();
+        let hotplug = self.machine().supports_hotplug();
         Capabilities {
             block_device: true,
             block_device_hotplug: hotplug,
@@ -1250,25 +679,11 @@ impl Hypervisor for Qemu {
     }
 
     async fn from_grpc(&mut self, config: &HypervisorConfig, data: &[u8]) -> Result<()> {
-        self.require("from_grpc", &[VmState::New])?;
-        let state: HypervisorState = serde_json::from_slice(data).map_err(QemuError::Grpc)?;
-        let mut config = config.clone();
-        config.validate()?;
-        self.config = config;
-        self.restore_from_state(&state)?;
-        self.adopt(&state)?;
-        self.state = state.state;
-        Ok(())
+        self.attach_from_grpc(config, data).await
     }
 
     async fn to_grpc(&mut self) -> Result<Vec<u8>> {
-        let data = serde_json::to_vec(&self.save()).map_err(QemuError::Grpc)?;
-        self.qmp = None;
-        self.detached = true;
-        // Close the descriptors the devices held (vhost-vsock): QEMU has
-        // its own copies.
-        self.devices.clear();
-        Ok(data)
+        self.detach_to_grpc().await
     }
 
     async fn check(&mut self) -> Result<()> {
@@ -1327,52 +742,11 @@ impl Hypervisor for Qemu {
     }
 
     fn save(&self) -> HypervisorState {
-        let paths = self.paths.as_ref();
-        HypervisorState {
-            hypervisor: HypervisorType::Qemu,
-            id: self.id.clone(),
-            pid: self.qemu.as_ref().map_or(0, Supervised::pid),
-            uuid: self.uuid.clone(),
-            state: self.state,
-            vm_dir: paths.map(|p| p.dir.clone()).unwrap_or_default(),
-            api_socket: paths.map(|p| p.qmp.clone()),
-            console_socket: paths.map(|p| p.console.clone()),
-            block_index_map: self
-                .hot
-                .block_indexes
-                .iter()
-                .copied()
-                .collect::<BTreeSet<_>>(),
-            hotplugged_memory_mib: self.hot.memory_mib,
-            hotplugged_vcpus: self.hot.vcpus.clone(),
-            hotplugged_memory: self.hot.memory.clone(),
-            hotplugged_devices: self.hot.device_strings(),
-            virtiofsd_pid: self.virtiofsd.as_ref().map(Supervised::pid),
-            pcie_root_port: self.config.pcie_root_port,
-            hotplug_vfio_on_root_bus: self.config.hotplug_vfio_on_root_bus,
-            config: self.config.clone(),
-        }
+        self.snapshot()
     }
 
     async fn load(&mut self, state: HypervisorState) -> Result<()> {
-        self.require("load", &[VmState::New])?;
-        let mut config = state.config.clone();
-        config.validate()?;
-        self.config = config;
-        self.restore_from_state(&state)?;
-        self.adopt(&state)?;
-        let qmp = self.qmp().await?;
-        let status = qmp
-            .execute(&qmp::QueryStatus {})
-            .await
-            .map_err(QemuError::from)?;
-        self.state = if status.running {
-            VmState::Running
-        } else {
-            VmState::Paused
-        };
-        tracing::info!(id = self.id, pid = state.pid, state = %self.state, "re-attached to qemu");
-        Ok(())
+        self.attach(state).await
     }
 
     fn generate_socket(&self, id: &str, use_vsock: bool) -> Result<AgentSocket> {

@@ -1,0 +1,257 @@
+//! The QEMU backend's error, and how it maps onto the backend-neutral
+//! [`Error`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::qmp::QmpError;
+use super::{cmdline, hotplug};
+use crate::backends::vmm::process::{self, Exit};
+use crate::backends::vmm::virtiofsd;
+use crate::hypervisor::Error;
+use crate::hypervisor_type::HypervisorType;
+use crate::probe;
+
+/// Errors from driving QEMU.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// The command line could not be built.
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::CmdlineError),
+    /// A QMP failure.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// A process could not be spawned or adopted.
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+    /// virtiofsd could not be started.
+    #[error(transparent)]
+    Virtiofsd(#[from] virtiofsd::VirtiofsdError),
+    /// The host's memory could not be read.
+    #[error("cannot read the host's memory size")]
+    HostMemory(#[source] probe::ProbeError),
+    /// The VM directory could not be made or removed.
+    #[error("cannot {action} VM directory {path:?}")]
+    VmDir {
+        /// `create` or `remove`.
+        action: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image could not be read for its size.
+    #[error("cannot read image {path:?}")]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A block device's file could not be read.
+    #[error("cannot read block device file {path:?}")]
+    BlockFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A descriptor could not be duplicated for the child.
+    #[error("cannot duplicate a descriptor for qemu")]
+    DupFd(#[source] std::io::Error),
+    /// QEMU exited while starting.
+    #[error("qemu ({binary:?}, pid {pid}) exited while starting ({exit}); its log ends with:\n{log_tail}")]
+    EarlyExit {
+        /// The binary.
+        binary: PathBuf,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// QEMU did not answer on QMP in time.
+    #[error("qemu did not answer on QMP socket {path:?} within {timeout:?}; its log ends with:\n{log_tail}")]
+    StartTimeout {
+        /// The socket.
+        path: PathBuf,
+        /// How long it waited.
+        timeout: Duration,
+        /// The end of QEMU's log.
+        log_tail: String,
+        /// The last connect error (boxed: errors stay small to move).
+        #[source]
+        last: Option<Box<QmpError>>,
+    },
+    /// QEMU has exited without being asked to.
+    #[error(
+        "qemu ({binary:?}, pid {pid}) exited on its own: {exit}; its log ends with:\n{log_tail}"
+    )]
+    Exited {
+        /// The binary.
+        binary: PathBuf,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// virtiofsd has exited.
+    #[error("virtiofsd (pid {pid}) exited: {exit}")]
+    VirtiofsdExited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// The guest is in a failed state.
+    #[error("guest failure: qemu reports status {status:?}")]
+    GuestFailure {
+        /// QEMU's run state.
+        status: String,
+    },
+    /// A migration failed or did not finish.
+    #[error("migration {uri:?} ended in status {status:?}: {desc}")]
+    Migration {
+        /// The URI.
+        uri: String,
+        /// The last status.
+        status: String,
+        /// QEMU's description, or why it was abandoned.
+        desc: String,
+    },
+    /// Saving needs `devices_state_path`.
+    #[error("save_sandbox needs devices_state_path in the config")]
+    NoDevicesStatePath,
+    /// A device id already in use.
+    #[error("device {id:?} is already attached")]
+    DeviceExists {
+        /// The id.
+        id: String,
+    },
+    /// A device that was not hot-plugged.
+    #[error("device {id:?} was not hot-plugged into this VM")]
+    UnknownDevice {
+        /// The id.
+        id: String,
+    },
+    /// No bridge slot or root port is free.
+    #[error("no free PCI slot for device {id:?}: raise default_bridges (30 slots each) or pcie_root_port")]
+    NoFreeSlot {
+        /// The device.
+        id: String,
+    },
+    /// The guest did not release a device.
+    #[error("the guest did not release device {id:?} within {timeout:?}")]
+    UnplugTimeout {
+        /// The device.
+        id: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// Fewer vCPUs were added than asked.
+    #[error("only {added} of {requested} vCPUs were hot-plugged")]
+    CpuHotplug {
+        /// Added.
+        added: u32,
+        /// Asked.
+        requested: u32,
+        /// The last error (boxed: errors stay small to move).
+        #[source]
+        last: Option<Box<QmpError>>,
+    },
+    /// More vCPUs to remove than were hot-plugged.
+    #[error(
+        "cannot remove {requested} vCPUs: only {hotplugged} were hot-plugged, and boot vCPUs stay"
+    )]
+    CpuRemove {
+        /// Asked.
+        requested: u32,
+        /// Hot-plugged.
+        hotplugged: u32,
+    },
+    /// Memory over the host's.
+    #[error("cannot add {requested_mib} MiB: the VM has {current_mib} MiB and may have at most the host's {max_mib} MiB")]
+    MemoryLimit {
+        /// Asked.
+        requested_mib: u32,
+        /// Current.
+        current_mib: u64,
+        /// Most.
+        max_mib: u64,
+    },
+    /// A DIMM's address was not reported.
+    #[error("qemu did not report the address of memory device {id:?}")]
+    MemoryAddress {
+        /// The DIMM.
+        id: String,
+    },
+    /// Only one virtio-fs share per VM.
+    #[error("a VM has one virtio-fs share, served by one virtiofsd: {tag:?} would be a second")]
+    SecondVirtioFs {
+        /// The mount tag.
+        tag: String,
+    },
+    /// `to_grpc` output that does not decode.
+    #[error("cannot decode the VM cache state")]
+    Grpc(#[source] serde_json::Error),
+    /// A state for another hypervisor.
+    #[error("the state is for {0}, not qemu")]
+    WrongHypervisor(HypervisorType),
+    /// A saved placement that does not parse.
+    #[error(transparent)]
+    Placement(#[from] hotplug::BadPlacement),
+}
+
+impl From<QemuError> for Error {
+    /// QEMU's exits and start timeouts become the shared variants every
+    /// backend reports them with; the rest is [`Error::Backend`].
+    fn from(e: QemuError) -> Self {
+        match e {
+            QemuError::EarlyExit {
+                binary,
+                pid,
+                exit,
+                log_tail,
+            } => Error::VmmExited {
+                hypervisor: HypervisorType::Qemu,
+                binary,
+                pid,
+                exit,
+                starting: true,
+                log_tail,
+            },
+            QemuError::Exited {
+                binary,
+                pid,
+                exit,
+                log_tail,
+            } => Error::VmmExited {
+                hypervisor: HypervisorType::Qemu,
+                binary,
+                pid,
+                exit,
+                starting: false,
+                log_tail,
+            },
+            QemuError::StartTimeout {
+                path,
+                timeout,
+                log_tail,
+                last,
+            } => Error::StartTimeout {
+                hypervisor: HypervisorType::Qemu,
+                what: format!("answer on QMP socket {path:?}"),
+                timeout,
+                log_tail,
+                last: last.map(|e| e as crate::hypervisor::BackendError),
+            },
+            other => Error::backend(HypervisorType::Qemu, other),
+        }
+    }
+}
