@@ -174,36 +174,15 @@ pub fn accel_verdict(requested: Accel, kvm: &KvmProbe) -> (Option<Accel>, String
     }
 }
 
-/// Runs `<vmm> --version` and returns its first line.
+/// Runs `<vmm> --version` and returns its first line
+/// ([`crate::backends::vmm::lookup::version`]).
 ///
 /// # Errors
 /// A description of what failed: spawn, exit status, or the timeout.
 pub async fn vmm_version(vmm: &Path, timeout: Duration) -> Result<String, String> {
-    let child = tokio::process::Command::new(vmm)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(timeout, child).await {
-        Err(_) => {
-            return Err(format!(
-                "`{} --version` did not answer within {} s",
-                vmm.display(),
-                timeout.as_secs_f32()
-            ))
-        }
-        Ok(Err(e)) => return Err(format!("cannot run {}: {e}", vmm.display())),
-        Ok(Ok(out)) => out,
-    };
-    if !out.status.success() {
-        return Err(format!(
-            "`{} --version` failed with {}",
-            vmm.display(),
-            out.status
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(stdout.lines().next().unwrap_or_default().trim().to_string())
+    crate::backends::vmm::lookup::version(vmm, timeout)
+        .await
+        .map_err(|e| error_chain(&e))
 }
 
 fn file_item(name: &'static str, key: &str, path: Option<&Path>, fix_missing: &str) -> CheckItem {
@@ -222,6 +201,45 @@ fn file_item(name: &'static str, key: &str, path: Option<&Path>, fix_missing: &s
             Some(fix_missing.to_string()),
         ),
     }
+}
+
+/// The VMM binaries of every backend that runs here, where the lookup finds
+/// them and their versions: information, never a blocker (the `vmm` item
+/// judges the configured one).
+async fn vmm_inventory(timeout: Duration) -> Vec<CheckItem> {
+    use crate::backends::vmm::lookup::{self, Binary};
+
+    let binaries = [
+        (Binary::QEMU, HypervisorType::Qemu),
+        (Binary::CLOUD_HYPERVISOR, HypervisorType::Clh),
+        (Binary::FIRECRACKER, HypervisorType::Firecracker),
+        (Binary::JAILER, HypervisorType::Firecracker),
+    ];
+    let mut items = Vec::new();
+    for (binary, kind) in binaries {
+        items.push(match lookup::find(&binary, None) {
+            Ok(found) => match vmm_version(&found.path, timeout).await {
+                Ok(v) => CheckItem::ok(
+                    binary.name,
+                    false,
+                    format!("{v} at {} (from {})", found.path.display(), found.source),
+                ),
+                Err(why) => CheckItem::no(binary.name, false, why, Some(vmm_fix(kind))),
+            },
+            Err(lookup::LookupError::NotFound { .. }) => CheckItem::no(
+                binary.name,
+                false,
+                format!(
+                    "not found in ${}, PATH or {}",
+                    lookup::VMM_DIR_ENV,
+                    binary.kata_paths.join(", ")
+                ),
+                Some(vmm_fix(kind)),
+            ),
+            Err(e) => CheckItem::no(binary.name, false, error_chain(&e), Some(vmm_fix(kind))),
+        });
+    }
+    items
 }
 
 fn vmm_fix(kind: HypervisorType) -> String {
@@ -276,10 +294,17 @@ pub async fn run_check(
     };
 
     if let Some(rc) = &runtime {
-        // QEMU is the backend sandvisor drives VMs with; the others only
-        // read and validate their config.
-        if rc.hypervisor == HypervisorType::Qemu {
-            items.push(CheckItem::ok("backend", true, "sandvisor drives qemu"));
+        // QEMU and Firecracker are backends sandvisor drives VMs with; the
+        // others only read and validate their config.
+        if matches!(
+            rc.hypervisor,
+            HypervisorType::Qemu | HypervisorType::Firecracker
+        ) {
+            items.push(CheckItem::ok(
+                "backend",
+                true,
+                format!("sandvisor drives {}", rc.hypervisor),
+            ));
         } else {
             items.push(CheckItem::no(
                 "backend",
@@ -345,7 +370,12 @@ pub async fn run_check(
             if use_vsock {
                 why.clone()
             } else {
-                format!("{why}; not needed: the agent uses virtio-serial")
+                match runtime.as_ref().map(|rc| rc.hypervisor) {
+                    Some(HypervisorType::Firecracker) => {
+                        format!("{why}; not needed: the agent uses firecracker's hybrid vsock")
+                    }
+                    _ => format!("{why}; not needed: the agent uses virtio-serial"),
+                }
             },
             use_vsock.then(|| "load vhost_vsock, or set use_vsock = false".to_string()),
         ),
@@ -412,6 +442,19 @@ pub async fn run_check(
                 Err(why) => CheckItem::no("vmm", true, why, Some(vmm_fix(rc.hypervisor))),
             },
         });
+        if let Some(j) = &c.jailer_path {
+            let fix = "install Firecracker's jailer (scripts/setup.sh), or unset `jailer_path`";
+            items.push(match vmm_version(j, options.vmm_timeout).await {
+                _ if !j.is_file() => CheckItem::no(
+                    "jailer_path",
+                    true,
+                    format!("{} is missing", j.display()),
+                    Some(fix.to_string()),
+                ),
+                Ok(v) => CheckItem::ok("jailer_path", true, format!("{}: {v}", j.display())),
+                Err(why) => CheckItem::no("jailer_path", true, why, Some(fix.to_string())),
+            });
+        }
         let build = "run `sandvisor image build`, or point the key at an existing file";
         items.push(file_item(
             "kernel",
@@ -445,6 +488,8 @@ pub async fn run_check(
             ));
         }
     }
+
+    items.extend(vmm_inventory(options.vmm_timeout).await);
 
     let startable = !items.iter().any(CheckItem::blocks);
     CheckReport {

@@ -271,10 +271,27 @@ async fn config_errors_block_and_are_explained() {
 async fn other_backends_cannot_start_yet() {
     let host = Host::new(FLAGS_VMX, false);
     let mut rc = host.config();
-    rc.hypervisor = HypervisorType::Firecracker;
+    rc.hypervisor = HypervisorType::Acrn;
     let report = run_check(Ok(rc), &host.options()).await;
     let backend = item(&report, "backend");
-    assert!(backend.blocks() && backend.detail.contains("firecracker"));
+    assert!(backend.blocks() && backend.detail.contains("acrn"));
+    assert!(!report.startable);
+}
+
+#[tokio::test]
+async fn firecracker_is_driven_and_its_jailer_is_checked() {
+    let host = Host::new(FLAGS_VMX, false);
+    let mut rc = host.config();
+    rc.hypervisor = HypervisorType::Firecracker;
+    rc.config.jailer_path = Some("/nonexistent/jailer".into());
+    let report = run_check(Ok(rc), &host.options()).await;
+    let backend = item(&report, "backend");
+    assert!(!backend.blocks(), "{backend:?}");
+    let jailer = item(&report, "jailer_path");
+    assert!(
+        jailer.blocks() && jailer.detail.contains("/nonexistent/jailer is missing"),
+        "{jailer:?}"
+    );
     assert!(!report.startable);
 }
 

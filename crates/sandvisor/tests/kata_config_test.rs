@@ -755,3 +755,35 @@ fn effective_config_serialises_under_kata_names() {
     let back = parse(&text, Path::new("/x")).expect("env output loads back");
     assert_eq!(back.config.kernel_path, rc.config.kernel_path);
 }
+
+#[test]
+fn firecracker_keys_of_sandvisor_set_the_hot_plug_mode_and_the_jails_ids() {
+    let file = Path::new("/etc/fc.toml");
+    let text = r#"
+[hypervisor.firecracker]
+path = "/usr/bin/firecracker"
+jailer_path = "/usr/bin/jailer"
+kernel = "/k"
+initrd = "/i"
+hotplug_transport = "mmio"
+drive_placeholders = 4
+jailer_uid = 1000
+jailer_gid = 1001
+"#;
+    let rc = parse(text, file).expect("loads");
+    assert_eq!(rc.hypervisor, HypervisorType::Firecracker);
+    assert_eq!(
+        rc.config.hotplug_transport,
+        Some(sandvisor::config::HotplugMode::Mmio)
+    );
+    assert_eq!(rc.config.drive_placeholders, Some(4));
+    assert_eq!(
+        (rc.config.jailer_uid, rc.config.jailer_gid),
+        (Some(1000), Some(1001))
+    );
+    assert!(rc.warnings.is_empty(), "{:?}", rc.warnings);
+
+    let bad = text.replace("\"mmio\"", "\"isa\"");
+    let e = parse(&bad, file).expect_err("isa is no transport");
+    assert!(e.to_string().contains("hotplug_transport"), "{e}");
+}

@@ -302,7 +302,17 @@ impl AgentClient {
     pub async fn connect(addr: &AgentAddress, wait: Duration) -> Result<Self, ClientError> {
         let deadline = Instant::now() + wait;
         loop {
-            let last = match transport::open(addr).await {
+            // A hybrid vsock's `CONNECT` may get no answer while the guest
+            // is not listening: the open, too, ends at the deadline.
+            let opened = match tokio::time::timeout_at(deadline.into(), transport::open(addr)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer to the connect within the deadline",
+                )),
+            };
+            let last = match opened {
                 Ok(stream) => {
                     let mut client = AgentClient::from_stream(stream);
                     match client.handshake_until(deadline).await {

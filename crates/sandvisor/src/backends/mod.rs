@@ -4,7 +4,7 @@
 //! | backend | binary | Kata's install paths | install | Kata loader rules | can do |
 //! |---|---|---|---|---|---|
 //! | qemu | `qemu-system-x86_64` | `/usr/bin`, `/opt/kata/bin` | `apt-get install qemu-system-x86` | machine `q35` by default; `use_vsock` falls back to virtio-serial without `/dev/vhost-vsock` | everything but VFIO here; vCPU hot-unplug needs QEMU ≥ 9.2 under TCG |
-//! | firecracker | `firecracker` (+ `jailer`) | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | not yet driven |
+//! | firecracker | `firecracker` (+ `jailer`) | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | all but vCPU hot-plug; PCI or placeholder hot-plug; jailer |
 //! | acrn | `acrn-dm` (+ `acrnctl`) | `/usr/bin` | an ACRN Service VM | — | not yet driven |
 //! | clh | `cloud-hypervisor` | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | not yet driven |
 //! | mock | — | — | — | — | everything, with no VM |
@@ -12,6 +12,7 @@
 //! `vmm/` holds what the VMM-process backends share: process supervision,
 //! virtiofsd, the VM directory.
 
+pub mod firecracker;
 pub mod mock;
 pub mod qemu;
 pub mod unavailable;
@@ -71,7 +72,7 @@ pub const BACKENDS: [BackendFacts; 5] = [
         default_machine_type: None,
         forces_vsock: true,
         has_guest: true,
-        summary: "configuration only: sandvisor does not drive firecracker yet",
+        summary: "every operation but vCPU hot-plug; drives and interfaces hot-plug over PCI (or placeholder drives); memory with virtio-mem; optional jailer",
     },
     BackendFacts {
         kind: HypervisorType::Acrn,
@@ -118,26 +119,19 @@ pub fn facts(kind: HypervisorType) -> &'static BackendFacts {
 }
 
 impl BackendFacts {
-    /// The binary a config without `path` gets: the first of
-    /// [`BackendFacts::kata_paths`] that exists, else the first
-    /// [`BackendFacts::binary`] on `PATH`, else the first Kata path (which
+    /// The binary a config without `path` gets: found by
+    /// [`vmm::lookup::find`] (`$SANDVISOR_VMM_DIR`, then `PATH`, then
+    /// [`BackendFacts::kata_paths`]), else the first Kata path (which
     /// `sandvisor check` then reports missing). `None` for the mock.
     pub fn default_binary(&self) -> Option<PathBuf> {
-        let name = self.binary?;
-        if let Some(found) = self
-            .kata_paths
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-        {
-            return Some(found);
-        }
-        let on_path = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|candidate| candidate.is_file())
-        });
-        on_path.or_else(|| self.kata_paths.first().map(PathBuf::from))
+        let binary = vmm::lookup::Binary::for_backend(self.kind)?;
+        Some(match vmm::lookup::find(&binary, None) {
+            Ok(found) => found.path,
+            Err(_) => self
+                .kata_paths
+                .first()
+                .map_or_else(|| PathBuf::from(binary.name), PathBuf::from),
+        })
     }
 }
 
@@ -148,9 +142,8 @@ impl BackendFacts {
 pub fn new_hypervisor(kind: HypervisorType) -> Box<dyn Hypervisor> {
     match kind {
         HypervisorType::Qemu => Box::new(qemu::Qemu::new()),
-        HypervisorType::Firecracker | HypervisorType::Acrn | HypervisorType::Clh => {
-            Box::new(unavailable::Unavailable::new(kind))
-        }
+        HypervisorType::Firecracker => Box::new(firecracker::Firecracker::new()),
+        HypervisorType::Acrn | HypervisorType::Clh => Box::new(unavailable::Unavailable::new(kind)),
         HypervisorType::Mock => Box::new(mock::MockHypervisor::new()),
     }
 }

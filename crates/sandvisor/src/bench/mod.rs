@@ -24,6 +24,10 @@
 //! - **density**: N sandboxes launched at once: time until all answer, and
 //!   failures.
 //!
+//! - **firecracker** (only with `--only firecracker`): the Firecracker
+//!   backend with the tiny PVH guest: API boot (also jailed), pause and
+//!   resume, snapshot create, restore to running, hot-plug ack.
+//!
 //! Every VM started is stopped and its files removed, on failure too. A
 //! section that fails is reported as such and the others still run.
 
@@ -34,6 +38,7 @@ pub mod stats;
 mod cli;
 mod cold;
 mod density;
+mod firecracker;
 mod host;
 mod hotplug;
 mod lifecycle;
@@ -376,6 +381,7 @@ pub async fn run(
             }
             Section::Memory => memory::memory_and_cpu(opts, &mut rec, progress).await,
             Section::Density => density::density(opts, &mut rec, progress).await,
+            Section::Firecracker => firecracker::section(opts, &mut rec, progress).await,
         };
         if let Err(e) = result {
             let mut msg = format!("{section}: {e}");

@@ -20,10 +20,13 @@ pub enum Section {
     Memory,
     /// Sandboxes started together.
     Density,
+    /// The Firecracker backend with the tiny guest: API boot, pause and
+    /// resume, snapshot, restore, hot-plug ack. Not run by default.
+    Firecracker,
 }
 
 impl Section {
-    /// Every section, in running order.
+    /// Every section run by default, in running order.
     pub const ALL: [Section; 5] = [
         Section::Cold,
         Section::Lifecycle,
@@ -31,6 +34,9 @@ impl Section {
         Section::Memory,
         Section::Density,
     ];
+
+    /// Sections run only when asked for (`--only`).
+    pub const OPTIONAL: [Section; 1] = [Section::Firecracker];
 
     /// Its name.
     pub fn as_str(self) -> &'static str {
@@ -40,6 +46,7 @@ impl Section {
             Section::Hotplug => "hotplug",
             Section::Memory => "memory",
             Section::Density => "density",
+            Section::Firecracker => "firecracker",
         }
     }
 }
@@ -56,10 +63,11 @@ impl FromStr for Section {
     fn from_str(s: &str) -> Result<Self, String> {
         Section::ALL
             .into_iter()
+            .chain(Section::OPTIONAL)
             .find(|x| x.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown section {s:?}: expected cold, lifecycle, hotplug, memory or density"
+                    "unknown section {s:?}: expected cold, lifecycle, hotplug, memory, density or firecracker"
                 )
             })
     }

@@ -69,6 +69,31 @@ pub enum Accel {
     Tcg,
 }
 
+/// How a VMM without ACPI hot-plug (Firecracker) hot-plugs drives and
+/// network interfaces. A sandvisor addition to Kata's keys
+/// (`hotplug_transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HotplugMode {
+    /// PCI (Firecracker's `--enable-pci`): a device is added after boot and
+    /// removed to unplug; the guest rescans the bus.
+    #[default]
+    Pci,
+    /// MMIO, as Kata does it: placeholder drives made before boot whose
+    /// backing file is swapped; no network hot-plug.
+    Mmio,
+}
+
+impl HotplugMode {
+    /// sandvisor's name for this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HotplugMode::Pci => "pci",
+            HotplugMode::Mmio => "mmio",
+        }
+    }
+}
+
 macro_rules! str_enum {
     ($ty:ty, $what:literal, [$($variant:expr),+ $(,)?]) => {
         impl FromStr for $ty {
@@ -152,6 +177,11 @@ impl Accel {
     }
 }
 str_enum!(Accel, "accel", [Accel::Auto, Accel::Kvm, Accel::Tcg]);
+str_enum!(
+    HotplugMode,
+    "hotplug_transport",
+    [HotplugMode::Pci, HotplugMode::Mmio]
+);
 
 /// Errors from validating a [`HypervisorConfig`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -380,6 +410,17 @@ pub struct HypervisorConfig {
     pub enable_annotations: Vec<String>,
     /// How guest code runs: `auto`, `kvm` or `tcg` (sandvisor).
     pub accel: Accel,
+    /// Firecracker: how drives and interfaces are hot-plugged, `pci` or
+    /// `mmio`; unset, the backend's choice (`pci`) (sandvisor).
+    pub hotplug_transport: Option<HotplugMode>,
+    /// Firecracker: placeholder drives made before boot for MMIO hot-plug;
+    /// unset, 8 with `mmio` (as Kata) and none with `pci` (sandvisor).
+    pub drive_placeholders: Option<u32>,
+    /// The uid Firecracker runs as in its jailer; unset, 65534 (`nobody`):
+    /// root only when asked for (sandvisor).
+    pub jailer_uid: Option<u32>,
+    /// The gid Firecracker runs as in its jailer; unset, 65534 (sandvisor).
+    pub jailer_gid: Option<u32>,
 }
 
 impl HypervisorConfig {

@@ -12,7 +12,9 @@
 //! - the keys of Kata's Rust runtime (`kata-types`) that name a field
 //!   sandvisor has (`boot_to_be_template`, `memory_path`, ...) or that its
 //!   files carry (`sgx_epc_size`, `overhead_vcpus`, ...);
-//! - sandvisor's own additions: `accel`.
+//! - sandvisor's own additions: `accel`; for Firecracker,
+//!   `hotplug_transport` (`pci` or `mmio`), `drive_placeholders`,
+//!   `jailer_uid` and `jailer_gid`.
 //!
 //! Kata reads the same struct for every hypervisor section, so every key is
 //! known in every section; which keys a backend honours is the backend's
@@ -394,6 +396,17 @@ static IMPLEMENTED: &[KeySpec] = &[
             parsed::<Accel>(v)?
         }
     }),
+    set!("hotplug_transport", |c, v, h| c.hotplug_transport = {
+        if string(v)?.is_empty() {
+            None
+        } else {
+            Some(parsed::<crate::config::HotplugMode>(v)?)
+        }
+    }),
+    set!("drive_placeholders", |c, v, h| c.drive_placeholders =
+        Some(uint32(v)?)),
+    set!("jailer_uid", |c, v, h| c.jailer_uid = Some(uint32(v)?)),
+    set!("jailer_gid", |c, v, h| c.jailer_gid = Some(uint32(v)?)),
 ];
 
 /// Kata keys sandvisor does not implement.

@@ -18,6 +18,7 @@ mod initrd;
 pub mod kernel;
 mod manifest;
 pub mod modules;
+pub mod tiny_guest;
 pub mod vmlinux;
 
 use std::collections::BTreeMap;

@@ -7,6 +7,8 @@
 //! A test without those assets fails and says how to make them.
 #![allow(dead_code)]
 
+pub mod fc;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,1206 @@
+//! The Firecracker backend: every method of [`Hypervisor`], driving a real
+//! Firecracker over its REST API, optionally inside its jailer.
+//!
+//! | concern | module |
+//! |---|---|
+//! | typed request and reply bodies, one endpoint per call | [`api`] |
+//! | the pre-boot requests, a pure function of the config | [`vm_config`] |
+//! | the jailer's command line and the jail's layout | [`jailer`] |
+//! | placing files in the jail and removing it | [`jail_fs`] |
+//! | starting: files, process, API, pre-boot requests or a snapshot load | `launch` |
+//! | hot-plug and what `save` keeps of it | `hotplug` |
+//! | the backend's errors | [`FcError`] |
+//!
+//! # Lifecycle
+//!
+//! `create_sandbox` validates the config and checks the ids and socket
+//! paths (the jailer's 64 characters, unix sockets' 107 bytes).
+//! `start_sandbox` makes the VM directory `<storage>/<id>` (Firecracker's
+//! stdout and stderr go to `firecracker.out` there), and with a jailer the
+//! jail `<chroot base>/firecracker/<id>/root` with every file Firecracker
+//! needs placed in it; spawns Firecracker (or the jailer, which execs it:
+//! the pid is the same; with `--new-pid-ns` it is read from the pid file);
+//! waits for `GET /`; sends the pre-boot requests of [`vm_config`] and
+//! `InstanceStart`, or, booting from a template, `PUT /snapshot/load` into
+//! the fresh process. Configuration goes through the API, never
+//! `--config-file`. A start that fails for any reason kills what it started
+//! and removes the VM directory and the jail.
+//!
+//! `stop_sandbox` sends `SendCtrlAltDel` to a running guest (a Linux guest
+//! reboots, which ends Firecracker), then SIGTERM and SIGKILL under
+//! deadlines; a Firecracker that is the init of its own pid namespace
+//! ignores SIGTERM, so it gets SIGKILL at once. A Firecracker that died on
+//! its own is reported by `check` at once and by `stop_sandbox` with its
+//! exit status, as for QEMU. `cleanup` removes the VM directory and the
+//! jail (mounts under it detached first), and the jailer's cgroups.
+//!
+//! # Hot-plug
+//!
+//! [`HotplugMode::Pci`] (the default) runs Firecracker with
+//! `--enable-pci`: a drive or network interface is `PUT` after boot and
+//! `DELETE`d to unplug; the guest must rescan PCI (`/sys/bus/pci/rescan`)
+//! and write `remove` before an unplug, as Firecracker does not notify it.
+//! [`HotplugMode::Mmio`] makes placeholder drives before boot, as Kata
+//! does, and hot-plugs a drive by swapping a placeholder's backing file
+//! (`PATCH /drives/{id}`; the guest sees a capacity change); network
+//! interfaces cannot be hot-plugged then. Placeholders can be added in
+//! either mode ([`FcOptions::placeholders`]).
+//!
+//! Memory grows with virtio-mem (`enable_virtio_mem`): the region is
+//! configured before boot and `resize_memory` asks for a size; shrinking is
+//! the same request with a smaller size (no balloon). Firecracker cannot
+//! hot-plug vCPUs.
+//!
+//! # Drop
+//!
+//! Dropping a handle that still owns a live Firecracker kills it and
+//! removes its VM directory and jail, unless `disconnect`/`to_grpc` gave
+//! the VM away for a later `load`/`from_grpc`.
+
+pub mod api;
+mod error;
+mod hotplug;
+pub mod jail_fs;
+pub mod jailer;
+mod launch;
+pub mod vm_config;
+
+pub use self::error::FcError;
+use self::hotplug::Hot;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+
+use self::api::{
+    ActionType, DeleteNetworkInterface, GetInstanceInfo, InstanceActionInfo, InstanceState,
+    PatchVm, PutAction, PutNetworkInterface, PutSnapshotCreate, SnapshotCreateParams, SnapshotType,
+    VmRunState, VmStateUpdate,
+};
+use self::jailer::{CgroupVersion, Jail, JailSpec};
+pub use self::vm_config::HotplugMode;
+use self::vm_config::VmConfigError;
+use crate::assets::AssetType;
+use crate::backends::vmm::process::{self as vmm_process, Supervised};
+use crate::backends::vmm::rest::{Endpoint, Flavour, RestClient, RestError};
+use crate::config::HypervisorConfig;
+use crate::device::{Device, HotplugResult, HybridVsock, MemoryDevice, VcpuThreadIds};
+use crate::hypervisor::{
+    Capabilities, Error, Hypervisor, HypervisorState, NetworkNamespace, Result, VmState,
+};
+use crate::hypervisor_type::HypervisorType;
+use crate::process::{Exit, REAP_TIMEOUT};
+use crate::socket::{self, AgentSocket};
+
+const FC: HypervisorType = HypervisorType::Firecracker;
+
+/// How long an API call may take.
+pub const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a snapshot create or load may take.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `check` waits for `GET /`.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `stop_sandbox` waits after `SendCtrlAltDel`.
+pub const CTRL_ALT_DEL_GRACE: Duration = Duration::from_secs(1);
+/// How long `stop_sandbox` waits after SIGTERM.
+pub const TERM_GRACE: Duration = Duration::from_secs(3);
+/// The guest context id of the hybrid vsock (any value from 3 works: the
+/// vsock is private to the VM).
+pub const GUEST_CID: u32 = 3;
+/// The size of a placeholder drive's file.
+pub const PLACEHOLDER_BYTES: u64 = 1 << 20;
+
+/// File names in the VM directory, or at the jail's root.
+mod names {
+    pub const API: &str = "firecracker.socket";
+    pub const OUT: &str = "firecracker.out";
+    pub const LOG: &str = "firecracker.log";
+    pub const METRICS: &str = "metrics.json";
+    pub const SERIAL: &str = "console.log";
+    pub const VSOCK: &str = "kata.hvsock";
+    pub const SNAPSHOT: &str = "vm.snap";
+    pub const MEMORY: &str = "vm.mem";
+}
+
+/// Choices of the Firecracker backend that Kata's config has no key for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcOptions {
+    /// How drives and interfaces are hot-plugged.
+    pub hotplug: HotplugMode,
+    /// Placeholder drives made before boot (for MMIO hot-plug; Kata makes
+    /// 8). `None`: 8 in MMIO mode, none in PCI mode.
+    pub placeholders: Option<u32>,
+    /// Where jails are made: `<runtime dir>/jail` by default (so
+    /// `/run/sandvisor/jail/firecracker/<id>/root` as root).
+    pub chroot_base: PathBuf,
+    /// The uid Firecracker runs as in the jail; root only when asked.
+    pub jail_uid: u32,
+    /// The gid Firecracker runs as in the jail.
+    pub jail_gid: u32,
+    /// Run the jailed Firecracker as init of a new pid namespace.
+    pub new_pid_ns: bool,
+    /// The jailer's cgroup hierarchy.
+    pub cgroup_version: CgroupVersion,
+    /// `<file>=<value>` cgroup settings for the jailer.
+    pub cgroups: Vec<String>,
+    /// `<resource>=<value>` limits for the jailer.
+    pub resource_limits: Vec<String>,
+}
+
+impl Default for FcOptions {
+    fn default() -> Self {
+        FcOptions {
+            hotplug: HotplugMode::Pci,
+            placeholders: None,
+            chroot_base: crate::paths::runtime_dir().join("jail"),
+            jail_uid: jailer::DEFAULT_JAIL_ID,
+            jail_gid: jailer::DEFAULT_JAIL_ID,
+            new_pid_ns: false,
+            cgroup_version: CgroupVersion::V1,
+            cgroups: Vec::new(),
+            resource_limits: Vec::new(),
+        }
+    }
+}
+
+impl FcOptions {
+    fn placeholder_count(&self) -> u32 {
+        self.placeholders.unwrap_or(match self.hotplug {
+            HotplugMode::Mmio => 8,
+            HotplugMode::Pci => 0,
+        })
+    }
+}
+
+/// Where the VM's files are: on the host, and as Firecracker names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VmFiles {
+    /// `<storage>/<id>`: Firecracker's stdout, and everything when unjailed.
+    dir: PathBuf,
+    /// The jail, when there is one.
+    jail: Option<Jail>,
+}
+
+impl VmFiles {
+    /// The host path of `name` (a file Firecracker makes or writes).
+    fn host(&self, name: &str) -> PathBuf {
+        match &self.jail {
+            Some(j) => j.root().join(name),
+            None => self.dir.join(name),
+        }
+    }
+
+    /// The path Firecracker is given for `name`.
+    fn inside(&self, name: &str) -> PathBuf {
+        match &self.jail {
+            Some(_) => Path::new("/").join(name),
+            None => self.dir.join(name),
+        }
+    }
+
+    fn api(&self) -> PathBuf {
+        match &self.jail {
+            Some(j) => j.api_socket(),
+            None => self.dir.join(names::API),
+        }
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.join(names::OUT)
+    }
+}
+
+/// The Firecracker backend.
+#[derive(Debug)]
+pub struct Firecracker {
+    storage: PathBuf,
+    options: FcOptions,
+    id: String,
+    config: HypervisorConfig,
+    state: VmState,
+    netns: NetworkNamespace,
+    devices: Vec<Device>,
+    files: Option<VmFiles>,
+    fc: Option<Supervised>,
+    api: Option<Arc<RestClient>>,
+    hot: Hot,
+    memory_region_mib: u32,
+    detached: bool,
+}
+
+impl Default for Firecracker {
+    fn default() -> Self {
+        Firecracker::new()
+    }
+}
+
+impl Drop for Firecracker {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        if let Some(p) = self.fc.as_ref().filter(|p| p.exited().is_none()) {
+            tracing::warn!(
+                pid = p.pid(),
+                id = self.id,
+                "dropping a handle that owns a running VM: killing it (call disconnect() to keep it)"
+            );
+            p.kill();
+            if let Err(e) = self.remove_files() {
+                tracing::warn!(error = %e, "cannot remove the VM's files");
+            }
+        }
+    }
+}
+
+fn io_dir<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FcError + 'a {
+    move |source| FcError::VmDir {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), FcError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_dir("remove", dir)(e)),
+    }
+}
+
+impl Firecracker {
+    /// A backend keeping VMs under [`crate::paths::vm_storage_dir`].
+    pub fn new() -> Self {
+        Firecracker::with_storage(crate::paths::vm_storage_dir())
+    }
+
+    /// A backend keeping VMs under `storage` (sockets there: keep it short).
+    pub fn with_storage(storage: impl Into<PathBuf>) -> Self {
+        Firecracker::with_options(storage, FcOptions::default())
+    }
+
+    /// A backend with `options`.
+    pub fn with_options(storage: impl Into<PathBuf>, options: FcOptions) -> Self {
+        Firecracker {
+            storage: storage.into(),
+            options,
+            id: String::new(),
+            config: HypervisorConfig::default(),
+            state: VmState::New,
+            netns: NetworkNamespace::default(),
+            devices: Vec::new(),
+            files: None,
+            fc: None,
+            api: None,
+            hot: Hot::default(),
+            memory_region_mib: 0,
+            detached: false,
+        }
+    }
+
+    /// The VM state as this handle knows it.
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    /// The file the guest's serial console (COM1) is written to.
+    pub fn serial_log(&self) -> Option<PathBuf> {
+        self.files.as_ref().map(|f| f.host(names::SERIAL))
+    }
+
+    /// The jail directory (`<chroot base>/firecracker/<id>`), when jailed.
+    pub fn jail_dir(&self) -> Option<PathBuf> {
+        self.files
+            .as_ref()
+            .and_then(|f| f.jail.as_ref())
+            .map(|j| j.dir().to_path_buf())
+    }
+
+    /// The API socket, once created.
+    pub fn api_socket(&self) -> Option<PathBuf> {
+        self.files.as_ref().map(VmFiles::api)
+    }
+
+    /// Sends one API request to the running Firecracker (for callers that
+    /// need a call the trait has no method for, such as `GET /vm/config`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] without a VMM; the call's error otherwise.
+    pub async fn call<E: Endpoint + Sync>(&mut self, ep: &E) -> Result<E::Reply> {
+        let api = self.api()?;
+        let r = api.call(ep, API_TIMEOUT).await.map_err(FcError::from);
+        self.or_exited(r).await
+    }
+
+    fn invalid(&self, op: &'static str) -> Error {
+        Error::InvalidState {
+            op,
+            state: self.state,
+        }
+    }
+
+    fn require(&self, op: &'static str, states: &[VmState]) -> Result<()> {
+        if states.contains(&self.state) {
+            Ok(())
+        } else {
+            Err(self.invalid(op))
+        }
+    }
+
+    /// The config's sandvisor keys for Firecracker win over the options
+    /// the backend was built with.
+    fn apply_config_options(&mut self) {
+        let c = &self.config;
+        if let Some(m) = c.hotplug_transport {
+            self.options.hotplug = m;
+        }
+        if let Some(n) = c.drive_placeholders {
+            self.options.placeholders = Some(n);
+        }
+        if let Some(u) = c.jailer_uid {
+            self.options.jail_uid = u;
+        }
+        if let Some(g) = c.jailer_gid {
+            self.options.jail_gid = g;
+        }
+    }
+
+    /// The configured binary, else the one the lookup finds
+    /// (`$SANDVISOR_VMM_DIR`, `PATH`, Kata's paths).
+    fn binary(&self) -> PathBuf {
+        self.config
+            .asset_path(AssetType::Hypervisor)
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                crate::backends::vmm::lookup::find(
+                    &crate::backends::vmm::lookup::Binary::FIRECRACKER,
+                    None,
+                )
+                .ok()
+                .map(|f| f.path)
+            })
+            .or_else(|| crate::backends::facts(FC).default_binary())
+            .unwrap_or_else(|| PathBuf::from("firecracker"))
+    }
+
+    fn jailer(&self) -> Option<PathBuf> {
+        self.config
+            .asset_path(AssetType::Jailer)
+            .map(Path::to_path_buf)
+    }
+
+    fn log_tail(&self) -> String {
+        let Some(f) = &self.files else {
+            return String::new();
+        };
+        let out = vmm_process::log_tail(&f.out());
+        let log = vmm_process::log_tail(&f.host(names::LOG));
+        match (out.is_empty(), log.is_empty()) {
+            (_, true) => out,
+            (true, false) => log,
+            (false, false) => format!("{out}\n{log}"),
+        }
+    }
+
+    fn exited_error(&self) -> Option<Error> {
+        let p = self.fc.as_ref()?;
+        p.exited().map(|exit| Error::VmmExited {
+            hypervisor: FC,
+            binary: self.binary(),
+            pid: p.pid(),
+            exit,
+            starting: false,
+            log_tail: self.log_tail(),
+        })
+    }
+
+    fn api(&mut self) -> Result<Arc<RestClient>> {
+        if let Some(e) = self.exited_error() {
+            self.api = None;
+            self.state = VmState::Stopped;
+            return Err(e);
+        }
+        if let Some(a) = &self.api {
+            return Ok(Arc::clone(a));
+        }
+        let Some(f) = &self.files else {
+            return Err(self.invalid("reach the API of"));
+        };
+        let a = Arc::new(RestClient::new(f.api(), Flavour::Firecracker));
+        self.api = Some(Arc::clone(&a));
+        Ok(a)
+    }
+
+    /// `result`, unless Firecracker died meanwhile: then its exit and log.
+    async fn or_exited<T>(&mut self, result: Result<T, FcError>) -> Result<T> {
+        let Err(e) = result else {
+            return result.map_err(Error::from);
+        };
+        let gone = matches!(
+            &e,
+            FcError::Api(
+                RestError::Connect { .. } | RestError::Http { .. } | RestError::Timeout { .. }
+            )
+        );
+        if gone {
+            if let Some(p) = &self.fc {
+                if p.wait(Duration::from_millis(500)).await.is_some() {
+                    if let Some(exited) = self.exited_error() {
+                        self.api = None;
+                        self.state = VmState::Stopped;
+                        return Err(exited);
+                    }
+                }
+            }
+        }
+        Err(e.into())
+    }
+
+    fn jail_spec(&self, fc: &Path, jailer: &Path) -> JailSpec {
+        JailSpec {
+            jailer: jailer.to_path_buf(),
+            exec_file: fc.to_path_buf(),
+            id: self.id.clone(),
+            uid: self.options.jail_uid,
+            gid: self.options.jail_gid,
+            chroot_base: self.options.chroot_base.clone(),
+            netns: self.netns.path.clone(),
+            cgroup_version: self.options.cgroup_version,
+            cgroups: self.options.cgroups.clone(),
+            resource_limits: self.options.resource_limits.clone(),
+            new_pid_ns: self.options.new_pid_ns,
+        }
+    }
+
+    fn owner(&self) -> (u32, u32) {
+        match self.files.as_ref().and_then(|f| f.jail.as_ref()) {
+            Some(_) => (self.options.jail_uid, self.options.jail_gid),
+            None => (0, 0),
+        }
+    }
+
+    fn restore_from_state(&mut self, state: &HypervisorState) -> Result<(), FcError> {
+        if state.hypervisor != FC {
+            return Err(FcError::WrongHypervisor(state.hypervisor));
+        }
+        self.apply_config_options();
+        self.id = state.id.clone();
+        if let Some(parent) = state.vm_dir.parent() {
+            self.storage = parent.to_path_buf();
+        }
+        let jail = match self.jailer() {
+            Some(jailer) => {
+                // The jail is where the saved API socket is:
+                // `<base>/<exec>/<id>/root/run/firecracker.socket`.
+                if let Some(base) = state
+                    .api_socket
+                    .as_deref()
+                    .and_then(|p| p.ancestors().nth(5))
+                {
+                    self.options.chroot_base = base.to_path_buf();
+                }
+                let spec = self.jail_spec(&self.binary(), &jailer);
+                Some(Jail::new(&spec)?)
+            }
+            None => None,
+        };
+        self.files = Some(VmFiles {
+            dir: state.vm_dir.clone(),
+            jail,
+        });
+        self.hot = Hot::from_strings(&state.hotplugged_devices, state.hotplugged_memory_mib);
+        self.memory_region_mib = if self.config.virtio_mem {
+            let host = crate::probe::host_memory_size_kb(Path::new(crate::probe::PROC_MEMINFO))
+                .map(|kb| kb / 1024)
+                .map_err(FcError::HostMemory)?;
+            vm_config::memory_hotplug(&self.config, host)?.map_or(0, |m| m.total_size_mib)
+        } else {
+            0
+        };
+        Ok(())
+    }
+
+    fn adopt(&mut self, pid: u32) -> Result<(), FcError> {
+        self.fc = Some(Supervised::adopt(pid, &self.id)?);
+        self.detached = false;
+        Ok(())
+    }
+
+    async fn instance_state(&mut self, timeout: Duration) -> Result<InstanceState> {
+        let api = self.api()?;
+        let r = api
+            .call(&GetInstanceInfo, timeout)
+            .await
+            .map_err(FcError::from);
+        Ok(self.or_exited(r).await?.state)
+    }
+}
+
+/// vCPU threads of `pid`: Firecracker names them `fc_vcpu <N>` (with a
+/// space, which Kata's parser misses).
+pub fn vcpu_threads(pid: u32) -> std::io::Result<VcpuThreadIds> {
+    let mut ids = VcpuThreadIds::default();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        if let Some(n) = parse_vcpu_comm(&comm) {
+            ids.vcpus.insert(n, tid);
+        }
+    }
+    Ok(ids)
+}
+
+/// The vCPU index in a thread name `fc_vcpu <N>`.
+pub fn parse_vcpu_comm(comm: &str) -> Option<u32> {
+    comm.trim_end()
+        .strip_prefix("fc_vcpu")
+        .map(str::trim_start)
+        .and_then(|n| n.parse().ok())
+}
+
+#[async_trait]
+impl Hypervisor for Firecracker {
+    fn hypervisor_type(&self) -> HypervisorType {
+        FC
+    }
+
+    async fn create_sandbox(
+        &mut self,
+        id: &str,
+        network_ns: &NetworkNamespace,
+        config: &HypervisorConfig,
+        _stateful: bool,
+    ) -> Result<()> {
+        self.require("create_sandbox", &[VmState::New])?;
+        let mut config = config.clone();
+        config.validate()?;
+        if config.num_vcpus > vm_config::MAX_VCPUS {
+            return Err(FcError::from(VmConfigError::Vcpus {
+                vcpus: config.num_vcpus,
+            })
+            .into());
+        }
+        self.config = config;
+        self.apply_config_options();
+        self.id = id.to_string();
+        self.netns = network_ns.clone();
+        let dir = self.storage.join(id);
+        let jail = match self.jailer() {
+            Some(jailer) => {
+                let spec = self.jail_spec(&self.binary(), &jailer);
+                let jail = Jail::new(&spec).map_err(FcError::from)?;
+                jail.socket_on_host(&Path::new("/").join(names::VSOCK))
+                    .map_err(FcError::from)?;
+                Some(jail)
+            }
+            None => {
+                jailer::check_id(id).map_err(FcError::from)?;
+                for name in [names::API, names::VSOCK] {
+                    socket::build_socket_path(&[&self.storage, Path::new(id), Path::new(name)])?;
+                }
+                None
+            }
+        };
+        self.files = Some(VmFiles { dir, jail });
+        self.hot = Hot {
+            placeholders: (0..self.options.placeholder_count())
+                .map(|i| format!("drive_{i}"))
+                .collect(),
+            ..Hot::default()
+        };
+        self.state = VmState::Created;
+        tracing::debug!(id, "sandbox created");
+        Ok(())
+    }
+
+    async fn start_sandbox(&mut self, timeout: Duration) -> Result<()> {
+        self.require("start_sandbox", &[VmState::Created])?;
+        let started = Instant::now();
+        match self.launch(timeout).await {
+            Ok(()) => {
+                self.state = VmState::Running;
+                self.detached = false;
+                tracing::info!(
+                    id = self.id,
+                    pid = self.fc.as_ref().map(Supervised::pid),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sandbox started"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(id = self.id, error = %e, "cannot start sandbox");
+                self.abort_start().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop_sandbox(&mut self) -> Result<()> {
+        let Some(p) = self.fc.take() else {
+            if matches!(self.state, VmState::Running | VmState::Paused) {
+                self.state = VmState::Stopped;
+            }
+            return Ok(());
+        };
+        let died_alone = p.exited();
+        if died_alone.is_none() {
+            // A running guest is asked first (a Linux guest reboots, which
+            // ends Firecracker); a paused one could not take it.
+            let mut asked = false;
+            if self.state == VmState::Running {
+                if let Ok(api) = self.api() {
+                    let ctrl_alt_del = PutAction(InstanceActionInfo {
+                        action_type: ActionType::SendCtrlAltDel,
+                    });
+                    match api.call(&ctrl_alt_del, CTRL_ALT_DEL_GRACE).await {
+                        Ok(()) => asked = true,
+                        Err(e) => tracing::debug!(error = %e, "SendCtrlAltDel"),
+                    }
+                }
+            }
+            let went = asked && p.wait(CTRL_ALT_DEL_GRACE).await.is_some();
+            if !went {
+                let pid_ns_init = self.options.new_pid_ns
+                    && self.files.as_ref().is_some_and(|f| f.jail.is_some());
+                if pid_ns_init {
+                    // The init of a pid namespace ignores SIGTERM.
+                    p.kill();
+                } else {
+                    p.signal(Signal::SIGTERM);
+                    if p.wait(TERM_GRACE).await.is_none() {
+                        tracing::warn!(pid = p.pid(), "firecracker ignored SIGTERM: SIGKILL");
+                        p.kill();
+                    }
+                }
+                if p.wait(REAP_TIMEOUT).await.is_none() {
+                    tracing::error!(pid = p.pid(), "firecracker did not die after SIGKILL");
+                }
+            }
+        }
+        self.api = None;
+        self.state = VmState::Stopped;
+        match died_alone {
+            Some(exit) if !matches!(exit, Exit::Unknown) && !exit.success() => {
+                let e = Error::VmmExited {
+                    hypervisor: FC,
+                    binary: self.binary(),
+                    pid: p.pid(),
+                    exit,
+                    starting: false,
+                    log_tail: self.log_tail(),
+                };
+                tracing::error!(id = self.id, error = %e, "firecracker had died before stop");
+                Err(e)
+            }
+            Some(exit) => {
+                tracing::info!(id = self.id, %exit, "firecracker had exited before stop");
+                Ok(())
+            }
+            None => {
+                tracing::info!(id = self.id, "sandbox stopped");
+                Ok(())
+            }
+        }
+    }
+
+    async fn pause_sandbox(&mut self) -> Result<()> {
+        self.require("pause_sandbox", &[VmState::Running])?;
+        let api = self.api()?;
+        let r = api
+            .call(
+                &PatchVm(VmStateUpdate {
+                    state: VmRunState::Paused,
+                }),
+                API_TIMEOUT,
+            )
+            .await
+            .map_err(FcError::from);
+        self.or_exited(r).await?;
+        self.state = VmState::Paused;
+        Ok(())
+    }
+
+    async fn save_sandbox(&mut self) -> Result<()> {
+        self.require("save_sandbox", &[VmState::Running, VmState::Paused])?;
+        if self.state == VmState::Running {
+            self.pause_sandbox().await?;
+        }
+        let f = self.files.clone().expect("a running VM has its files");
+        let jailed = f.jail.is_some();
+        // Firecracker writes where it can see: the jail, or the VM directory
+        // unless the config names the files.
+        let (state_in, mem_in) = match (
+            jailed,
+            &self.config.devices_state_path,
+            &self.config.memory_path,
+        ) {
+            (false, Some(s), Some(m)) => (s.clone(), m.clone()),
+            _ => (f.inside(names::SNAPSHOT), f.inside(names::MEMORY)),
+        };
+        let api = self.api()?;
+        let r = api
+            .call(
+                &PutSnapshotCreate(SnapshotCreateParams {
+                    snapshot_type: Some(SnapshotType::Full),
+                    snapshot_path: state_in,
+                    mem_file_path: mem_in,
+                }),
+                SNAPSHOT_TIMEOUT,
+            )
+            .await
+            .map_err(FcError::from);
+        self.or_exited(r).await?;
+        if jailed {
+            for (name, to) in [
+                (names::SNAPSHOT, &self.config.devices_state_path),
+                (names::MEMORY, &self.config.memory_path),
+            ] {
+                if let Some(to) = to {
+                    let from = f.host(name);
+                    std::fs::rename(&from, to)
+                        .or_else(|_| std::fs::copy(&from, to).map(drop))
+                        .map_err(|source| FcError::SnapshotFile {
+                            from: from.clone(),
+                            to: to.clone(),
+                            source,
+                        })?;
+                    let _ = std::fs::remove_file(&from);
+                }
+            }
+        }
+        tracing::info!(id = self.id, "sandbox saved");
+        Ok(())
+    }
+
+    async fn resume_sandbox(&mut self) -> Result<()> {
+        self.require("resume_sandbox", &[VmState::Paused])?;
+        let api = self.api()?;
+        let r = api
+            .call(
+                &PatchVm(VmStateUpdate {
+                    state: VmRunState::Resumed,
+                }),
+                API_TIMEOUT,
+            )
+            .await
+            .map_err(FcError::from);
+        self.or_exited(r).await?;
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    async fn add_device(&mut self, device: Device) -> Result<()> {
+        self.require("add_device", &[VmState::Created])?;
+        match &device {
+            Device::Block(_) | Device::Image(_) | Device::Net(_) | Device::HybridVsock(_) => {}
+            other => {
+                return Err(Error::unsupported(
+                    "add_device",
+                    FC,
+                    format!(
+                        "firecracker has no {} device (it has virtio-blk, virtio-net, a hybrid vsock, virtio-rng and virtio-mem)",
+                        other.device_type()
+                    ),
+                ))
+            }
+        }
+        tracing::debug!(kind = %device.device_type(), "device added");
+        self.devices.push(device);
+        Ok(())
+    }
+
+    async fn hotplug_add_device(&mut self, device: Device) -> Result<HotplugResult> {
+        self.require("hotplug_add_device", &[VmState::Running, VmState::Paused])?;
+        let api = self.api()?;
+        let result = match device {
+            Device::Block(d) => self.hotplug_add_block(&api, d).await,
+            Device::Net(n) if self.options.hotplug == HotplugMode::Pci => {
+                if self.hot.nets.contains(&n.id) {
+                    Err(FcError::DeviceExists { id: n.id })
+                } else {
+                    let put = PutNetworkInterface(vm_config::network_interface(&n));
+                    match api.call(&put, API_TIMEOUT).await {
+                        Ok(()) => {
+                            self.hot.nets.push(n.id);
+                            Ok(HotplugResult::Attached(None))
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            }
+            Device::Cpu(_) => return Err(no_vcpu_hotplug("hotplug_add_device")),
+            Device::Memory(m) => {
+                let target = self.config.memory_size + self.hot.memory_mib + m.size_mib;
+                self.resize_memory_inner(&api, target)
+                    .await
+                    .map(|(_, d)| HotplugResult::MemoryMib(d.size_mib))
+            }
+            other => {
+                return Err(Error::unsupported(
+                    "hotplug_add_device",
+                    FC,
+                    format!(
+                        "{} devices cannot be hot-plugged into firecracker{}",
+                        other.device_type(),
+                        if matches!(other, Device::Net(_)) {
+                            " in MMIO mode (hot-plug mode pci can)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ))
+            }
+        };
+        self.or_exited(result).await
+    }
+
+    async fn hotplug_remove_device(&mut self, device: Device) -> Result<HotplugResult> {
+        self.require(
+            "hotplug_remove_device",
+            &[VmState::Running, VmState::Paused],
+        )?;
+        let api = self.api()?;
+        let result = match device {
+            Device::Block(d) => self.hotplug_remove_block(&api, d).await,
+            Device::Net(n) if self.hot.nets.contains(&n.id) => {
+                match api
+                    .call(
+                        &DeleteNetworkInterface {
+                            iface_id: n.id.clone(),
+                        },
+                        API_TIMEOUT,
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        self.hot.nets.retain(|x| *x != n.id);
+                        Ok(HotplugResult::Attached(None))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Device::Net(n) => Err(FcError::UnknownDevice { id: n.id }),
+            Device::Cpu(_) => return Err(no_vcpu_hotplug("hotplug_remove_device")),
+            other => {
+                return Err(Error::unsupported(
+                    "hotplug_remove_device",
+                    FC,
+                    format!(
+                        "{} devices cannot be hot-unplugged from firecracker",
+                        other.device_type()
+                    ),
+                ))
+            }
+        };
+        self.or_exited(result).await
+    }
+
+    async fn resize_memory(
+        &mut self,
+        mem_mib: u32,
+        _block_size_mib: u32,
+        _probe: bool,
+    ) -> Result<(u32, MemoryDevice)> {
+        self.require("resize_memory", &[VmState::Running, VmState::Paused])?;
+        if self.memory_region_mib == 0 {
+            return Err(Error::unsupported(
+                "resize_memory",
+                FC,
+                "firecracker grows memory with virtio-mem only: set enable_virtio_mem",
+            ));
+        }
+        let api = self.api()?;
+        let r = self.resize_memory_inner(&api, mem_mib).await;
+        self.or_exited(r).await
+    }
+
+    async fn resize_vcpus(&mut self, _vcpus: u32) -> Result<(u32, u32)> {
+        Err(no_vcpu_hotplug("resize_vcpus"))
+    }
+
+    async fn sandbox_console(&self, _id: &str) -> Result<Option<PathBuf>> {
+        // Firecracker's serial is output only, written to a file
+        // (`serial_log`); there is no socket to attach to.
+        Ok(None)
+    }
+
+    async fn disconnect(&mut self) {
+        self.api = None;
+        self.detached = true;
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let pci = self.options.hotplug == HotplugMode::Pci;
+        let placeholders = self.options.placeholder_count() > 0;
+        Capabilities {
+            block_device: true,
+            block_device_hotplug: pci || placeholders,
+            multi_queue: false,
+            fs_sharing: false,
+            hybrid_vsock: true,
+            cpu_hotplug: false,
+            memory_hotplug: self.config.virtio_mem,
+            net_hotplug: pci,
+            vfio: false,
+            pause: true,
+            save: true,
+            vm_template: true,
+            vm_cache: true,
+            reattach: true,
+        }
+    }
+
+    fn hypervisor_config(&self) -> HypervisorConfig {
+        self.config.clone()
+    }
+
+    async fn thread_ids(&mut self) -> Result<VcpuThreadIds> {
+        self.require("thread_ids", &[VmState::Running, VmState::Paused])?;
+        let Some(p) = &self.fc else {
+            return Err(self.invalid("thread_ids"));
+        };
+        let pid = p.pid();
+        Ok(vcpu_threads(pid).map_err(|source| FcError::Threads { pid, source })?)
+    }
+
+    async fn cleanup(&mut self) -> Result<()> {
+        if self.fc.as_ref().is_some_and(|p| p.exited().is_none()) {
+            return Err(self.invalid("cleanup"));
+        }
+        self.api = None;
+        self.fc = None;
+        self.devices.clear();
+        self.remove_files()?;
+        tracing::debug!(id = self.id, "VM files removed");
+        Ok(())
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.fc.iter().map(Supervised::pid).collect()
+    }
+
+    async fn from_grpc(&mut self, config: &HypervisorConfig, data: &[u8]) -> Result<()> {
+        self.require("from_grpc", &[VmState::New])?;
+        let state: HypervisorState = serde_json::from_slice(data).map_err(FcError::Grpc)?;
+        let mut config = config.clone();
+        config.validate()?;
+        self.config = config;
+        self.restore_from_state(&state)?;
+        self.adopt(state.pid)?;
+        self.state = state.state;
+        Ok(())
+    }
+
+    async fn to_grpc(&mut self) -> Result<Vec<u8>> {
+        let data = serde_json::to_vec(&self.save()).map_err(FcError::Grpc)?;
+        self.api = None;
+        self.detached = true;
+        self.devices.clear();
+        Ok(data)
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        if self.fc.is_none() {
+            return Err(self.invalid("check"));
+        }
+        if let Some(e) = self.exited_error() {
+            self.api = None;
+            self.state = VmState::Stopped;
+            return Err(e);
+        }
+        match self.instance_state(CHECK_TIMEOUT).await? {
+            InstanceState::Running => self.state = VmState::Running,
+            InstanceState::Paused => self.state = VmState::Paused,
+            InstanceState::NotStarted => {}
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> HypervisorState {
+        let f = self.files.as_ref();
+        HypervisorState {
+            hypervisor: FC,
+            id: self.id.clone(),
+            pid: self.fc.as_ref().map_or(0, Supervised::pid),
+            uuid: String::new(),
+            state: self.state,
+            vm_dir: f.map(|f| f.dir.clone()).unwrap_or_default(),
+            api_socket: f.map(VmFiles::api),
+            console_socket: None,
+            hotplugged_memory_mib: self.hot.memory_mib,
+            hotplugged_devices: self.hot.to_strings(),
+            config: self.config.clone(),
+            ..HypervisorState::default()
+        }
+    }
+
+    async fn load(&mut self, state: HypervisorState) -> Result<()> {
+        self.require("load", &[VmState::New])?;
+        let mut config = state.config.clone();
+        config.validate()?;
+        self.config = config;
+        self.restore_from_state(&state)?;
+        self.adopt(state.pid)?;
+        self.state = match self.instance_state(API_TIMEOUT).await? {
+            InstanceState::Paused => VmState::Paused,
+            InstanceState::Running => VmState::Running,
+            InstanceState::NotStarted => VmState::Created,
+        };
+        tracing::info!(id = self.id, pid = state.pid, state = %self.state, "re-attached to firecracker");
+        Ok(())
+    }
+
+    fn generate_socket(&self, id: &str, _use_vsock: bool) -> Result<AgentSocket> {
+        // Firecracker's only agent channel is its hybrid vsock.
+        let uds_path = match self.files.as_ref().filter(|_| id == self.id) {
+            Some(f) => f.host(names::VSOCK),
+            None => {
+                socket::build_socket_path(&[&self.storage, Path::new(id), Path::new(names::VSOCK)])?
+            }
+        };
+        Ok(AgentSocket::HybridVsock(HybridVsock {
+            uds_path,
+            context_id: u64::from(GUEST_CID),
+            port: crate::defaults::VSOCK_PORT,
+        }))
+    }
+}
+
+fn no_vcpu_hotplug(op: &'static str) -> Error {
+    Error::unsupported(
+        op,
+        FC,
+        "firecracker cannot hot-plug vCPUs: boot with the vCPUs needed (default_vcpus)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpu_thread_names_have_a_space() {
+        assert_eq!(parse_vcpu_comm("fc_vcpu 0\n"), Some(0));
+        assert_eq!(parse_vcpu_comm("fc_vcpu 11"), Some(11));
+        assert_eq!(parse_vcpu_comm("fc_api"), None);
+        assert_eq!(parse_vcpu_comm("firecracker"), None);
+    }
+
+    #[test]
+    fn hot_plug_state_survives_save_and_load() {
+        let mut h = Hot {
+            placeholders: vec!["drive_0".into(), "drive_1".into()],
+            memory_mib: 128,
+            ..Hot::default()
+        };
+        h.drives.insert("d1".into(), Some("/drives/d1.img".into()));
+        h.drives.insert("d2".into(), None);
+        h.swapped.insert("drive_1".into(), "d3".into());
+        h.nets.push("eth1".into());
+        assert_eq!(Hot::from_strings(&h.to_strings(), 128), h);
+    }
+
+    #[tokio::test]
+    async fn capabilities_follow_the_hot_plug_mode() {
+        let pci = Firecracker::with_storage("/tmp/x");
+        let c = pci.capabilities();
+        assert!(c.block_device_hotplug && c.net_hotplug && !c.cpu_hotplug && c.pause);
+        let mmio = Firecracker::with_options(
+            "/tmp/x",
+            FcOptions {
+                hotplug: HotplugMode::Mmio,
+                ..FcOptions::default()
+            },
+        );
+        let c = mmio.capabilities();
+        assert!(c.block_device_hotplug && !c.net_hotplug);
+        let mut none = Firecracker::with_options(
+            "/tmp/x",
+            FcOptions {
+                hotplug: HotplugMode::Mmio,
+                placeholders: Some(0),
+                ..FcOptions::default()
+            },
+        );
+        assert!(!none.capabilities().block_device_hotplug);
+        let e = none.resize_vcpus(2).await.expect_err("no vcpu hot-plug");
+        assert!(e.is_unsupported(), "{e}");
+        assert!(e.to_string().contains("cannot hot-plug vCPUs"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn ids_and_socket_paths_are_refused_at_create_with_the_value() {
+        let config = HypervisorConfig {
+            kernel_path: Some("/k".into()),
+            initrd_path: Some("/i".into()),
+            jailer_path: Some("/usr/bin/jailer".into()),
+            ..HypervisorConfig::default()
+        };
+        let ns = NetworkNamespace::default();
+        let mut vm = Firecracker::with_options(
+            "/tmp/x",
+            FcOptions {
+                chroot_base: "/tmp/j".into(),
+                ..FcOptions::default()
+            },
+        );
+        let long = "a".repeat(65);
+        let e = vm
+            .create_sandbox(&long, &ns, &config, false)
+            .await
+            .expect_err("65 characters");
+        let chain = format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        assert!(chain.contains("65 characters long"), "{chain}");
+        assert_eq!(vm.state(), VmState::New);
+
+        let mut vm = Firecracker::with_options(
+            "/tmp/x",
+            FcOptions {
+                chroot_base: format!("/tmp/{}", "d".repeat(40)).into(),
+                ..FcOptions::default()
+            },
+        );
+        let e = vm
+            .create_sandbox(&"b".repeat(60), &ns, &config, false)
+            .await
+            .expect_err("the socket path is too long");
+        let chain = format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        assert!(chain.contains("over the 107-byte limit"), "{chain}");
+
+        // Without a jailer the socket lives in the VM directory.
+        let mut vm = Firecracker::with_storage(format!("/tmp/{}", "s".repeat(60)));
+        let plain = HypervisorConfig {
+            jailer_path: None,
+            ..config
+        };
+        let e = vm
+            .create_sandbox(&"c".repeat(50), &ns, &plain, false)
+            .await
+            .expect_err("too long");
+        assert!(matches!(e, Error::Socket(_)), "{e:?}");
+    }
+}
