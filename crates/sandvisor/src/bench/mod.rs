@@ -32,13 +32,13 @@
 //! section that fails is reported as such and the others still run.
 
 pub mod chart;
-mod firecracker;
 pub mod report;
 pub mod stats;
 
 mod cli;
 mod cold;
 mod density;
+mod firecracker;
 mod host;
 mod hotplug;
 mod lifecycle;
