@@ -15,6 +15,7 @@ pub mod cpio;
 pub mod elf;
 pub mod kernel;
 pub mod modules;
+pub mod tiny_guest;
 pub mod vmlinux;
 
 use std::collections::BTreeMap;
