@@ -1,0 +1,836 @@
+//! Finding a VMM binary, and asking it its version.
+//!
+//! [`find`] looks for a [`Binary`] in this order and takes the first
+//! executable file:
+//!
+//! 1. the config's path (`path =` in Kata's `configuration.toml`), when set:
+//!    then nothing else is tried, and a missing or non-executable file is an
+//!    error naming it;
+//! 2. `$SANDVISOR_VMM_DIR/<name>` ([`VMM_DIR_ENV`]), where tests and CI keep
+//!    their VMM builds;
+//! 3. each absolute directory of `PATH` (relative entries, including the
+//!    empty one meaning the working directory, are skipped);
+//! 4. where Kata installs it: `/usr/bin` for distribution packages and
+//!    `/opt/kata/bin` (or `/opt/kata/libexec`) for kata-deploy.
+//!
+//! The answer says where the binary came from ([`Source`]); the error when
+//! none is found lists every place looked and why each failed. The search
+//! itself is [`find_in`], a function of its inputs, so tests need not touch
+//! the process environment.
+//!
+//! [`version`] runs `<binary> --version` under a deadline and returns the
+//! first line, e.g. `cloud-hypervisor v54.0.0` or `Firecracker v1.17.0`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::unistd::{access, AccessFlags};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::process::{Child, Command};
+
+/// The environment variable naming a directory of VMM binaries, searched
+/// before `PATH`.
+pub const VMM_DIR_ENV: &str = "SANDVISOR_VMM_DIR";
+
+/// How long [`version`] waits when the caller has no better figure.
+pub const DEFAULT_VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much of each output stream [`version`] reads.
+const VERSION_OUTPUT_LIMIT: u64 = 64 * 1024;
+
+/// A binary a backend runs: its file name and where Kata installs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binary {
+    /// The file name looked for in [`VMM_DIR_ENV`] and `PATH`.
+    pub name: &'static str,
+    /// Kata's install paths, tried last and in this order.
+    pub kata_paths: &'static [&'static str],
+}
+
+impl Binary {
+    /// Cloud Hypervisor (`[hypervisor.clh] path`).
+    pub const CLOUD_HYPERVISOR: Binary = Binary {
+        name: "cloud-hypervisor",
+        kata_paths: &[
+            "/usr/bin/cloud-hypervisor",
+            "/opt/kata/bin/cloud-hypervisor",
+        ],
+    };
+    /// Cloud Hypervisor's command-line API client. Kata does not install
+    /// it, so only [`VMM_DIR_ENV`] and `PATH` are searched.
+    pub const CH_REMOTE: Binary = Binary {
+        name: "ch-remote",
+        kata_paths: &[],
+    };
+    /// Firecracker (`[hypervisor.firecracker] path`).
+    pub const FIRECRACKER: Binary = Binary {
+        name: "firecracker",
+        kata_paths: &["/usr/bin/firecracker", "/opt/kata/bin/firecracker"],
+    };
+    /// Firecracker's jailer (`[hypervisor.firecracker] jailer_path`).
+    pub const JAILER: Binary = Binary {
+        name: "jailer",
+        kata_paths: &["/usr/bin/jailer", "/opt/kata/bin/jailer"],
+    };
+    /// QEMU for x86-64 (`[hypervisor.qemu] path`).
+    pub const QEMU: Binary = Binary {
+        name: "qemu-system-x86_64",
+        kata_paths: &[
+            "/usr/bin/qemu-system-x86_64",
+            "/opt/kata/bin/qemu-system-x86_64",
+        ],
+    };
+    /// ACRN's device model (`[hypervisor.acrn] path`).
+    pub const ACRN_DM: Binary = Binary {
+        name: "acrn-dm",
+        kata_paths: &["/usr/bin/acrn-dm"],
+    };
+    /// ACRN's control tool (`[hypervisor.acrn] ctlpath`).
+    pub const ACRNCTL: Binary = Binary {
+        name: "acrnctl",
+        kata_paths: &["/usr/bin/acrnctl"],
+    };
+    /// The virtio-fs daemon (`virtio_fs_daemon`).
+    pub const VIRTIOFSD: Binary = Binary {
+        name: "virtiofsd",
+        kata_paths: &["/usr/libexec/virtiofsd", "/opt/kata/libexec/virtiofsd"],
+    };
+}
+
+/// Where a binary was found, or looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The path the config names.
+    Config,
+    /// The directory [`VMM_DIR_ENV`] names.
+    VmmDir,
+    /// A directory of `PATH`.
+    Path,
+    /// One of Kata's install paths ([`Binary::kata_paths`]).
+    KataDefault,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Config => "the config's path",
+            Source::VmmDir => "$SANDVISOR_VMM_DIR",
+            Source::Path => "PATH",
+            Source::KataDefault => "Kata's default",
+        })
+    }
+}
+
+/// A binary found: its path (as looked up, not canonicalised) and where it
+/// came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The executable file.
+    pub path: PathBuf,
+    /// Which step of the search found it.
+    pub source: Source,
+}
+
+/// Why a candidate path was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// Nothing is there.
+    Missing,
+    /// Something is there but it is not a regular file (e.g. a directory).
+    NotAFile,
+    /// A file without execute permission for this process.
+    NotExecutable,
+    /// Its metadata cannot be read (e.g. a directory on the way is not
+    /// searchable).
+    Inaccessible(io::ErrorKind),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing => f.write_str("does not exist"),
+            Problem::NotAFile => f.write_str("is not a file"),
+            Problem::NotExecutable => f.write_str("is not executable"),
+            Problem::Inaccessible(kind) => write!(f, "cannot be read ({kind})"),
+        }
+    }
+}
+
+/// One place looked at and why it was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Looked {
+    /// The candidate path.
+    pub path: PathBuf,
+    /// Which step of the search it belongs to.
+    pub source: Source,
+    /// What was wrong with it.
+    pub problem: Problem,
+}
+
+impl fmt::Display for Looked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}: {})",
+            self.path.display(),
+            self.source,
+            self.problem
+        )
+    }
+}
+
+/// Errors of [`find`] and [`find_in`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The config names a path that cannot be used.
+    #[error("configured {name} {} {problem}", path.display())]
+    Configured {
+        /// The binary's name.
+        name: &'static str,
+        /// The configured path.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: Problem,
+    },
+    /// No step of the search found an executable file.
+    #[error("{name} not found; looked at {}", list(looked))]
+    NotFound {
+        /// The binary's name.
+        name: &'static str,
+        /// Every place looked, in search order.
+        looked: Vec<Looked>,
+    },
+}
+
+fn list(looked: &[Looked]) -> String {
+    if looked.is_empty() {
+        return "nothing".to_owned();
+    }
+    looked
+        .iter()
+        .map(Looked::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The environment [`find_in`] reads: the values of [`VMM_DIR_ENV`] and
+/// `PATH`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchEnv {
+    /// `$SANDVISOR_VMM_DIR`; unset or empty means no such step.
+    pub vmm_dir: Option<OsString>,
+    /// `$PATH`.
+    pub path: Option<OsString>,
+}
+
+impl SearchEnv {
+    /// The values in this process's environment.
+    pub fn from_process() -> Self {
+        Self {
+            vmm_dir: std::env::var_os(VMM_DIR_ENV),
+            path: std::env::var_os("PATH"),
+        }
+    }
+}
+
+/// Finds `binary` with this process's environment; see the module docs for
+/// the order. `configured` is the config's path for it, if any.
+///
+/// # Errors
+///
+/// [`LookupError::Configured`] when `configured` is set but is not an
+/// executable file; [`LookupError::NotFound`] when no step finds one.
+pub fn find(binary: &Binary, configured: Option<&Path>) -> Result<Found, LookupError> {
+    find_in(binary, configured, &SearchEnv::from_process())
+}
+
+/// [`find`] with the environment given as `env`.
+///
+/// # Errors
+///
+/// As for [`find`].
+pub fn find_in(
+    binary: &Binary,
+    configured: Option<&Path>,
+    env: &SearchEnv,
+) -> Result<Found, LookupError> {
+    let kata = binary.kata_paths.iter().map(PathBuf::from);
+    search(binary.name, configured, env, kata)
+}
+
+/// The search proper, over the candidates the inputs give.
+fn search(
+    name: &'static str,
+    configured: Option<&Path>,
+    env: &SearchEnv,
+    kata_paths: impl IntoIterator<Item = PathBuf>,
+) -> Result<Found, LookupError> {
+    if let Some(path) = configured {
+        return match check(path) {
+            Ok(()) => Ok(Found {
+                path: path.to_owned(),
+                source: Source::Config,
+            }),
+            Err(problem) => Err(LookupError::Configured {
+                name,
+                path: path.to_owned(),
+                problem,
+            }),
+        };
+    }
+    let mut looked: Vec<Looked> = Vec::new();
+    for (path, source) in candidates(name, env, kata_paths) {
+        if looked.iter().any(|l| l.path == path) {
+            continue;
+        }
+        match check(&path) {
+            Ok(()) => return Ok(Found { path, source }),
+            Err(problem) => looked.push(Looked {
+                path,
+                source,
+                problem,
+            }),
+        }
+    }
+    Err(LookupError::NotFound { name, looked })
+}
+
+/// Steps 2 to 4 of the search, in order.
+fn candidates(
+    name: &str,
+    env: &SearchEnv,
+    kata_paths: impl IntoIterator<Item = PathBuf>,
+) -> Vec<(PathBuf, Source)> {
+    let mut out = Vec::new();
+    if let Some(dir) = env.vmm_dir.as_ref().filter(|d| !d.is_empty()) {
+        out.push((Path::new(dir).join(name), Source::VmmDir));
+    }
+    if let Some(path) = &env.path {
+        out.extend(
+            std::env::split_paths(path)
+                .filter(|dir| dir.is_absolute())
+                .map(|dir| (dir.join(name), Source::Path)),
+        );
+    }
+    out.extend(kata_paths.into_iter().map(|p| (p, Source::KataDefault)));
+    out
+}
+
+/// Whether `path` is a regular file (after symlinks) this process may
+/// execute.
+fn check(path: &Path) -> Result<(), Problem> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Problem::Missing),
+        Err(e) => return Err(Problem::Inaccessible(e.kind())),
+    };
+    if !meta.is_file() {
+        return Err(Problem::NotAFile);
+    }
+    access(path, AccessFlags::X_OK).map_err(|_| Problem::NotExecutable)
+}
+
+/// Errors of [`version`].
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    /// The binary could not be started.
+    #[error("cannot run {} --version", path.display())]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for it or reading its output failed.
+    #[error("cannot read the output of {} --version", path.display())]
+    Io {
+        /// The binary.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// It did not exit within the deadline; it was killed.
+    #[error("{} --version did not exit within {timeout:?}", path.display())]
+    Timeout {
+        /// The binary.
+        path: PathBuf,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// It exited unsuccessfully.
+    #[error("{} --version failed ({status}): {message}", path.display())]
+    Failed {
+        /// The binary.
+        path: PathBuf,
+        /// How it exited.
+        status: ExitStatus,
+        /// The first line of its error output (or of its output).
+        message: String,
+    },
+    /// It exited successfully but printed nothing.
+    #[error("{} --version printed nothing", path.display())]
+    Empty {
+        /// The binary.
+        path: PathBuf,
+    },
+}
+
+/// Runs `<path> --version` and returns the first non-empty line it prints
+/// (on standard output, or on standard error when standard output is
+/// empty), trimmed. The child gets no standard input; if it has not exited
+/// within `timeout` it is killed and reaped.
+///
+/// # Errors
+///
+/// [`VersionError::Spawn`] if it cannot be started, [`VersionError::Timeout`]
+/// if it overruns, [`VersionError::Failed`] if it exits unsuccessfully,
+/// [`VersionError::Empty`] if it prints nothing, [`VersionError::Io`] if
+/// its output cannot be read.
+pub async fn version(path: &Path, timeout: Duration) -> Result<String, VersionError> {
+    let mut child = Command::new(path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| VersionError::Spawn {
+            path: path.to_owned(),
+            source,
+        })?;
+    let outcome = tokio::time::timeout(timeout, collect(&mut child)).await;
+    let (status, stdout, stderr) = match outcome {
+        Ok(Ok(done)) => done,
+        Ok(Err(source)) => {
+            reap(&mut child, timeout).await;
+            return Err(VersionError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        Err(_) => {
+            reap(&mut child, timeout).await;
+            return Err(VersionError::Timeout {
+                path: path.to_owned(),
+                timeout,
+            });
+        }
+    };
+    let first = first_line(&stdout).or_else(|| first_line(&stderr));
+    if !status.success() {
+        return Err(VersionError::Failed {
+            path: path.to_owned(),
+            status,
+            message: first_line(&stderr)
+                .or_else(|| first_line(&stdout))
+                .unwrap_or_default(),
+        });
+    }
+    first.ok_or_else(|| VersionError::Empty {
+        path: path.to_owned(),
+    })
+}
+
+/// Reads both output streams (up to [`VERSION_OUTPUT_LIMIT`] each) and
+/// waits for the exit.
+async fn collect(child: &mut Child) -> io::Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (out, err, status) = tokio::join!(read_all(stdout), read_all(stderr), child.wait());
+    Ok((status?, out?, err?))
+}
+
+async fn read_all(stream: Option<impl AsyncRead + Unpin>) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if let Some(stream) = stream {
+        stream
+            .take(VERSION_OUTPUT_LIMIT)
+            .read_to_end(&mut buf)
+            .await?;
+    }
+    Ok(buf)
+}
+
+/// Kills `child` and waits (at most `timeout`) for it to be reaped.
+async fn reap(child: &mut Child, timeout: Duration) {
+    // Either may fail only because the child is already gone.
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(timeout, child.wait()).await;
+}
+
+fn first_line(bytes: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Writes an executable shell script `name` in `dir` running `body`.
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    fn plain_file(dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, "not a program\n").expect("write file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        path
+    }
+
+    fn env(vmm_dir: Option<&Path>, path: &[&Path]) -> SearchEnv {
+        SearchEnv {
+            vmm_dir: vmm_dir.map(|d| d.as_os_str().to_owned()),
+            path: Some(std::env::join_paths(path).expect("joinable PATH")),
+        }
+    }
+
+    const NAME: &str = "fake-vmm";
+
+    #[test]
+    fn the_configured_path_wins_over_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configured = script(dir.path(), "configured", "exit 0");
+        let vmm_dir = tempfile::tempdir().expect("tempdir");
+        script(vmm_dir.path(), NAME, "exit 0");
+        let found = search(
+            NAME,
+            Some(&configured),
+            &env(Some(vmm_dir.path()), &[vmm_dir.path()]),
+            [],
+        );
+        assert_eq!(
+            found,
+            Ok(Found {
+                path: configured,
+                source: Source::Config
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_configured_path_is_an_error_even_when_others_exist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        script(dir.path(), NAME, "exit 0");
+        let everywhere = env(Some(dir.path()), &[dir.path()]);
+        let missing = dir.path().join("missing");
+        let plain = plain_file(dir.path(), "plain");
+        let cases = [
+            (missing.clone(), Problem::Missing),
+            (plain.clone(), Problem::NotExecutable),
+            (dir.path().to_owned(), Problem::NotAFile),
+        ];
+        for (path, problem) in cases {
+            assert_eq!(
+                search(NAME, Some(&path), &everywhere, []),
+                Err(LookupError::Configured {
+                    name: NAME,
+                    path: path.clone(),
+                    problem
+                }),
+                "{}",
+                path.display()
+            );
+        }
+        let message = search(NAME, Some(&missing), &everywhere, [])
+            .expect_err("missing")
+            .to_string();
+        assert_eq!(
+            message,
+            format!("configured fake-vmm {} does not exist", missing.display())
+        );
+    }
+
+    #[test]
+    fn the_vmm_dir_comes_before_path() {
+        let vmm_dir = tempfile::tempdir().expect("tempdir");
+        let in_vmm_dir = script(vmm_dir.path(), NAME, "exit 0");
+        let bin = tempfile::tempdir().expect("tempdir");
+        script(bin.path(), NAME, "exit 0");
+        let found = search(NAME, None, &env(Some(vmm_dir.path()), &[bin.path()]), []);
+        assert_eq!(
+            found,
+            Ok(Found {
+                path: in_vmm_dir,
+                source: Source::VmmDir
+            })
+        );
+    }
+
+    #[test]
+    fn path_is_searched_in_order_past_unusable_entries() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        let plain = tempfile::tempdir().expect("tempdir");
+        plain_file(plain.path(), NAME);
+        let first = tempfile::tempdir().expect("tempdir");
+        let wanted = script(first.path(), NAME, "exit 0");
+        let second = tempfile::tempdir().expect("tempdir");
+        script(second.path(), NAME, "exit 0");
+        // The VMM directory is set but lacks the binary.
+        let found = search(
+            NAME,
+            None,
+            &env(
+                Some(empty.path()),
+                &[empty.path(), plain.path(), first.path(), second.path()],
+            ),
+            [],
+        );
+        assert_eq!(
+            found,
+            Ok(Found {
+                path: wanted,
+                source: Source::Path
+            })
+        );
+    }
+
+    #[test]
+    fn relative_and_empty_path_entries_are_skipped() {
+        let cwd_like = tempfile::tempdir().expect("tempdir");
+        script(cwd_like.path(), NAME, "exit 0");
+        let env = SearchEnv {
+            vmm_dir: Some(OsString::new()),
+            path: Some(OsString::from("::relative/dir:.")),
+        };
+        assert_eq!(
+            search(NAME, None, &env, []),
+            Err(LookupError::NotFound {
+                name: NAME,
+                looked: vec![]
+            })
+        );
+    }
+
+    #[test]
+    fn kata_defaults_come_last() {
+        let kata = tempfile::tempdir().expect("tempdir");
+        let usr_bin = kata.path().join("usr-bin");
+        fs::create_dir(&usr_bin).expect("mkdir");
+        let opt_kata = kata.path().join("opt-kata");
+        fs::create_dir(&opt_kata).expect("mkdir");
+        let wanted = script(&opt_kata, NAME, "exit 0");
+        let empty = tempfile::tempdir().expect("tempdir");
+        let found = search(
+            NAME,
+            None,
+            &env(None, &[empty.path()]),
+            [usr_bin.join(NAME), wanted.clone()],
+        );
+        assert_eq!(
+            found,
+            Ok(Found {
+                path: wanted,
+                source: Source::KataDefault
+            })
+        );
+    }
+
+    #[test]
+    fn not_found_lists_every_place_once_in_order() {
+        let vmm_dir = tempfile::tempdir().expect("tempdir");
+        let bin = tempfile::tempdir().expect("tempdir");
+        let plain = plain_file(bin.path(), NAME);
+        let kata = vmm_dir.path().join("kata").join(NAME);
+        let err = search(
+            NAME,
+            None,
+            &env(Some(vmm_dir.path()), &[bin.path(), vmm_dir.path()]),
+            // The VMM directory's path again: listed once, as the VMM dir's.
+            [vmm_dir.path().join(NAME), kata.clone()],
+        )
+        .expect_err("nothing usable");
+        let in_vmm_dir = vmm_dir.path().join(NAME);
+        assert_eq!(
+            err,
+            LookupError::NotFound {
+                name: NAME,
+                looked: vec![
+                    Looked {
+                        path: in_vmm_dir.clone(),
+                        source: Source::VmmDir,
+                        problem: Problem::Missing
+                    },
+                    Looked {
+                        path: plain.clone(),
+                        source: Source::Path,
+                        problem: Problem::NotExecutable
+                    },
+                    Looked {
+                        path: kata.clone(),
+                        source: Source::KataDefault,
+                        problem: Problem::Missing
+                    },
+                ]
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "fake-vmm not found; looked at {} ($SANDVISOR_VMM_DIR: does not exist), \
+                 {} (PATH: is not executable), {} (Kata's default: does not exist)",
+                in_vmm_dir.display(),
+                plain.display(),
+                kata.display()
+            )
+        );
+    }
+
+    #[test]
+    fn find_in_uses_the_binarys_kata_paths() {
+        let binary = Binary {
+            name: "sandvisor-test-no-such-vmm",
+            kata_paths: &["/nonexistent/sandvisor/a", "/nonexistent/sandvisor/b"],
+        };
+        let err = find_in(&binary, None, &SearchEnv::default()).expect_err("absent");
+        let LookupError::NotFound { name, looked } = err else {
+            panic!("expected NotFound, got {err:?}");
+        };
+        assert_eq!(name, "sandvisor-test-no-such-vmm");
+        let paths: Vec<_> = looked.iter().map(|l| l.path.clone()).collect();
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("/nonexistent/sandvisor/a"),
+                PathBuf::from("/nonexistent/sandvisor/b")
+            ]
+        );
+        assert!(looked.iter().all(|l| l.source == Source::KataDefault));
+    }
+
+    #[test]
+    fn every_kata_path_is_absolute_and_ends_in_the_name() {
+        for b in [
+            Binary::CLOUD_HYPERVISOR,
+            Binary::CH_REMOTE,
+            Binary::FIRECRACKER,
+            Binary::JAILER,
+            Binary::QEMU,
+            Binary::ACRN_DM,
+            Binary::ACRNCTL,
+            Binary::VIRTIOFSD,
+        ] {
+            for p in b.kata_paths {
+                let p = Path::new(p);
+                assert!(p.is_absolute(), "{}", p.display());
+                assert_eq!(p.file_name(), Some(b.name.as_ref()), "{}", p.display());
+            }
+        }
+    }
+
+    /// [`version`], retried while the script is busy: another test's child
+    /// may briefly hold it open for writing (ETXTBSY), which passes.
+    async fn version_of(path: &Path, timeout: Duration) -> Result<String, VersionError> {
+        for _ in 0..50 {
+            match version(path, timeout).await {
+                Err(VersionError::Spawn { source, .. })
+                    if source.raw_os_error() == Some(nix::libc::ETXTBSY) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+        version(path, timeout).await
+    }
+
+    #[tokio::test]
+    async fn version_is_the_first_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = script(
+            dir.path(),
+            NAME,
+            r#"[ "$1" = --version ] || exit 9; printf '\n  fake-vmm v1.2.3  \nMigration Protocol Versions: 0\n'"#,
+        );
+        let v = version_of(&bin, DEFAULT_VERSION_TIMEOUT).await;
+        assert_eq!(v.expect("version"), "fake-vmm v1.2.3");
+    }
+
+    #[tokio::test]
+    async fn version_falls_back_to_stderr() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = script(dir.path(), NAME, "echo 'old-vmm 0.1' >&2");
+        let v = version_of(&bin, DEFAULT_VERSION_TIMEOUT).await;
+        assert_eq!(v.expect("version"), "old-vmm 0.1");
+    }
+
+    #[tokio::test]
+    async fn a_failing_binary_reports_its_status_and_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = script(
+            dir.path(),
+            NAME,
+            "echo 'fake-vmm v1'; echo 'unknown flag' >&2; exit 3",
+        );
+        let err = version_of(&bin, DEFAULT_VERSION_TIMEOUT)
+            .await
+            .expect_err("fails");
+        let VersionError::Failed {
+            status, message, ..
+        } = &err
+        else {
+            panic!("expected Failed, got {err:?}");
+        };
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(message, "unknown flag");
+    }
+
+    #[tokio::test]
+    async fn silence_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = script(dir.path(), NAME, "exit 0");
+        let err = version_of(&bin, DEFAULT_VERSION_TIMEOUT)
+            .await
+            .expect_err("empty");
+        assert!(matches!(err, VersionError::Empty { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_binary_times_out_and_is_killed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        let bin = script(
+            dir.path(),
+            NAME,
+            &format!("echo $$ > {}; exec sleep 600", pid_file.display()),
+        );
+        let err = version_of(&bin, Duration::from_millis(300))
+            .await
+            .expect_err("hangs");
+        assert!(matches!(err, VersionError::Timeout { .. }), "{err:?}");
+        // The child was killed and reaped: its pid names no process now
+        // (or, if the pid was reused, not our sleep).
+        if let Ok(pid) = fs::read_to_string(&pid_file) {
+            let cmdline = fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains("sleep"),
+                "the hung child {} still runs",
+                pid.trim()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_cannot_be_spawned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = version_of(&dir.path().join("absent"), DEFAULT_VERSION_TIMEOUT)
+            .await
+            .expect_err("absent");
+        assert!(matches!(err, VersionError::Spawn { .. }), "{err:?}");
+    }
+}
