@@ -4,9 +4,131 @@
 # missing packages and `image build` rebuilds only when an input changed.
 #
 #   scripts/setup.sh            everything
-#   scripts/setup.sh --deps     only the apt packages
+#   scripts/setup.sh --deps     only the dependencies: apt packages and VMMs
+#   scripts/setup.sh --vmms     only the VMMs
+#
+# The VMMs (cloud-hypervisor, ch-remote, firecracker, jailer) go into
+# $SANDVISOR_BIN_DIR (default /usr/local/bin) when missing: copied from
+# $SANDVISOR_VMM_DIR when it is set, otherwise downloaded from the pinned
+# upstream releases below and checked against their SHA-256.
+# SANDVISOR_CH_URL and SANDVISOR_FC_URL replace the two release download
+# directories (a mirror); the pinned digests still apply.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Cloud Hypervisor publishes no checksum file with its releases, so the
+# digests of the two static binaries are pinned here. v53.0 (2026-07-12) is
+# the newest release tag; builds reporting v54.0.0 come from main after it.
+CH_VERSION=v53.0
+CH_URL=${SANDVISOR_CH_URL:-https://github.com/cloud-hypervisor/cloud-hypervisor/releases/download/$CH_VERSION}
+CH_SHA256=448af3d4e59b22c2987f7df94c213ad40fb53a10d437e42b5ee6c4fce7c29ecc
+CH_REMOTE_SHA256=13f32ba952e6791fd901f2279be2055fbacc64005f96c42a8e90d58860df84a7
+# Firecracker publishes <tarball>.sha256.txt; the tarball must match both
+# it and the digest pinned here.
+FC_VERSION=v1.17.0
+FC_TARBALL=firecracker-$FC_VERSION-x86_64.tgz
+FC_URL=${SANDVISOR_FC_URL:-https://github.com/firecracker-microvm/firecracker/releases/download/$FC_VERSION}
+FC_TARBALL_SHA256=06094a1108ae9e82aa4c23a775aa92758f53f1175d422270d9d6162cb9ade558
+
+bin_dir=${SANDVISOR_BIN_DIR:-/usr/local/bin}
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+# Whether the VMM binary $1 is already installed: in $bin_dir or on PATH.
+vmm_present() {
+  [ -x "$bin_dir/$1" ] || command -v "$1" >/dev/null 2>&1
+}
+
+# install_vmm SRC NAME: installs SRC as $bin_dir/NAME.
+install_vmm() {
+  $sudo install -D -m 0755 "$1" "$bin_dir/$2"
+  echo "setup: installed $bin_dir/$2 ($("$bin_dir/$2" --version 2>/dev/null | head -n1))" >&2
+}
+
+# fetch URL FILE: downloads URL to FILE or stops setup saying what to do.
+fetch() {
+  if ! curl -fsSL --connect-timeout 15 --retry 2 -o "$2" "$1"; then
+    echo "setup: cannot download $1" >&2
+    echo "setup: without internet access, set SANDVISOR_VMM_DIR to a directory holding cloud-hypervisor, ch-remote, firecracker and jailer" >&2
+    exit 1
+  fi
+}
+
+# check_sha256 FILE DIGEST URL: stops setup unless FILE, downloaded from
+# URL, has that SHA-256.
+check_sha256() {
+  local got
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  if [ "$got" != "$2" ]; then
+    echo "setup: $3 has SHA-256 $got, expected $2; not installing it" >&2
+    exit 1
+  fi
+}
+
+install_vmms() {
+  local names=(cloud-hypervisor ch-remote firecracker jailer) missing=() n
+  for n in "${names[@]}"; do
+    if vmm_present "$n"; then
+      local at
+      at=$([ -x "$bin_dir/$n" ] && echo "$bin_dir/$n" || command -v "$n")
+      echo "setup: $n present: $at ($("$at" --version 2>/dev/null | head -n1))" >&2
+    else
+      missing+=("$n")
+    fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+
+  if [ -n "${SANDVISOR_VMM_DIR:-}" ]; then
+    for n in "${missing[@]}"; do
+      if [ ! -x "$SANDVISOR_VMM_DIR/$n" ]; then
+        echo "setup: SANDVISOR_VMM_DIR=$SANDVISOR_VMM_DIR has no executable $n" >&2
+        exit 1
+      fi
+    done
+    for n in "${missing[@]}"; do
+      install_vmm "$SANDVISOR_VMM_DIR/$n" "$n"
+    done
+    return 0
+  fi
+
+  if [ "$(uname -m)" != x86_64 ]; then
+    echo "setup: the pinned VMM releases are for x86_64, not $(uname -m); set SANDVISOR_VMM_DIR" >&2
+    exit 1
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  # shellcheck disable=SC2064 # expand $tmp now: it is local
+  trap "rm -rf '$tmp'" EXIT
+  for n in "${missing[@]}"; do
+    case $n in
+      cloud-hypervisor | ch-remote)
+        local digest=$CH_SHA256
+        [ "$n" = ch-remote ] && digest=$CH_REMOTE_SHA256
+        echo "setup: downloading $n $CH_VERSION" >&2
+        fetch "$CH_URL/$n-static" "$tmp/$n"
+        check_sha256 "$tmp/$n" "$digest" "$CH_URL/$n-static"
+        install_vmm "$tmp/$n" "$n"
+        ;;
+      firecracker | jailer)
+        if [ ! -d "$tmp/fc" ]; then
+          echo "setup: downloading Firecracker $FC_VERSION" >&2
+          fetch "$FC_URL/$FC_TARBALL" "$tmp/$FC_TARBALL"
+          fetch "$FC_URL/$FC_TARBALL.sha256.txt" "$tmp/$FC_TARBALL.sha256.txt"
+          local published
+          published=$(cut -d' ' -f1 "$tmp/$FC_TARBALL.sha256.txt")
+          if [ "$published" != "$FC_TARBALL_SHA256" ]; then
+            echo "setup: $FC_TARBALL.sha256.txt says $published, expected $FC_TARBALL_SHA256" >&2
+            exit 1
+          fi
+          check_sha256 "$tmp/$FC_TARBALL" "$FC_TARBALL_SHA256" "$FC_URL/$FC_TARBALL"
+          mkdir "$tmp/fc"
+          tar -xzf "$tmp/$FC_TARBALL" -C "$tmp/fc"
+        fi
+        install_vmm "$tmp/fc/release-$FC_VERSION-x86_64/$n-$FC_VERSION-x86_64" "$n"
+        ;;
+    esac
+  done
+}
 
 # qemu-system-x86: the VMM. busybox-static: the guest's shell and tools.
 # e2fsprogs: mkfs.ext4 for disk images in tests. The guest kernel is NOT
@@ -14,12 +136,15 @@ cd "$(dirname "$0")/.."
 # directory, never into the host's /boot.
 packages=(qemu-system-x86 busybox-static e2fsprogs)
 
+if [ "${1:-}" = "--vmms" ]; then
+  install_vmms
+  exit 0
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
 # `image build` fetches the kernel with `apt-get download`, which needs the
 # package lists even when every package above is already installed.
 if [ ${#missing[@]} -gt 0 ] || ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
@@ -32,6 +157,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "setup: apt packages present: ${packages[*]}" >&2
 fi
+install_vmms
 [ "${1:-}" = "--deps" ] && exit 0
 
 if ! cargo nextest --version >/dev/null 2>&1; then
