@@ -32,6 +32,8 @@ use nix::unistd::{access, AccessFlags};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::{Child, Command};
 
+use crate::hypervisor_type::HypervisorType;
+
 /// The environment variable naming a directory of VMM binaries, searched
 /// before `PATH`.
 pub const VMM_DIR_ENV: &str = "SANDVISOR_VMM_DIR";
@@ -99,6 +101,16 @@ impl Binary {
         name: "virtiofsd",
         kata_paths: &["/usr/libexec/virtiofsd", "/opt/kata/libexec/virtiofsd"],
     };
+
+    /// The VMM binary of backend `kind`, from its
+    /// [`BackendFacts`](crate::backends::BackendFacts); `None` for the mock.
+    pub fn for_backend(kind: HypervisorType) -> Option<Binary> {
+        let facts = crate::backends::facts(kind);
+        facts.binary.map(|name| Binary {
+            name,
+            kata_paths: facts.kata_paths,
+        })
+    }
 }
 
 /// Where a binary was found, or looked for.
@@ -731,6 +743,27 @@ mod tests {
                 assert_eq!(p.file_name(), Some(b.name.as_ref()), "{}", p.display());
             }
         }
+    }
+
+    #[test]
+    fn the_backends_binaries_are_the_named_constants() {
+        assert_eq!(
+            Binary::for_backend(HypervisorType::Qemu),
+            Some(Binary::QEMU)
+        );
+        assert_eq!(
+            Binary::for_backend(HypervisorType::Clh),
+            Some(Binary::CLOUD_HYPERVISOR)
+        );
+        assert_eq!(
+            Binary::for_backend(HypervisorType::Firecracker),
+            Some(Binary::FIRECRACKER)
+        );
+        assert_eq!(
+            Binary::for_backend(HypervisorType::Acrn),
+            Some(Binary::ACRN_DM)
+        );
+        assert_eq!(Binary::for_backend(HypervisorType::Mock), None);
     }
 
     /// [`version`], retried while the script is busy: another test's child
