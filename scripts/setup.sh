@@ -45,12 +45,14 @@ install_vmm() {
   echo "setup: installed $bin_dir/$2 ($("$bin_dir/$2" --version 2>/dev/null | head -n1))" >&2
 }
 
-# fetch URL FILE: downloads URL to FILE or stops setup saying what to do.
+# fetch URL FILE: downloads URL to FILE, or says what to do and fails. A
+# download that cannot happen (no network) does not stop setup: QEMU needs
+# none of these, and the clh and firecracker backends name what is missing.
 fetch() {
   if ! curl -fsSL --connect-timeout 15 --retry 2 -o "$2" "$1"; then
-    echo "setup: cannot download $1" >&2
-    echo "setup: without internet access, set SANDVISOR_VMM_DIR to a directory holding cloud-hypervisor, ch-remote, firecracker and jailer" >&2
-    exit 1
+    echo "setup: WARNING: cannot download $1" >&2
+    echo "setup: the clh and firecracker backends need it; without internet access, set SANDVISOR_VMM_DIR to a directory holding cloud-hypervisor, ch-remote, firecracker and jailer" >&2
+    return 1
   fi
 }
 
@@ -105,15 +107,15 @@ install_vmms() {
         local digest=$CH_SHA256
         [ "$n" = ch-remote ] && digest=$CH_REMOTE_SHA256
         echo "setup: downloading $n $CH_VERSION" >&2
-        fetch "$CH_URL/$n-static" "$tmp/$n"
+        fetch "$CH_URL/$n-static" "$tmp/$n" || continue
         check_sha256 "$tmp/$n" "$digest" "$CH_URL/$n-static"
         install_vmm "$tmp/$n" "$n"
         ;;
       firecracker | jailer)
         if [ ! -d "$tmp/fc" ]; then
           echo "setup: downloading Firecracker $FC_VERSION" >&2
-          fetch "$FC_URL/$FC_TARBALL" "$tmp/$FC_TARBALL"
-          fetch "$FC_URL/$FC_TARBALL.sha256.txt" "$tmp/$FC_TARBALL.sha256.txt"
+          fetch "$FC_URL/$FC_TARBALL" "$tmp/$FC_TARBALL" || continue
+          fetch "$FC_URL/$FC_TARBALL.sha256.txt" "$tmp/$FC_TARBALL.sha256.txt" || continue
           local published
           published=$(cut -d' ' -f1 "$tmp/$FC_TARBALL.sha256.txt")
           if [ "$published" != "$FC_TARBALL_SHA256" ]; then

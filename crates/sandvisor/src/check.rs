@@ -174,36 +174,15 @@ pub fn accel_verdict(requested: Accel, kvm: &KvmProbe) -> (Option<Accel>, String
     }
 }
 
-/// Runs `<vmm> --version` and returns its first line.
+/// Runs `<vmm> --version` and returns its first line
+/// ([`crate::backends::vmm::lookup::version`]).
 ///
 /// # Errors
 /// A description of what failed: spawn, exit status, or the timeout.
 pub async fn vmm_version(vmm: &Path, timeout: Duration) -> Result<String, String> {
-    let child = tokio::process::Command::new(vmm)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(timeout, child).await {
-        Err(_) => {
-            return Err(format!(
-                "`{} --version` did not answer within {} s",
-                vmm.display(),
-                timeout.as_secs_f32()
-            ))
-        }
-        Ok(Err(e)) => return Err(format!("cannot run {}: {e}", vmm.display())),
-        Ok(Ok(out)) => out,
-    };
-    if !out.status.success() {
-        return Err(format!(
-            "`{} --version` failed with {}",
-            vmm.display(),
-            out.status
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(stdout.lines().next().unwrap_or_default().trim().to_string())
+    crate::backends::vmm::lookup::version(vmm, timeout)
+        .await
+        .map_err(|e| error_chain(&e))
 }
 
 fn file_item(name: &'static str, key: &str, path: Option<&Path>, fix_missing: &str) -> CheckItem {

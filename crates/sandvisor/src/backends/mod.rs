@@ -118,26 +118,19 @@ pub fn facts(kind: HypervisorType) -> &'static BackendFacts {
 }
 
 impl BackendFacts {
-    /// The binary a config without `path` gets: the first of
-    /// [`BackendFacts::kata_paths`] that exists, else the first
-    /// [`BackendFacts::binary`] on `PATH`, else the first Kata path (which
+    /// The binary a config without `path` gets: found by
+    /// [`vmm::lookup::find`] (`$SANDVISOR_VMM_DIR`, then `PATH`, then
+    /// [`BackendFacts::kata_paths`]), else the first Kata path (which
     /// `sandvisor check` then reports missing). `None` for the mock.
     pub fn default_binary(&self) -> Option<PathBuf> {
-        let name = self.binary?;
-        if let Some(found) = self
-            .kata_paths
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-        {
-            return Some(found);
-        }
-        let on_path = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|candidate| candidate.is_file())
-        });
-        on_path.or_else(|| self.kata_paths.first().map(PathBuf::from))
+        let binary = vmm::lookup::Binary::for_backend(self.kind)?;
+        Some(match vmm::lookup::find(&binary, None) {
+            Ok(found) => found.path,
+            Err(_) => self
+                .kata_paths
+                .first()
+                .map_or_else(|| PathBuf::from(binary.name), PathBuf::from),
+        })
     }
 }
 

@@ -368,7 +368,7 @@ pub enum VersionError {
         source: io::Error,
     },
     /// It did not exit within the deadline; it was killed.
-    #[error("{} --version did not exit within {timeout:?}", path.display())]
+    #[error("{} --version did not answer within {timeout:?}", path.display())]
     Timeout {
         /// The binary.
         path: PathBuf,
