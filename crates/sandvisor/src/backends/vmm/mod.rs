@@ -1,7 +1,9 @@
 //! What the VMM-process backends share: finding the VMM binary
 //! ([`lookup`]), supervising the VMM and its helper processes ([`process`]),
-//! and virtiofsd ([`virtiofsd`]).
+//! virtiofsd ([`virtiofsd`]), and the REST client for their API sockets
+//! ([`rest`]).
 
 pub mod lookup;
 pub mod process;
+pub mod rest;
 pub mod virtiofsd;
