@@ -3,6 +3,8 @@
 //! virtiofsd ([`virtiofsd`]), and the REST client for their API sockets
 //! ([`rest`]).
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod lookup;
 pub mod process;
 pub mod rest;
