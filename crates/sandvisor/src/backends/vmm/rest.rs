@@ -1,7 +1,7 @@
 //! A typed REST client for the VMM APIs on a unix socket: Cloud
 //! Hypervisor's `--api-socket` and Firecracker's `--api-sock`.
 //!
-//! It reads like the QMP client ([`crate::qemu::qmp`]): every request is a
+//! It reads like the QMP client (`qemu::qmp`): every request is a
 //! serde struct implementing [`Endpoint`], which names its method, its path
 //! and the type its reply decodes into; the struct itself is the JSON body.
 //! One [`RestClient`] holds one HTTP/1.1 connection (hyper) to one VMM and
@@ -23,6 +23,8 @@ mod error;
 mod fdpass;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vmm_tests;
 
 use std::borrow::Cow;
 use std::fmt;
