@@ -11,6 +11,7 @@ use super::launch::host_memory_mib;
 use super::qmp;
 use super::{Qemu, QemuError, QemuSpec};
 use crate::backends::vmm::process::Supervised;
+use crate::backends::vmm::vsock_daemon::{DaemonPaths, VsockDaemon};
 use crate::config::HypervisorConfig;
 use crate::hypervisor::{HypervisorState, Result, VmState};
 use crate::hypervisor_type::HypervisorType;
@@ -39,6 +40,7 @@ impl Qemu {
             hotplugged_memory: self.hot.memory.clone(),
             hotplugged_devices: self.hot.device_strings(),
             virtiofsd_pid: self.virtiofsd.as_ref().map(Supervised::pid),
+            vsock_daemon: self.vsock_daemon.as_ref().map(VsockDaemon::process_ref),
             pcie_root_port: self.config.pcie_root_port,
             hotplug_vfio_on_root_bus: self.config.hotplug_vfio_on_root_bus,
             config: self.config.clone(),
@@ -140,6 +142,17 @@ impl Qemu {
         self.virtiofsd = match state.virtiofsd_pid {
             Some(pid) => Some(Supervised::adopt(pid, "virtiofsd")?),
             None => None,
+        };
+        self.vsock_daemon = match (state.vsock_daemon, &self.paths) {
+            (Some(process), Some(paths)) => Some(VsockDaemon::adopt(
+                process,
+                DaemonPaths {
+                    vhost_user: paths.vsock_vhost_user.clone(),
+                    uds: paths.hvsock.clone(),
+                    log: paths.vsock_daemon_log.clone(),
+                },
+            )?),
+            _ => None,
         };
         self.detached = false;
         Ok(())
