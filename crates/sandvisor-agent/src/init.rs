@@ -137,7 +137,7 @@ pub fn cmdline_value<'a>(cmdline: &'a str, param: &str) -> Option<&'a str> {
         .filter_map(|w| w.split_once('='))
         .filter(|(k, _)| *k == param)
         .map(|(_, v)| v)
-        .last()
+        .next_back()
 }
 
 #[cfg(test)]

@@ -703,6 +703,13 @@ fn use_vsock_without_vhost_vsock_is_a_hybrid_vsock_or_an_error() {
     ] {
         assert!(msg.contains(needle), "{needle:?} not in {msg}");
     }
+    // Named in the file, the daemon is used even where vhost-vsock opens.
+    let named = format!("{text}vhost_user_vsock_daemon = \"/srv/vdv\"\n");
+    let rc = parse_config(&named, file, None, HOST, &VsockHost::vhost_vsock()).expect("loads");
+    assert_eq!(
+        rc.config.vhost_user_vsock_daemon.as_deref(),
+        Some(Path::new("/srv/vdv"))
+    );
     // Without use_vsock nothing is looked at.
     let rc = parse_config(MINIMAL, file, None, HOST, &neither).expect("loads");
     assert!(!rc.config.use_vsock);

@@ -68,6 +68,10 @@
 //! - `accel = "auto" | "kvm" | "tcg"` (default `auto`): how QEMU runs guest
 //!   code. `auto` takes KVM when stock guest kernels run at full speed on it
 //!   here, else TCG (see [`crate::probe::resolve_accel`]).
+//! - `vhost_user_vsock_daemon = "<path>"` (QEMU, with `use_vsock = true`):
+//!   the vhost-device-vsock binary to serve the guest's vsock as a hybrid
+//!   vsock, even where `/dev/vhost-vsock` works. Unset, the loader looks for
+//!   one only when `/dev/vhost-vsock` cannot be used.
 //!
 //! Keys left unset take sandvisor's defaults: for `qemu`, `path` is the QEMU
 //! binary found (see [`default_qemu_path`]) and `machine_type` is `q35`;
@@ -618,6 +622,8 @@ fn apply_kata_rules(
             config.use_vsock = true;
             config.disable_vhost_net = true;
         }
+        // Named in the file: a hybrid vsock was asked for.
+        HypervisorType::Qemu if config.use_vsock && config.vhost_user_vsock_daemon.is_some() => {}
         HypervisorType::Qemu if config.use_vsock => {
             if let Some(no_vhost_vsock) = &vsock.no_vhost_vsock {
                 match &vsock.daemon {

@@ -12,7 +12,7 @@
 //! - the keys of Kata's Rust runtime (`kata-types`) that name a field
 //!   sandvisor has (`boot_to_be_template`, `memory_path`, ...) or that its
 //!   files carry (`sgx_epc_size`, `overhead_vcpus`, ...);
-//! - sandvisor's own additions: `accel`.
+//! - sandvisor's own additions: `accel`, `vhost_user_vsock_daemon`.
 //!
 //! Kata reads the same struct for every hypervisor section, so every key is
 //! known in every section; which keys a backend honours is the backend's
@@ -394,6 +394,10 @@ static IMPLEMENTED: &[KeySpec] = &[
             parsed::<Accel>(v)?
         }
     }),
+    // sandvisor.
+    set!("vhost_user_vsock_daemon", |c, v, h| c
+        .vhost_user_vsock_daemon =
+        path(v)?),
 ];
 
 /// Kata keys sandvisor does not implement.

@@ -1025,3 +1025,52 @@ fn errors_stay_small_enough_to_return_by_value() {
         std::mem::size_of::<QemuError>()
     );
 }
+
+/// The vhost-device-vsock processes serving a VM under `dir`.
+fn daemons_in(dir: &Path) -> Vec<u32> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("vhost-device-vsock") && c.contains(&dir)
+            }) && crate::process::pid_alive(pid)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failed_start_with_a_hybrid_vsock_leaves_no_daemon_and_no_socket() {
+    use crate::backends::vmm::lookup;
+    let daemon = lookup::find(&lookup::Binary::VHOST_DEVICE_VSOCK, None)
+        .unwrap_or_else(|e| panic!("{e}; run scripts/setup.sh"))
+        .path;
+    let storage = tempfile::Builder::new()
+        .prefix("svq")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let (mut c, _) = hybrid_vsock();
+    c.vhost_user_vsock_daemon = Some(daemon);
+    c.accel = Accel::Tcg;
+    // A "QEMU" that exits at once, after the daemon is up.
+    c.hypervisor_path = Some("/bin/false".into());
+    let mut q = Qemu::with_storage(storage.path());
+    q.create_sandbox("s1", &NetworkNamespace::default(), &c, false)
+        .await
+        .expect("created");
+    let socket = q.generate_socket("s1", true).expect("hybrid socket");
+    q.add_device(socket.into_device()).await.expect("added");
+    let err = q
+        .start_sandbox(Duration::from_secs(30))
+        .await
+        .expect_err("qemu exits");
+    assert!(
+        matches!(err, Error::VmmExited { starting: true, .. }),
+        "{err}"
+    );
+    assert!(q.pids().is_empty(), "{:?}", q.pids());
+    assert!(daemons_in(storage.path()).is_empty(), "daemon left running");
+    assert!(!storage.path().join("s1").exists(), "VM directory left");
+}
