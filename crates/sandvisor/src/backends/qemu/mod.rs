@@ -110,6 +110,9 @@ pub struct Qemu {
     qemu: Option<Supervised>,
     virtiofsd: Option<Supervised>,
     vsock_daemon: Option<VsockDaemon>,
+    /// A vhost-device-vsock found gone at re-attach: the agent channel is
+    /// lost, and `check` says so.
+    vsock_daemon_lost: Option<crate::process::ProcessRef>,
     qmp: Option<Arc<Qmp>>,
     hot: HotplugState,
     accel: Option<Accelerator>,
@@ -190,6 +193,7 @@ impl Qemu {
             qemu: None,
             virtiofsd: None,
             vsock_daemon: None,
+            vsock_daemon_lost: None,
             qmp: None,
             hot: HotplugState::default(),
             accel: None,
@@ -270,6 +274,17 @@ impl Qemu {
 
     /// The error for a vhost-device-vsock that exited, if it has.
     fn vsock_daemon_error(&self) -> Option<QemuError> {
+        if let Some(lost) = self.vsock_daemon_lost {
+            return Some(QemuError::AgentChannelLost {
+                pid: lost.pid,
+                exit: Exit::Unknown,
+                log_tail: self
+                    .paths
+                    .as_ref()
+                    .map(|p| process::log_tail(&p.vsock_daemon_log))
+                    .unwrap_or_default(),
+            });
+        }
         let d = self.vsock_daemon.as_ref()?;
         d.exited().map(|exit| QemuError::AgentChannelLost {
             pid: d.pid(),
