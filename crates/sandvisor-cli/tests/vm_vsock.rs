@@ -255,3 +255,47 @@ fn vm_vsock_killed_daemon_is_the_agent_channel_lost() {
     env.run(&["delete", "lost", "--force"]).ok();
     assert_gone(&env, "lost", &[supervisor, vmm, daemon]);
 }
+
+#[test]
+fn vm_vsock_a_new_supervisor_adopts_the_daemon() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_host();
+    let env = Env::new();
+    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = vsock_config(config_dir.path());
+    let state = boot(&env, "adopt", &config);
+    let old = pid(&state, "supervisor");
+    let vmm = pid(&state, "vmm");
+    let daemon = assert_hybrid_vsock(&env, "adopt", vmm);
+    assert_eq!(echo(&env, "adopt").ok(), "via-vsock\n");
+    kill(old, "KILL");
+    assert!(wait_gone(old, Duration::from_secs(5)));
+    assert!(
+        alive(vmm) && alive(daemon),
+        "QEMU and its daemon outlive the supervisor"
+    );
+
+    // The next command's supervisor re-attaches: QEMU and the daemon are
+    // adopted, and the agent answers through the same daemon.
+    assert_eq!(echo(&env, "adopt").ok(), "via-vsock\n");
+    let state = env.state("adopt");
+    let new = pid(&state, "supervisor");
+    assert_ne!(new, old);
+    assert_eq!(pid(&state, "vmm"), vmm);
+    assert_eq!(assert_hybrid_vsock(&env, "adopt", vmm), daemon);
+
+    // The daemon dies while no supervisor watches: the next supervisor
+    // re-attaches to QEMU and reports the agent channel lost.
+    kill(new, "KILL");
+    kill(daemon, "KILL");
+    assert!(wait_gone(new, Duration::from_secs(5)));
+    assert!(wait_gone(daemon, Duration::from_secs(5)));
+    echo(&env, "adopt").fails_with("agent channel is lost");
+    let state = env.state("adopt");
+    let last = pid(&state, "supervisor");
+    assert_eq!(pid(&state, "vmm"), vmm);
+
+    env.run(&["delete", "adopt", "--force"]).ok();
+    assert_gone(&env, "adopt", &[new, last, vmm, daemon]);
+}
