@@ -11,7 +11,7 @@ use super::qmp::Qmp;
 use super::{Qemu, QemuError, QemuSpec, REAP_TIMEOUT};
 use crate::backends::vmm::process::{self, Supervised};
 use crate::backends::vmm::virtiofsd;
-use crate::backends::vmm::vsock_daemon::{self, DaemonPaths};
+use crate::backends::vmm::vsock_daemon;
 use crate::device::Device;
 use crate::hypervisor::Result;
 use crate::probe;
@@ -172,12 +172,12 @@ impl Qemu {
 
         // The daemon first: QEMU's vhost-user-vsock chardev connects to it
         // while QEMU starts, and QEMU exits at once without it.
-        if let Some(daemon) = qemu.hybrid_vsock.clone() {
-            let daemon_paths = DaemonPaths {
-                vhost_user: paths.vsock_vhost_user.clone(),
-                uds: paths.hvsock.clone(),
-                log: paths.vsock_daemon_log.clone(),
-            };
+        let has_hybrid_vsock = self
+            .devices
+            .iter()
+            .any(|d| matches!(d, Device::HybridVsock(_)));
+        if let Some(daemon) = qemu.hybrid_vsock.clone().filter(|_| has_hybrid_vsock) {
+            let daemon_paths = super::daemon_paths(&paths);
             let d = vsock_daemon::start(&daemon, &daemon_paths, vsock_daemon::GUEST_CID, timeout)
                 .await?;
             tracing::info!(id = self.id, pid = d.pid(), "vhost-device-vsock ready");

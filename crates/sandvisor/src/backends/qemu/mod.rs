@@ -153,6 +153,15 @@ impl Drop for Qemu {
     }
 }
 
+/// Where the VM's vhost-device-vsock keeps its sockets and log.
+fn daemon_paths(paths: &VmPaths) -> vsock_daemon::DaemonPaths {
+    vsock_daemon::DaemonPaths {
+        vhost_user: paths.vsock_vhost_user.clone(),
+        uds: paths.hvsock.clone(),
+        log: paths.vsock_daemon_log.clone(),
+    }
+}
+
 /// A random (version 4) UUID. Sixteen random bytes and two fixed fields do
 /// not justify a dependency.
 fn new_uuid() -> String {

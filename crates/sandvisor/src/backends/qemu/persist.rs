@@ -12,7 +12,7 @@ use super::qmp;
 use super::{Qemu, QemuError, QemuSpec};
 use crate::backends::vmm::process::ProcessError;
 use crate::backends::vmm::process::Supervised;
-use crate::backends::vmm::vsock_daemon::{DaemonPaths, VsockDaemon, VsockDaemonError};
+use crate::backends::vmm::vsock_daemon::{VsockDaemon, VsockDaemonError};
 use crate::config::HypervisorConfig;
 use crate::hypervisor::{HypervisorState, Result, VmState};
 use crate::hypervisor_type::HypervisorType;
@@ -151,11 +151,7 @@ impl Qemu {
         self.vsock_daemon = None;
         self.vsock_daemon_lost = None;
         if let (Some(process), Some(paths)) = (state.vsock_daemon, &self.paths) {
-            let daemon_paths = DaemonPaths {
-                vhost_user: paths.vsock_vhost_user.clone(),
-                uds: paths.hvsock.clone(),
-                log: paths.vsock_daemon_log.clone(),
-            };
+            let daemon_paths = super::daemon_paths(paths);
             match VsockDaemon::adopt(process, daemon_paths) {
                 Ok(d) => self.vsock_daemon = Some(d),
                 // Gone while no one watched: the VM runs on without its
