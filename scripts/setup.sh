@@ -167,6 +167,17 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# vhost-device-vsock (rust-vmm, crates.io): the vhost-user vsock daemon that
+# gives QEMU guests a hybrid vsock when the host has no /dev/vhost-vsock.
+# sandvisor finds it on PATH or in $CARGO_HOME/bin.
+vdv_bin=${CARGO_HOME:-$HOME/.cargo}/bin/vhost-device-vsock
+if command -v vhost-device-vsock >/dev/null 2>&1 || [ -x "$vdv_bin" ]; then
+  echo "setup: vhost-device-vsock present" >&2
+else
+  echo "setup: installing vhost-device-vsock" >&2
+  cargo install --locked --quiet vhost-device-vsock
+fi
+
 echo "setup: building sandvisor" >&2
 cargo build --release -p sandvisor-cli
 # The agent runs as the guest's PID 1 with no libraries around it, so it is

@@ -12,7 +12,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
 };
-use sandvisor_proto::{SERIAL_PORT_NAME, VSOCK_PORT};
+use sandvisor_proto::{SERIAL_PORT_NAME, USE_VSOCK_PARAM, VSOCK_PORT};
 
 use crate::server::Agent;
 use crate::{log, sys};
@@ -55,6 +55,46 @@ fn wait_for_host(port: &File) {
     }
 }
 
+/// How long the port is looked for every [`PORT_POLL_FAST`] before the
+/// agent says so and looks only every [`PORT_POLL_SLOW`].
+const PORT_FAST_FOR: Duration = Duration::from_secs(5);
+/// The port is named by the host a moment after the driver binds; every
+/// millisecond here is boot time.
+const PORT_POLL_FAST: Duration = Duration::from_millis(2);
+/// A port that has not come in [`PORT_FAST_FOR`] is late (or not coming):
+/// looking for it must not keep a vCPU busy.
+const PORT_POLL_SLOW: Duration = Duration::from_secs(1);
+
+/// How long to wait before looking for the port again, `waited` after the
+/// first look.
+fn port_poll_interval(waited: Duration) -> Duration {
+    if waited < PORT_FAST_FOR {
+        PORT_POLL_FAST
+    } else {
+        PORT_POLL_SLOW
+    }
+}
+
+/// Which channels the host asked for on the kernel command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channels {
+    /// `agent.use_vsock=true`: vsock only; there is no virtio-serial port
+    /// to look for.
+    VsockOnly,
+    /// The virtio-serial port, and vsock when the guest has it.
+    SerialAndVsock,
+}
+
+impl Channels {
+    /// The channels a kernel command line asks for.
+    pub fn from_cmdline(cmdline: &str) -> Self {
+        match crate::init::cmdline_value(cmdline, USE_VSOCK_PARAM) {
+            Some("true" | "1" | "on" | "yes") => Self::VsockOnly,
+            _ => Self::SerialAndVsock,
+        }
+    }
+}
+
 /// Serves the virtio-serial port for ever: one session per host
 /// connection.
 pub fn serve_serial(agent: &Agent) {
@@ -64,13 +104,12 @@ pub fn serve_serial(agent: &Agent) {
         if let Some(path) = find_serial_port(SERIAL_PORT_NAME) {
             break path;
         }
-        if !warned && started.elapsed() > Duration::from_secs(5) {
-            log!("no virtio-serial port named {SERIAL_PORT_NAME} yet; still looking");
+        let waited = started.elapsed();
+        if !warned && waited >= PORT_FAST_FOR {
+            log!("no virtio-serial port named {SERIAL_PORT_NAME} yet; still looking, every {PORT_POLL_SLOW:?}");
             warned = true;
         }
-        // The port is named by the host a moment after the driver binds;
-        // every millisecond here is boot time.
-        thread::sleep(Duration::from_millis(2));
+        thread::sleep(port_poll_interval(waited));
     };
     log!("serving {SERIAL_PORT_NAME} on {}", path.display());
     loop {
@@ -161,5 +200,45 @@ fn listen_vsock(agent: Arc<Agent>) {
         });
     if let Err(e) = spawned {
         log!("cannot start the vsock thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn use_vsock_true_means_vsock_only() {
+        let cases = [
+            ("quiet panic=1 agent.use_vsock=true", Channels::VsockOnly),
+            ("agent.use_vsock=false", Channels::SerialAndVsock),
+            ("quiet", Channels::SerialAndVsock),
+            // The last value wins, as the config's kernel_params come last.
+            (
+                "agent.use_vsock=true agent.use_vsock=false",
+                Channels::SerialAndVsock,
+            ),
+            (
+                "agent.use_vsock=false agent.use_vsock=true",
+                Channels::VsockOnly,
+            ),
+        ];
+        for (cmdline, want) in cases {
+            assert_eq!(Channels::from_cmdline(cmdline), want, "{cmdline}");
+        }
+    }
+
+    #[test]
+    fn the_port_is_looked_for_fast_then_slowly() {
+        assert_eq!(port_poll_interval(Duration::ZERO), PORT_POLL_FAST);
+        assert_eq!(
+            port_poll_interval(PORT_FAST_FOR - Duration::from_millis(1)),
+            PORT_POLL_FAST
+        );
+        assert_eq!(port_poll_interval(PORT_FAST_FOR), PORT_POLL_SLOW);
+        assert_eq!(
+            port_poll_interval(Duration::from_secs(3600)),
+            PORT_POLL_SLOW
+        );
     }
 }

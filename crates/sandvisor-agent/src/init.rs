@@ -129,9 +129,35 @@ pub fn cmdline_has(cmdline: &str, param: &str) -> bool {
         .any(|w| w == param || w.split_once('=').is_some_and(|(k, _)| k == param))
 }
 
+/// The value of the last `param=value` word on the kernel command line:
+/// the kernel, and Kata's agent, honour the last one.
+pub fn cmdline_value<'a>(cmdline: &'a str, param: &str) -> Option<&'a str> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter(|(k, _)| *k == param)
+        .map(|(_, v)| v)
+        .next_back()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cmdline_value_is_the_last_one() {
+        let c = "quiet agent.use_vsock=false panic=1 agent.use_vsock=true\n";
+        assert_eq!(cmdline_value(c, "agent.use_vsock"), Some("true"));
+        assert_eq!(
+            cmdline_value("agent.use_vsock=false", "agent.use_vsock"),
+            Some("false")
+        );
+        assert_eq!(
+            cmdline_value("xagent.use_vsock=true", "agent.use_vsock"),
+            None
+        );
+        assert_eq!(cmdline_value("agent.use_vsock", "agent.use_vsock"), None);
+    }
 
     #[test]
     fn cmdline_words() {

@@ -11,7 +11,8 @@
 //!
 //! It serves the sandvisor agent protocol (crate `sandvisor-proto`) on the
 //! virtio-serial port `agent.channel.0` and, when the guest has vsock, on
-//! vsock port 1024. Requests: health check, guest details, exec with
+//! vsock port 1024; with `agent.use_vsock=true` on the kernel command line,
+//! on vsock only. Requests: health check, guest details, exec with
 //! streamed output, onlining hot-plugged CPUs and memory, listing and
 //! mounting block devices, setting the clock and powering off.
 //!
@@ -74,5 +75,14 @@ fn main() {
         },
     });
     channel::start_vsock(Arc::clone(&agent));
-    channel::serve_serial(&agent);
+    match channel::Channels::from_cmdline(&init::cmdline()) {
+        channel::Channels::SerialAndVsock => channel::serve_serial(&agent),
+        channel::Channels::VsockOnly => {
+            log!("agent.use_vsock=true: serving vsock only");
+            // The vsock threads serve; PID 1 must not return.
+            loop {
+                std::thread::park();
+            }
+        }
+    }
 }

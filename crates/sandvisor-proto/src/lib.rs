@@ -76,6 +76,11 @@ pub const VSOCK_PORT: u32 = 1024;
 /// The virtio-serial port name the agent serves.
 pub const SERIAL_PORT_NAME: &str = "agent.channel.0";
 
+/// The kernel command-line key that tells the agent its channel:
+/// `agent.use_vsock=true` means vsock only, so the agent does not look for
+/// the virtio-serial port. Kata's name for it.
+pub const USE_VSOCK_PARAM: &str = "agent.use_vsock";
+
 /// The kernel command-line word that turns on the debug shell on the
 /// console.
 pub const DEBUG_CONSOLE_PARAM: &str = "sandvisor.debug_console";

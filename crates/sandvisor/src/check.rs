@@ -354,9 +354,13 @@ pub async fn run_check(
         ),
     });
 
-    let use_vsock = runtime
+    // A hybrid vsock (vhost-device-vsock) needs no vhost-vsock.
+    let hybrid = runtime
         .as_ref()
-        .is_some_and(|rc| rc.hypervisor == HypervisorType::Qemu && rc.config.use_vsock);
+        .and_then(|rc| rc.config.vhost_user_vsock_daemon.clone());
+    let use_vsock = runtime.as_ref().is_some_and(|rc| {
+        rc.hypervisor == HypervisorType::Qemu && rc.config.use_vsock && hybrid.is_none()
+    });
     let vsock = probe::probe_vhost_vsock(&paths.dev_vhost_vsock);
     items.push(match &vsock {
         Ok(()) => CheckItem::ok(
@@ -367,15 +371,18 @@ pub async fn run_check(
         Err(why) => CheckItem::no(
             "vhost-vsock",
             use_vsock,
-            if use_vsock {
-                why.clone()
-            } else {
-                match runtime.as_ref().map(|rc| rc.hypervisor) {
+            match (&hybrid, use_vsock) {
+                (Some(daemon), _) => format!(
+                    "{why}; not needed: the agent uses a hybrid vsock served by {}",
+                    daemon.display()
+                ),
+                (None, true) => why.clone(),
+                (None, false) => match runtime.as_ref().map(|rc| rc.hypervisor) {
                     Some(HypervisorType::Firecracker) => {
                         format!("{why}; not needed: the agent uses firecracker's hybrid vsock")
                     }
                     _ => format!("{why}; not needed: the agent uses virtio-serial"),
-                }
+                },
             },
             use_vsock.then(|| "load vhost_vsock, or set use_vsock = false".to_string()),
         ),

@@ -262,6 +262,10 @@ pub struct HypervisorState {
     pub hotplugged_devices: Vec<String>,
     /// virtiofsd pid, when one runs.
     pub virtiofsd_pid: Option<u32>,
+    /// The vhost-device-vsock behind a hybrid vsock, when one runs: its pid
+    /// and start time, so that a reused pid is not adopted.
+    #[serde(default)]
+    pub vsock_daemon: Option<crate::process::ProcessRef>,
     /// PCIe root ports.
     pub pcie_root_port: u32,
     /// Whether VFIO devices go on the root bus.

@@ -244,7 +244,7 @@ async fn config_errors_block_and_are_explained() {
         Path::new("/etc/kata/configuration.toml"),
         None,
         HostFacts { cpus: 2 },
-        None,
+        &sandvisor::config::kata::VsockHost::vhost_vsock(),
     );
     let report = run_check(loaded, &host.options()).await;
     assert!(!report.startable);

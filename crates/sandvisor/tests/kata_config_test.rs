@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use sandvisor::config::kata::{
-    load_config, parse_config, KataConfigError, RuntimeConfig, DEFAULT_MACHINE_TYPE,
+    load_config, parse_config, KataConfigError, RuntimeConfig, VsockHost, DEFAULT_MACHINE_TYPE,
 };
 use sandvisor::config::vocabulary::{hypervisor_key, HostFacts, KeyStatus, ValueError};
 use sandvisor::config::{Accel, BlockDeviceDriver, ConfigError, SharedFs};
@@ -19,6 +19,16 @@ use sandvisor::HypervisorType;
 
 const HOST: HostFacts = HostFacts { cpus: 4 };
 const NO_VSOCK: &str = "/dev/vhost-vsock does not exist";
+const DAEMON: &str = "/opt/test/vhost-device-vsock";
+const NO_DAEMON: &str = "vhost-device-vsock not found; looked at nothing";
+
+/// No vhost-vsock; vhost-device-vsock at [`DAEMON`].
+fn hybrid_host() -> VsockHost {
+    VsockHost {
+        no_vhost_vsock: Some(NO_VSOCK.into()),
+        daemon: Ok(DAEMON.into()),
+    }
+}
 
 fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,7 +80,7 @@ fn uncomment(text: &str) -> String {
 }
 
 fn parse(text: &str, file: &Path) -> Result<RuntimeConfig, KataConfigError> {
-    parse_config(text, file, None, HOST, Some(NO_VSOCK.into()))
+    parse_config(text, file, None, HOST, &hybrid_host())
 }
 
 /// The keys of the `[hypervisor.*]` section of `text`.
@@ -198,7 +208,7 @@ fn stock_kata_files_load() {
         assert_eq!(rc.source.as_deref(), Some(file.as_path()), "{what}");
 
         // Exactly one warning per unimplemented Kata key, each naming key
-        // and file; plus the vsock fallback when use_vsock asks for it.
+        // and file.
         let unimplemented: BTreeSet<String> = section_keys(&text)
             .into_iter()
             .filter(|k| {
@@ -208,11 +218,9 @@ fn stock_kata_files_load() {
                 )
             })
             .collect();
-        let vsock_fallback =
-            rc.hypervisor == HypervisorType::Qemu && text.contains("\nuse_vsock = true");
         assert_eq!(
             rc.warnings.len(),
-            unimplemented.len() + usize::from(vsock_fallback),
+            unimplemented.len(),
             "{what}: {:#?} {unimplemented:?}",
             rc.warnings
         );
@@ -489,12 +497,25 @@ fn hypervisor_section_choice() {
         "/x/y.toml has several hypervisor sections (clh, qemu): choose one with --hypervisor"
     );
 
-    let rc = parse_config(two, file, Some(HypervisorType::Clh), HOST, None).expect("clh chosen");
+    let rc = parse_config(
+        two,
+        file,
+        Some(HypervisorType::Clh),
+        HOST,
+        &VsockHost::vhost_vsock(),
+    )
+    .expect("clh chosen");
     assert_eq!(rc.hypervisor, HypervisorType::Clh);
     assert_eq!(rc.config.kernel_path.as_deref(), Some(Path::new("/k2")));
 
-    let err = parse_config(MINIMAL, file, Some(HypervisorType::Firecracker), HOST, None)
-        .expect_err("absent");
+    let err = parse_config(
+        MINIMAL,
+        file,
+        Some(HypervisorType::Firecracker),
+        HOST,
+        &VsockHost::vhost_vsock(),
+    )
+    .expect_err("absent");
     assert_eq!(
         err.to_string(),
         "--hypervisor firecracker names no section of /x/y.toml, which has [hypervisor.qemu]"
@@ -648,16 +669,51 @@ fn image_and_initrd_kept_by_existence() {
 }
 
 #[test]
-fn use_vsock_falls_back_without_vhost_vsock() {
+fn use_vsock_without_vhost_vsock_is_a_hybrid_vsock_or_an_error() {
     let file = Path::new("/x/y.toml");
     let text = format!("{MINIMAL}use_vsock = true\n");
-    let rc = parse(&text, file).expect("loads");
-    assert!(!rc.config.use_vsock);
-    assert_eq!(rc.warnings.len(), 1);
-    assert!(rc.warnings[0].contains(NO_VSOCK), "{}", rc.warnings[0]);
-    let rc = parse_config(&text, file, None, HOST, None).expect("loads");
-    assert!(rc.config.use_vsock, "kept where vhost-vsock opens");
+    // The kernel's vhost-vsock opens: used, no daemon.
+    let rc = parse_config(&text, file, None, HOST, &VsockHost::vhost_vsock()).expect("loads");
+    assert!(rc.config.use_vsock);
+    assert_eq!(rc.config.vhost_user_vsock_daemon, None);
     assert!(rc.warnings.is_empty());
+    // No vhost-vsock, the daemon found: a hybrid vsock, no warning.
+    let rc = parse(&text, file).expect("loads");
+    assert!(rc.config.use_vsock, "still vsock, never virtio-serial");
+    assert_eq!(
+        rc.config.vhost_user_vsock_daemon.as_deref(),
+        Some(Path::new(DAEMON))
+    );
+    assert!(rc.warnings.is_empty(), "{:?}", rc.warnings);
+    // Neither: an error naming both.
+    let neither = VsockHost {
+        no_vhost_vsock: Some(NO_VSOCK.into()),
+        daemon: Err(NO_DAEMON.into()),
+    };
+    let err = parse_config(&text, file, None, HOST, &neither).expect_err("no vsock at all");
+    assert!(matches!(err, KataConfigError::NoVsock { .. }), "{err:?}");
+    let msg = err.to_string();
+    for needle in [
+        "/x/y.toml",
+        "/dev/vhost-vsock",
+        "vhost-device-vsock",
+        NO_VSOCK,
+        NO_DAEMON,
+        "use_vsock = false",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} not in {msg}");
+    }
+    // Named in the file, the daemon is used even where vhost-vsock opens.
+    let named = format!("{text}vhost_user_vsock_daemon = \"/srv/vdv\"\n");
+    let rc = parse_config(&named, file, None, HOST, &VsockHost::vhost_vsock()).expect("loads");
+    assert_eq!(
+        rc.config.vhost_user_vsock_daemon.as_deref(),
+        Some(Path::new("/srv/vdv"))
+    );
+    // Without use_vsock nothing is looked at.
+    let rc = parse_config(MINIMAL, file, None, HOST, &neither).expect("loads");
+    assert!(!rc.config.use_vsock);
+    assert_eq!(rc.config.vhost_user_vsock_daemon, None);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! | backend | binary | Kata's install paths | install | Kata loader rules | can do |
 //! |---|---|---|---|---|---|
-//! | qemu | `qemu-system-x86_64` | `/usr/bin`, `/opt/kata/bin` | `apt-get install qemu-system-x86` | machine `q35` by default; `use_vsock` falls back to virtio-serial without `/dev/vhost-vsock` | everything but VFIO here; vCPU hot-unplug needs QEMU ≥ 9.2 under TCG |
+//! | qemu | `qemu-system-x86_64` | `/usr/bin`, `/opt/kata/bin` | `apt-get install qemu-system-x86` | machine `q35` by default; `use_vsock` without `/dev/vhost-vsock` is a hybrid vsock through vhost-device-vsock, or an error | everything but VFIO here; vCPU hot-unplug needs QEMU ≥ 9.2 under TCG |
 //! | firecracker | `firecracker` (+ `jailer`) | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | all but vCPU hot-plug; PCI or placeholder hot-plug; jailer |
 //! | acrn | `acrn-dm` (+ `acrnctl`) | `/usr/bin` | an ACRN Service VM | — | not yet driven |
 //! | clh | `cloud-hypervisor` | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | not yet driven |

@@ -450,7 +450,10 @@ mod tests {
             }
             grown = process_cpu(me).expect("schedstat").saturating_sub(before);
         }
-        assert!(grown >= Duration::from_millis(15), "CPU time grew by {grown:?}");
+        assert!(
+            grown >= Duration::from_millis(15),
+            "CPU time grew by {grown:?}"
+        );
         let (rss, pss) = rss_pss_mib(me).expect("smaps_rollup");
         assert!(rss > 0.0 && pss > 0.0 && pss <= rss, "{rss} {pss}");
     }

@@ -42,8 +42,13 @@
 //!   refuses them.
 //! - For `firecracker` and `clh`, Kata forces `use_vsock = true` and
 //!   `disable_vhost_net = true`; so does sandvisor.
-//! - For `qemu`, `use_vsock = true` on a host without vhost-vsock falls back
-//!   to virtio-serial with a warning, as Kata does.
+//! - For `qemu`, `use_vsock = true` uses the kernel's vhost-vsock when
+//!   `/dev/vhost-vsock` opens. Where Kata falls back to virtio-serial with
+//!   a warning, sandvisor gives the guest a hybrid vsock served by
+//!   vhost-device-vsock when that daemon is found (see
+//!   [`crate::backends::vmm::vsock_daemon`]), and refuses the config,
+//!   naming both, when it is not: the config asked for vsock, and silently
+//!   getting virtio-serial instead is not what it asked for.
 //! - `[factory]`: `template_path` defaults to `/run/vc/vm/template` and
 //!   `vm_cache_endpoint` to `/var/run/kata-containers/cache.sock`. A template
 //!   VM boots with `boot_to_be_template`, `memory_path =
@@ -63,6 +68,10 @@
 //! - `accel = "auto" | "kvm" | "tcg"` (default `auto`): how QEMU runs guest
 //!   code. `auto` takes KVM when stock guest kernels run at full speed on it
 //!   here, else TCG (see [`crate::probe::resolve_accel`]).
+//! - `vhost_user_vsock_daemon = "<path>"` (QEMU, with `use_vsock = true`):
+//!   the vhost-device-vsock binary to serve the guest's vsock as a hybrid
+//!   vsock, even where `/dev/vhost-vsock` works. Unset, the loader looks for
+//!   one only when `/dev/vhost-vsock` cannot be used.
 //!
 //! Keys left unset take sandvisor's defaults: for `qemu`, `path` is the QEMU
 //! binary found (see [`default_qemu_path`]) and `machine_type` is `q35`;
@@ -349,6 +358,16 @@ pub enum KataConfigError {
         /// The file.
         file: String,
     },
+    /// `use_vsock` on QEMU, with neither vhost-vsock nor vhost-device-vsock.
+    #[error("use_vsock = true in [hypervisor.qemu] of {file} needs /dev/vhost-vsock or vhost-device-vsock, and neither is usable: {no_vhost_vsock}; {no_daemon}. Load the vhost_vsock module, install the daemon (scripts/setup.sh, or cargo install --locked vhost-device-vsock), or set use_vsock = false")]
+    NoVsock {
+        /// The file.
+        file: String,
+        /// Why `/dev/vhost-vsock` cannot be used.
+        no_vhost_vsock: String,
+        /// Why vhost-device-vsock was not found.
+        no_daemon: String,
+    },
     /// A VM cache for another hypervisor than QEMU.
     #[error("[factory] vm_cache_number in {file} needs hypervisor qemu, not {hypervisor}")]
     VmCacheNeedsQemu {
@@ -357,6 +376,41 @@ pub enum KataConfigError {
         /// The hypervisor configured.
         hypervisor: HypervisorType,
     },
+}
+
+/// What the loader knows about the host's vsock: whether the kernel's
+/// vhost-vsock can be used, and else where vhost-device-vsock is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockHost {
+    /// Why `/dev/vhost-vsock` cannot be used; `None` when it opens.
+    pub no_vhost_vsock: Option<String>,
+    /// vhost-device-vsock, or why it was not found.
+    pub daemon: Result<PathBuf, String>,
+}
+
+impl VsockHost {
+    /// A host whose `/dev/vhost-vsock` opens.
+    pub fn vhost_vsock() -> Self {
+        VsockHost {
+            no_vhost_vsock: None,
+            daemon: Err("not looked for: vhost-vsock opens".into()),
+        }
+    }
+
+    /// This host: `/dev/vhost-vsock` probed, and when it cannot be used,
+    /// vhost-device-vsock looked for ([`crate::backends::vmm::lookup`]).
+    pub fn probe() -> Self {
+        use crate::backends::vmm::lookup;
+        match crate::probe::probe_vhost_vsock(Path::new(crate::probe::DEV_VHOST_VSOCK)) {
+            Ok(()) => Self::vhost_vsock(),
+            Err(why) => VsockHost {
+                no_vhost_vsock: Some(why),
+                daemon: lookup::find(&lookup::Binary::VHOST_DEVICE_VSOCK, None)
+                    .map(|found| found.path)
+                    .map_err(|e| e.to_string()),
+            },
+        }
+    }
 }
 
 /// Loads `path`, or the built-in default when `path` is `None`, for
@@ -376,8 +430,7 @@ pub fn load_config(
         source,
     })?;
     let host = HostFacts::probe();
-    let vsock = crate::probe::probe_vhost_vsock(Path::new(crate::probe::DEV_VHOST_VSOCK));
-    let config = parse_config(&text, path, hypervisor, host, vsock.err())?;
+    let config = parse_config(&text, path, hypervisor, host, &VsockHost::probe())?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -386,9 +439,9 @@ pub fn load_config(
 
 /// Parses the text of a `configuration.toml` read from `path`.
 ///
-/// `host` holds the facts Kata's loader applies (CPU count); `no_vsock` is
-/// why vhost-vsock cannot be used here, if it cannot. Warnings are returned,
-/// not logged.
+/// `host` holds the facts Kata's loader applies (CPU count); `vsock` says
+/// which vsock the host can give a QEMU guest. Warnings are returned, not
+/// logged.
 ///
 /// # Errors
 /// See [`KataConfigError`].
@@ -397,7 +450,7 @@ pub fn parse_config(
     path: &Path,
     hypervisor: Option<HypervisorType>,
     host: HostFacts,
-    no_vsock: Option<String>,
+    vsock: &VsockHost,
 ) -> Result<RuntimeConfig, KataConfigError> {
     let file = path.display().to_string();
     let table: Table = text.parse().map_err(|e: toml::de::Error| {
@@ -442,7 +495,7 @@ pub fn parse_config(
             }
         }
     }
-    apply_kata_rules(kind, &mut config, host, no_vsock, &mut warnings, &file);
+    apply_kata_rules(kind, &mut config, host, vsock, &file)?;
     fill_defaults(kind, &mut config);
 
     let factory = match table.get("factory") {
@@ -537,10 +590,9 @@ fn apply_kata_rules(
     kind: HypervisorType,
     config: &mut HypervisorConfig,
     host: HostFacts,
-    no_vsock: Option<String>,
-    warnings: &mut Vec<String>,
+    vsock: &VsockHost,
     file: &str,
-) {
+) -> Result<(), KataConfigError> {
     config.default_max_vcpus = vocabulary::kata_default_max_vcpus(
         config.default_max_vcpus,
         host.cpus,
@@ -570,16 +622,28 @@ fn apply_kata_rules(
             config.use_vsock = true;
             config.disable_vhost_net = true;
         }
+        // Named in the file: a hybrid vsock was asked for.
+        HypervisorType::Qemu if config.use_vsock && config.vhost_user_vsock_daemon.is_some() => {}
         HypervisorType::Qemu if config.use_vsock => {
-            if let Some(reason) = no_vsock {
-                warnings.push(format!(
-                    "use_vsock = true in [hypervisor.qemu] of {file}, but vhost-vsock is unavailable ({reason}); using virtio-serial instead"
-                ));
-                config.use_vsock = false;
+            if let Some(no_vhost_vsock) = &vsock.no_vhost_vsock {
+                match &vsock.daemon {
+                    Ok(daemon) => {
+                        tracing::debug!(daemon = %daemon.display(), "no vhost-vsock; the guest gets a hybrid vsock");
+                        config.vhost_user_vsock_daemon = Some(daemon.clone());
+                    }
+                    Err(no_daemon) => {
+                        return Err(KataConfigError::NoVsock {
+                            file: file.to_string(),
+                            no_vhost_vsock: no_vhost_vsock.clone(),
+                            no_daemon: no_daemon.clone(),
+                        })
+                    }
+                }
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 fn fill_defaults(kind: HypervisorType, config: &mut HypervisorConfig) {

@@ -379,6 +379,11 @@ pub struct HypervisorConfig {
     /// Talk to the agent over vsock instead of virtio-serial.
     #[serde(rename = "use_vsock")]
     pub use_vsock: bool,
+    /// With `use_vsock` on QEMU and no usable `/dev/vhost-vsock`: the
+    /// vhost-device-vsock binary that serves the guest's vsock as a hybrid
+    /// vsock (`vhost-user-vsock-pci`). Set by the config loader; `None`
+    /// means the kernel's vhost-vsock.
+    pub vhost_user_vsock_daemon: Option<PathBuf>,
     /// Give the image as virtio-blk instead of NVDIMM.
     pub disable_image_nvdimm: bool,
     /// Hot-plug VFIO devices on the root bus.

@@ -12,9 +12,9 @@
 //! - the keys of Kata's Rust runtime (`kata-types`) that name a field
 //!   sandvisor has (`boot_to_be_template`, `memory_path`, ...) or that its
 //!   files carry (`sgx_epc_size`, `overhead_vcpus`, ...);
-//! - sandvisor's own additions: `accel`; for Firecracker,
-//!   `hotplug_transport` (`pci` or `mmio`), `drive_placeholders`,
-//!   `jailer_uid` and `jailer_gid`.
+//! - sandvisor's own additions: `accel`, `vhost_user_vsock_daemon`; for
+//!   Firecracker, `hotplug_transport` (`pci` or `mmio`),
+//!   `drive_placeholders`, `jailer_uid` and `jailer_gid`.
 //!
 //! Kata reads the same struct for every hypervisor section, so every key is
 //! known in every section; which keys a backend honours is the backend's
@@ -407,6 +407,10 @@ static IMPLEMENTED: &[KeySpec] = &[
         Some(uint32(v)?)),
     set!("jailer_uid", |c, v, h| c.jailer_uid = Some(uint32(v)?)),
     set!("jailer_gid", |c, v, h| c.jailer_gid = Some(uint32(v)?)),
+    // sandvisor.
+    set!("vhost_user_vsock_daemon", |c, v, h| c
+        .vhost_user_vsock_daemon =
+        path(v)?),
 ];
 
 /// Kata keys sandvisor does not implement.

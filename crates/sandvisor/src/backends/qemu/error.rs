@@ -8,6 +8,7 @@ use super::qmp::QmpError;
 use super::{cmdline, hotplug};
 use crate::backends::vmm::process::{self, Exit};
 use crate::backends::vmm::virtiofsd;
+use crate::backends::vmm::vsock_daemon::VsockDaemonError;
 use crate::hypervisor::Error;
 use crate::hypervisor_type::HypervisorType;
 use crate::probe;
@@ -27,6 +28,22 @@ pub enum QemuError {
     /// virtiofsd could not be started.
     #[error(transparent)]
     Virtiofsd(#[from] virtiofsd::VirtiofsdError),
+    /// vhost-device-vsock could not be started or adopted (boxed: errors
+    /// stay small to move).
+    #[error(transparent)]
+    VsockDaemon(Box<VsockDaemonError>),
+    /// vhost-device-vsock exited while the VM runs: the guest's vsock, and
+    /// so the agent channel, is gone for good (QEMU cannot reconnect a
+    /// vhost-user-vsock device, and says nothing).
+    #[error("the agent channel is lost: vhost-device-vsock (pid {pid}) exited ({exit}); its log ends with:\n{log_tail}")]
+    AgentChannelLost {
+        /// The daemon's pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+        /// The end of its log.
+        log_tail: String,
+    },
     /// The host's memory could not be read.
     #[error("cannot read the host's memory size")]
     HostMemory(#[source] probe::ProbeError),
@@ -251,7 +268,31 @@ impl From<QemuError> for Error {
                 log_tail,
                 last: last.map(|e| e as crate::hypervisor::BackendError),
             },
+            QemuError::VsockDaemon(e) => match *e {
+                VsockDaemonError::Timeout {
+                    pid,
+                    socket,
+                    timeout,
+                    log_tail,
+                } => Error::StartTimeout {
+                    hypervisor: HypervisorType::Qemu,
+                    what: format!("see vhost-device-vsock (pid {pid}) create {socket:?}"),
+                    timeout,
+                    log_tail,
+                    last: None,
+                },
+                other => Error::backend(
+                    HypervisorType::Qemu,
+                    QemuError::VsockDaemon(Box::new(other)),
+                ),
+            },
             other => Error::backend(HypervisorType::Qemu, other),
         }
+    }
+}
+
+impl From<VsockDaemonError> for QemuError {
+    fn from(e: VsockDaemonError) -> Self {
+        QemuError::VsockDaemon(Box::new(e))
     }
 }

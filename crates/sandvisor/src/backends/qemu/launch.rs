@@ -11,6 +11,7 @@ use super::qmp::Qmp;
 use super::{Qemu, QemuError, QemuSpec, REAP_TIMEOUT};
 use crate::backends::vmm::process::{self, Supervised};
 use crate::backends::vmm::virtiofsd;
+use crate::backends::vmm::vsock_daemon;
 use crate::device::Device;
 use crate::hypervisor::Result;
 use crate::probe;
@@ -133,6 +134,7 @@ impl Qemu {
     }
 
     pub(super) async fn launch(&mut self, timeout: Duration) -> Result<(), QemuError> {
+        let started_all = Instant::now();
         let accel = self.resolve_accel()?;
         self.accel = Some(accel);
         let paths = self
@@ -167,6 +169,21 @@ impl Qemu {
                 )?);
             }
         }
+
+        // The daemon first: QEMU's vhost-user-vsock chardev connects to it
+        // while QEMU starts, and QEMU exits at once without it.
+        let has_hybrid_vsock = self
+            .devices
+            .iter()
+            .any(|d| matches!(d, Device::HybridVsock(_)));
+        if let Some(daemon) = qemu.hybrid_vsock.clone().filter(|_| has_hybrid_vsock) {
+            let daemon_paths = super::daemon_paths(&paths);
+            let d = vsock_daemon::start(&daemon, &daemon_paths, vsock_daemon::GUEST_CID, timeout)
+                .await?;
+            tracing::info!(id = self.id, pid = d.pid(), "vhost-device-vsock ready");
+            self.vsock_daemon = Some(d);
+        }
+        let timeout = timeout.saturating_sub(started_all.elapsed());
 
         let fds = cmd
             .fds
@@ -210,6 +227,7 @@ impl Qemu {
         if let Some(v) = self.virtiofsd.take() {
             v.terminate(REAP_TIMEOUT).await;
         }
+        self.stop_vsock_daemon().await;
         if let Some(paths) = &self.paths {
             if let Err(e) = remove_dir(&paths.dir) {
                 tracing::warn!(error = %e, "cannot remove VM directory after a failed start");

@@ -37,6 +37,13 @@ impl Qemu {
     /// `devices_state_path`; a template skips its shared memory.
     pub(super) async fn save_to_file(&mut self) -> Result<()> {
         self.require("save_sandbox", &[VmState::Running, VmState::Paused])?;
+        if self.hybrid_vsock() {
+            return Err(crate::hypervisor::Error::unsupported(
+                "save_sandbox",
+                crate::hypervisor_type::HypervisorType::Qemu,
+                "the VM has a hybrid vsock (vhost-user-vsock), which QEMU cannot migrate: its state cannot be saved",
+            ));
+        }
         let path = self
             .config
             .devices_state_path

@@ -7,6 +7,7 @@
 //! | supervising QEMU and virtiofsd, adopting them after a re-attach | [`crate::backends::vmm::process`] |
 //! | hot-plug: slots and the QMP sequences | [`hotplug`] |
 //! | virtiofsd | [`crate::backends::vmm::virtiofsd`] |
+//! | vhost-device-vsock, behind a hybrid vsock | [`crate::backends::vmm::vsock_daemon`] |
 //! | the config parsed once into QEMU terms | [`QemuSpec`] |
 //! | the error, and its mapping onto the shared one | `error` |
 //! | starting QEMU and undoing a failed start | `launch` |
@@ -19,6 +20,7 @@
 //! [`QemuSpec`] and checks that the VM's socket paths fit; `add_device`
 //! collects cold-plugged devices; `start_sandbox`
 //! makes the VM directory `<storage>/<id>`, starts virtiofsd when needed,
+//! starts vhost-device-vsock for a hybrid vsock and waits for its socket,
 //! spawns QEMU (its own process group, output in `qemu.log`) and waits for
 //! QMP. A start that fails for any reason kills what it started and removes
 //! the directory, and its error carries the end of QEMU's log.
@@ -27,6 +29,19 @@
 //! killer, `kill -9`) is reported: by `check` at once, and by
 //! `stop_sandbox`, which still reaps and tidies everything but returns
 //! [`QemuError::Exited`] instead of pretending to a clean stop.
+//!
+//! # Hybrid vsock
+//!
+//! With `use_vsock` and no usable `/dev/vhost-vsock`, the config loader
+//! sets `vhost_user_vsock_daemon`, and the agent socket is a
+//! [`AgentSocket::HybridVsock`] on `<vm dir>/hvsock.sock`, served by
+//! vhost-device-vsock through a `vhost-user-vsock-pci` device on shared
+//! guest memory. The daemon is started before QEMU, is listed in `pids()`
+//! after it, and is stopped (its sockets removed) on every path that stops
+//! QEMU. Its death while the VM runs is the agent channel lost for good,
+//! which `check` reports ([`QemuError::AgentChannelLost`]): QEMU itself
+//! notices nothing. QEMU cannot migrate the device, so such a VM cannot be
+//! saved or be a template.
 //!
 //! # Drop
 //!
@@ -57,6 +72,7 @@ use self::hotplug::HotplugState;
 use self::launch::{host_memory_mib, remove_dir};
 use self::qmp::{Qmp, QmpError};
 use crate::backends::vmm::process::{self, Exit, Supervised};
+use crate::backends::vmm::vsock_daemon::{self, VsockDaemon};
 use crate::config::{HypervisorConfig, SharedFs};
 use crate::device::{Device, HotplugResult, MemoryDevice, VcpuThreadIds};
 use crate::hypervisor::{
@@ -93,6 +109,10 @@ pub struct Qemu {
     host_memory_mib: u64,
     qemu: Option<Supervised>,
     virtiofsd: Option<Supervised>,
+    vsock_daemon: Option<VsockDaemon>,
+    /// A vhost-device-vsock found gone at re-attach: the agent channel is
+    /// lost, and `check` says so.
+    vsock_daemon_lost: Option<crate::process::ProcessRef>,
     qmp: Option<Arc<Qmp>>,
     hot: HotplugState,
     accel: Option<Accelerator>,
@@ -123,10 +143,22 @@ impl Drop for Qemu {
             if let Some(v) = &self.virtiofsd {
                 v.kill();
             }
+            if let Some(d) = &self.vsock_daemon {
+                d.kill();
+            }
             if let Some(paths) = &self.paths {
                 let _ = std::fs::remove_dir_all(&paths.dir);
             }
         }
+    }
+}
+
+/// Where the VM's vhost-device-vsock keeps its sockets and log.
+fn daemon_paths(paths: &VmPaths) -> vsock_daemon::DaemonPaths {
+    vsock_daemon::DaemonPaths {
+        vhost_user: paths.vsock_vhost_user.clone(),
+        uds: paths.hvsock.clone(),
+        log: paths.vsock_daemon_log.clone(),
     }
 }
 
@@ -169,6 +201,8 @@ impl Qemu {
             host_memory_mib: 0,
             qemu: None,
             virtiofsd: None,
+            vsock_daemon: None,
+            vsock_daemon_lost: None,
             qmp: None,
             hot: HotplugState::default(),
             accel: None,
@@ -236,6 +270,43 @@ impl Qemu {
             exit,
             log_tail: self.log_tail(),
         })
+    }
+
+    /// Whether the agent's vsock is a hybrid vsock served by
+    /// vhost-device-vsock.
+    fn hybrid_vsock(&self) -> bool {
+        match &self.spec {
+            Some(spec) => spec.hybrid_vsock.is_some(),
+            None => self.config.use_vsock && self.config.vhost_user_vsock_daemon.is_some(),
+        }
+    }
+
+    /// The error for a vhost-device-vsock that exited, if it has.
+    fn vsock_daemon_error(&self) -> Option<QemuError> {
+        if let Some(lost) = self.vsock_daemon_lost {
+            return Some(QemuError::AgentChannelLost {
+                pid: lost.pid,
+                exit: Exit::Unknown,
+                log_tail: self
+                    .paths
+                    .as_ref()
+                    .map(|p| process::log_tail(&p.vsock_daemon_log))
+                    .unwrap_or_default(),
+            });
+        }
+        let d = self.vsock_daemon.as_ref()?;
+        d.exited().map(|exit| QemuError::AgentChannelLost {
+            pid: d.pid(),
+            exit,
+            log_tail: d.log_tail(),
+        })
+    }
+
+    /// Stops vhost-device-vsock, if one runs, and removes its sockets.
+    async fn stop_vsock_daemon(&mut self) {
+        if let Some(d) = self.vsock_daemon.take() {
+            d.stop().await;
+        }
     }
 
     /// `result`, unless QEMU died meanwhile: then its exit and log, which
@@ -360,7 +431,13 @@ impl Hypervisor for Qemu {
         // Reject what cannot be launched now, not at start.
         let spec = QemuSpec::new(&config).map_err(QemuError::from)?;
         let paths = VmPaths::new(&self.storage, id);
-        for name in [VmPaths::QMP, VmPaths::CONSOLE, VmPaths::VIRTIOFS] {
+        for name in [
+            VmPaths::QMP,
+            VmPaths::CONSOLE,
+            VmPaths::VIRTIOFS,
+            VmPaths::VSOCK_VHOST_USER,
+            VmPaths::HVSOCK,
+        ] {
             socket::build_socket_path(&[&self.storage, Path::new(id), Path::new(name)])?;
         }
         self.host_memory_mib = host_memory_mib()?;
@@ -441,6 +518,7 @@ impl Hypervisor for Qemu {
         if let Some(v) = self.virtiofsd.take() {
             v.terminate(REAP_TIMEOUT).await;
         }
+        self.stop_vsock_daemon().await;
         self.state = VmState::Stopped;
         match died_alone {
             Some(exit) if !matches!(exit, Exit::Unknown) && !exit.success() => {
@@ -495,11 +573,23 @@ impl Hypervisor for Qemu {
     async fn add_device(&mut self, device: Device) -> Result<()> {
         self.require("add_device", &[VmState::Created])?;
         match &device {
-            Device::HybridVsock(_) => {
+            Device::HybridVsock(_) if !self.hybrid_vsock() => {
                 return Err(Error::unsupported(
                     "add_device",
                     HypervisorType::Qemu,
-                    "hybrid vsock is a firecracker and cloud hypervisor device; use use_vsock or the virtio-serial agent socket",
+                    "a hybrid vsock needs use_vsock with vhost-device-vsock (vhost_user_vsock_daemon); use the socket generate_socket makes",
+                ))
+            }
+            Device::HybridVsock(_)
+                if self
+                    .devices
+                    .iter()
+                    .any(|d| matches!(d, Device::HybridVsock(_))) =>
+            {
+                return Err(Error::unsupported(
+                    "add_device",
+                    HypervisorType::Qemu,
+                    "a VM has one hybrid vsock, served by one vhost-device-vsock",
                 ))
             }
             Device::Cpu(_) | Device::Memory(_) => {
@@ -613,19 +703,21 @@ impl Hypervisor for Qemu {
 
     fn capabilities(&self) -> Capabilities {
         let hotplug = self.machine().supports_hotplug();
+        // QEMU blocks migrating vhost-user-vsock: no save, no template.
+        let hybrid_vsock = self.hybrid_vsock();
         Capabilities {
             block_device: true,
             block_device_hotplug: hotplug,
             multi_queue: true,
             fs_sharing: self.config.shared_fs != SharedFs::None,
-            hybrid_vsock: false,
+            hybrid_vsock,
             cpu_hotplug: hotplug,
             memory_hotplug: hotplug && (self.config.mem_slots > 0 || self.config.virtio_mem),
             net_hotplug: hotplug,
             vfio: hotplug,
             pause: true,
-            save: true,
-            vm_template: true,
+            save: !hybrid_vsock,
+            vm_template: !hybrid_vsock,
             vm_cache: true,
             reattach: true,
         }
@@ -661,6 +753,7 @@ impl Hypervisor for Qemu {
         if let Some(v) = self.virtiofsd.take() {
             v.terminate(REAP_TIMEOUT).await;
         }
+        self.stop_vsock_daemon().await;
         // Closes the descriptors the devices held (vhost-vsock).
         self.devices.clear();
         if let Some(paths) = &self.paths {
@@ -675,6 +768,7 @@ impl Hypervisor for Qemu {
             .iter()
             .chain(self.virtiofsd.iter())
             .map(Supervised::pid)
+            .chain(self.vsock_daemon.iter().map(VsockDaemon::pid))
             .collect()
     }
 
@@ -699,6 +793,9 @@ impl Hypervisor for Qemu {
             if let Some(exit) = v.exited() {
                 return Err(QemuError::VirtiofsdExited { pid: v.pid(), exit }.into());
             }
+        }
+        if let Some(e) = self.vsock_daemon_error() {
+            return Err(e.into());
         }
         let qmp = match self.qmp.as_ref().filter(|q| !q.is_closed()) {
             Some(q) => Arc::clone(q),
@@ -749,7 +846,23 @@ impl Hypervisor for Qemu {
         self.attach(state).await
     }
 
+    /// With `use_vsock` on a sandbox created with a hybrid vsock, the
+    /// hybrid vsock socket in the VM directory, guest CID
+    /// [`vsock_daemon::GUEST_CID`] and the agent's port; otherwise
+    /// [`socket::generate_vm_socket`].
     fn generate_socket(&self, id: &str, use_vsock: bool) -> Result<AgentSocket> {
+        if use_vsock && self.hybrid_vsock() {
+            let uds_path = socket::build_socket_path(&[
+                &self.storage,
+                Path::new(id),
+                Path::new(VmPaths::HVSOCK),
+            ])?;
+            return Ok(AgentSocket::HybridVsock(crate::device::HybridVsock {
+                uds_path,
+                context_id: u64::from(vsock_daemon::GUEST_CID),
+                port: sandvisor_proto::VSOCK_PORT,
+            }));
+        }
         Ok(socket::generate_vm_socket(id, use_vsock, &self.storage)?)
     }
 }

@@ -10,7 +10,9 @@ use super::hotplug::HotplugState;
 use super::launch::host_memory_mib;
 use super::qmp;
 use super::{Qemu, QemuError, QemuSpec};
+use crate::backends::vmm::process::ProcessError;
 use crate::backends::vmm::process::Supervised;
+use crate::backends::vmm::vsock_daemon::{VsockDaemon, VsockDaemonError};
 use crate::config::HypervisorConfig;
 use crate::hypervisor::{HypervisorState, Result, VmState};
 use crate::hypervisor_type::HypervisorType;
@@ -39,6 +41,11 @@ impl Qemu {
             hotplugged_memory: self.hot.memory.clone(),
             hotplugged_devices: self.hot.device_strings(),
             virtiofsd_pid: self.virtiofsd.as_ref().map(Supervised::pid),
+            vsock_daemon: self
+                .vsock_daemon
+                .as_ref()
+                .map(VsockDaemon::process_ref)
+                .or(self.vsock_daemon_lost),
             pcie_root_port: self.config.pcie_root_port,
             hotplug_vfio_on_root_bus: self.config.hotplug_vfio_on_root_bus,
             config: self.config.clone(),
@@ -141,6 +148,28 @@ impl Qemu {
             Some(pid) => Some(Supervised::adopt(pid, "virtiofsd")?),
             None => None,
         };
+        self.vsock_daemon = None;
+        self.vsock_daemon_lost = None;
+        if let (Some(process), Some(paths)) = (state.vsock_daemon, &self.paths) {
+            let daemon_paths = super::daemon_paths(paths);
+            match VsockDaemon::adopt(process, daemon_paths) {
+                Ok(d) => self.vsock_daemon = Some(d),
+                // Gone while no one watched: the VM runs on without its
+                // agent channel, which `check` reports; stop and cleanup
+                // still work.
+                Err(
+                    VsockDaemonError::Replaced { .. }
+                    | VsockDaemonError::Process(ProcessError::NotRunning { .. }),
+                ) => {
+                    tracing::warn!(
+                        pid = process.pid,
+                        "vhost-device-vsock is gone: the agent channel is lost"
+                    );
+                    self.vsock_daemon_lost = Some(process);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.detached = false;
         Ok(())
     }

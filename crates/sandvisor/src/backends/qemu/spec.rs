@@ -16,6 +16,10 @@ pub struct QemuSpec {
     /// The image when it is mapped as an NVDIMM, whose size the command
     /// line needs; `None` without an image or when it goes on virtio-blk.
     pub nvdimm_image: Option<PathBuf>,
+    /// The vhost-device-vsock binary when the agent's vsock is a hybrid
+    /// vsock (`use_vsock` and `vhost_user_vsock_daemon`); `None` for the
+    /// kernel's vhost-vsock or virtio-serial.
+    pub hybrid_vsock: Option<PathBuf>,
 }
 
 impl QemuSpec {
@@ -23,7 +27,8 @@ impl QemuSpec {
     ///
     /// Rejects here, not at start, what cannot be launched whatever the
     /// devices: an unknown machine type, and memory settings QEMU cannot
-    /// combine.
+    /// combine (a template with a hybrid vsock among them: it needs shared
+    /// memory).
     ///
     /// # Errors
     /// [`CmdlineError::UnsupportedMachine`], and the errors of
@@ -37,9 +42,14 @@ impl QemuSpec {
             }
             _ => None,
         };
+        let hybrid_vsock = config
+            .vhost_user_vsock_daemon
+            .clone()
+            .filter(|_| config.use_vsock);
         Ok(QemuSpec {
             machine,
             nvdimm_image,
+            hybrid_vsock,
         })
     }
 }
@@ -88,6 +98,20 @@ mod tests {
         assert_eq!(
             QemuSpec::new(&config("virt", false, false)),
             Err(CmdlineError::UnsupportedMachine("virt".into()))
+        );
+        let mut c = config("q35", false, false);
+        c.use_vsock = true;
+        c.vhost_user_vsock_daemon = Some("/bin/vhost-device-vsock".into());
+        assert_eq!(
+            QemuSpec::new(&c).map(|s| s.hybrid_vsock),
+            Ok(Some(PathBuf::from("/bin/vhost-device-vsock")))
+        );
+        c.boot_to_be_template = true;
+        c.memory_path = Some("/run/tpl/memory".into());
+        c.devices_state_path = Some("/run/tpl/state".into());
+        assert_eq!(
+            QemuSpec::new(&c),
+            Err(CmdlineError::TemplateWithSharedMemory)
         );
         let mut c = config("q35", false, false);
         c.enable_vhost_user_store = true;

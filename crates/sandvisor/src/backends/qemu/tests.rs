@@ -602,6 +602,161 @@ fn vhost_net_is_used_when_present() {
         .contains(&"tap,id=network-0,ifname=tap0,script=no,downscript=no,vhost=on".to_string()));
 }
 
+fn hybrid_vsock() -> (HypervisorConfig, Vec<Device>) {
+    let mut c = base();
+    c.use_vsock = true;
+    c.vhost_user_vsock_daemon = Some("/usr/local/bin/vhost-device-vsock".into());
+    let devices = vec![Device::HybridVsock(crate::device::HybridVsock {
+        uds_path: "/run/sv/vm1/hvsock.sock".into(),
+        context_id: 3,
+        port: 1024,
+    })];
+    (c, devices)
+}
+
+/// Q35_TCG with a hybrid vsock: no virtio-serial, guest RAM on a shared
+/// memfd (vhost-device-vsock maps the rings), and the vhost-user-vsock
+/// device on a client chardev to the daemon's socket. Booted by
+/// crates/sandvisor-cli/tests/vm_vsock.rs.
+const Q35_TCG_HYBRID_VSOCK: &[&str] = &[
+    "-name",
+    "sandbox-vm1",
+    "-uuid",
+    "6b9e2a8c-1f0d-4c3e-9a7b-2d5f8e1c0a94",
+    "-machine",
+    "q35,accel=tcg,memory-backend=ram0",
+    "-cpu",
+    "max,-erms,-fsrm",
+    "-qmp",
+    "unix:/run/sv/vm1/qmp.sock,server=on,wait=off",
+    "-m",
+    "512M,slots=2,maxmem=17408M",
+    "-object",
+    "memory-backend-memfd,id=ram0,size=512M,share=on",
+    "-smp",
+    "1,cores=1,threads=1,sockets=4,maxcpus=4",
+    "-device",
+    "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=2",
+    "-chardev",
+    "socket,id=charconsole0,path=/run/sv/vm1/console.sock,server=on,wait=off",
+    "-serial",
+    "chardev:charconsole0",
+    "-device",
+    "virtio-scsi-pci,id=scsi0",
+    "-chardev",
+    "socket,id=charvsock0,path=/run/sv/vm1/vhost-user-vsock.sock",
+    "-device",
+    "vhost-user-vsock-pci,id=vsock0,chardev=charvsock0",
+    "-object",
+    "rng-random,id=rng0,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-pci,rng=rng0",
+    "-rtc",
+    "base=utc,driftfix=slew,clock=host",
+    "-no-user-config",
+    "-nodefaults",
+    "-nographic",
+    "--no-reboot",
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+    "-kernel",
+    "/k/vmlinuz",
+    "-initrd",
+    "/k/initrd.img",
+    "-append",
+    "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=ttyS0 cryptomgr.notests net.ifnames=0 pci=lastbus=0 iommu=off quiet panic=1 nr_cpus=4 agent.use_vsock=true",
+];
+
+#[test]
+fn golden_hybrid_vsock() {
+    let (c, d) = hybrid_vsock();
+    assert_eq!(argv(&c, Accelerator::Tcg, &d, None), Q35_TCG_HYBRID_VSOCK);
+}
+
+#[test]
+fn a_hybrid_vsock_always_gets_shared_memory() {
+    let (base, d) = hybrid_vsock();
+    let mut huge = base.clone();
+    huge.huge_pages = true;
+    let mut file = base.clone();
+    file.file_backed_mem_root_dir = Some("/dev/shm".into());
+    let mut prealloc = base.clone();
+    prealloc.mem_prealloc = true;
+    for c in [base, huge, file, prealloc] {
+        let knobs = cmdline::memory_knobs(&c, &d).expect("knobs");
+        assert!(knobs.share, "{knobs:?}");
+        let args = argv(&c, Accelerator::Tcg, &d, None);
+        let backend = args
+            .iter()
+            .find(|a| a.starts_with("memory-backend-"))
+            .unwrap_or_else(|| panic!("no memory backend in {args:?}"));
+        assert!(backend.contains("share=on"), "{backend}");
+        assert!(
+            args.iter().any(|a| a.contains("memory-backend=ram0")),
+            "{args:?}"
+        );
+    }
+    // The config alone asks for it, before any device is added.
+    let (c, _) = hybrid_vsock();
+    assert!(cmdline::memory_knobs(&c, &[]).expect("knobs").share);
+}
+
+#[tokio::test]
+async fn a_hybrid_vsock_sandbox_gets_a_hybrid_socket_and_says_what_it_cannot_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = Qemu::with_storage(dir.path());
+    let (c, _) = hybrid_vsock();
+    q.create_sandbox("s1", &NetworkNamespace::default(), &c, false)
+        .await
+        .expect("created");
+    let socket = q.generate_socket("s1", true).expect("hybrid socket");
+    let AgentSocket::HybridVsock(h) = &socket else {
+        panic!("expected a hybrid vsock, got {socket:?}");
+    };
+    assert_eq!(h.uds_path, dir.path().join("s1").join("hvsock.sock"));
+    assert_eq!((h.context_id, h.port), (3, 1024));
+    let caps = q.capabilities();
+    assert!(caps.hybrid_vsock && caps.pause && caps.reattach);
+    assert!(!caps.save && !caps.vm_template, "{caps:?}");
+    q.add_device(socket.clone().into_device())
+        .await
+        .expect("the hybrid vsock is a device");
+    let second = q.add_device(socket.into_device()).await;
+    assert!(
+        matches!(second, Err(Error::Unsupported { .. })),
+        "{second:?}"
+    );
+    // Without the daemon in the config, no hybrid vsock.
+    let mut plain = Qemu::with_storage(dir.path());
+    plain
+        .create_sandbox("s2", &NetworkNamespace::default(), &base(), false)
+        .await
+        .expect("created");
+    assert!(!plain.capabilities().hybrid_vsock);
+    let r = plain
+        .add_device(Device::HybridVsock(crate::device::HybridVsock::default()))
+        .await;
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_hybrid_vsock_vm_cannot_be_saved() {
+    let mut q = Qemu::with_storage("/tmp/svs");
+    let (mut c, _) = hybrid_vsock();
+    c.devices_state_path = Some("/tmp/svs/state".into());
+    q.config = c.clone();
+    q.spec = Some(QemuSpec::new(&c).expect("spec"));
+    q.state = VmState::Running;
+    let err = q.save_sandbox().await.expect_err("refused");
+    let Error::Unsupported { op, reason, .. } = &err else {
+        panic!("expected Unsupported, got {err:?}");
+    };
+    assert_eq!(*op, "save_sandbox");
+    assert!(reason.contains("vhost-user-vsock"), "{reason}");
+    // Refused before anything happened: still running.
+    assert_eq!(q.state(), VmState::Running);
+}
+
 #[test]
 fn what_cannot_be_built_is_a_typed_error() {
     use super::cmdline::CmdlineError as E;
@@ -655,10 +810,11 @@ fn what_cannot_be_built_is_a_typed_error() {
         build(&c, Accel::Tcg, &[]),
         Err(E::VhostUserWithoutHugepages)
     );
+    // A hybrid vsock needs shared memory, which a template cannot have.
     let hybrid = Device::HybridVsock(crate::device::HybridVsock::default());
     assert_eq!(
-        build(&base(), Accel::Tcg, &[hybrid]),
-        Err(E::UnsupportedDevice("hybrid-vsock"))
+        build(&template(false), Accel::Tcg, &[hybrid]),
+        Err(E::TemplateWithSharedMemory)
     );
     let bad = Device::Block(BlockDrive {
         id: "x".into(),
@@ -818,6 +974,11 @@ fn state_round_trips_through_save() {
     let bytes = serde_json::to_vec(&s).expect("encodes");
     let decoded: HypervisorState = serde_json::from_slice(&bytes).expect("decodes");
     assert_eq!(decoded, s);
+    // A state written before hybrid vsock existed still decodes.
+    let mut old: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    old.as_object_mut().expect("object").remove("vsock_daemon");
+    let decoded: HypervisorState = serde_json::from_value(old).expect("decodes");
+    assert_eq!(decoded.vsock_daemon, None);
 }
 
 #[test]
@@ -863,4 +1024,53 @@ fn errors_stay_small_enough_to_return_by_value() {
         "{}",
         std::mem::size_of::<QemuError>()
     );
+}
+
+/// The vhost-device-vsock processes serving a VM under `dir`.
+fn daemons_in(dir: &Path) -> Vec<u32> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("vhost-device-vsock") && c.contains(&dir)
+            }) && crate::process::pid_alive(pid)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failed_start_with_a_hybrid_vsock_leaves_no_daemon_and_no_socket() {
+    use crate::backends::vmm::lookup;
+    let daemon = lookup::find(&lookup::Binary::VHOST_DEVICE_VSOCK, None)
+        .unwrap_or_else(|e| panic!("{e}; run scripts/setup.sh"))
+        .path;
+    let storage = tempfile::Builder::new()
+        .prefix("svq")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let (mut c, _) = hybrid_vsock();
+    c.vhost_user_vsock_daemon = Some(daemon);
+    c.accel = Accel::Tcg;
+    // A "QEMU" that exits at once, after the daemon is up.
+    c.hypervisor_path = Some("/bin/false".into());
+    let mut q = Qemu::with_storage(storage.path());
+    q.create_sandbox("s1", &NetworkNamespace::default(), &c, false)
+        .await
+        .expect("created");
+    let socket = q.generate_socket("s1", true).expect("hybrid socket");
+    q.add_device(socket.into_device()).await.expect("added");
+    let err = q
+        .start_sandbox(Duration::from_secs(30))
+        .await
+        .expect_err("qemu exits");
+    assert!(
+        matches!(err, Error::VmmExited { starting: true, .. }),
+        "{err}"
+    );
+    assert!(q.pids().is_empty(), "{:?}", q.pids());
+    assert!(daemons_in(storage.path()).is_empty(), "daemon left running");
+    assert!(!storage.path().join("s1").exists(), "VM directory left");
 }

@@ -11,7 +11,10 @@
 //! 3. each absolute directory of `PATH` (relative entries, including the
 //!    empty one meaning the working directory, are skipped);
 //! 4. where Kata installs it: `/usr/bin` for distribution packages and
-//!    `/opt/kata/bin` (or `/opt/kata/libexec`) for kata-deploy.
+//!    `/opt/kata/bin` (or `/opt/kata/libexec`) for kata-deploy;
+//! 5. for a binary installed with `cargo install` ([`Binary::cargo_installed`],
+//!    e.g. vhost-device-vsock), `$CARGO_HOME/bin` (or `$HOME/.cargo/bin`),
+//!    which a service's or CI's `PATH` often lacks.
 //!
 //! The answer says where the binary came from ([`Source`]); the error when
 //! none is found lists every place looked and why each failed. The search
@@ -49,8 +52,11 @@ const VERSION_OUTPUT_LIMIT: u64 = 64 * 1024;
 pub struct Binary {
     /// The file name looked for in [`VMM_DIR_ENV`] and `PATH`.
     pub name: &'static str,
-    /// Kata's install paths, tried last and in this order.
+    /// Kata's install paths, tried after `PATH` and in this order.
     pub kata_paths: &'static [&'static str],
+    /// Whether it is installed with `cargo install`, so `$CARGO_HOME/bin` is
+    /// searched last.
+    pub cargo_installed: bool,
 }
 
 impl Binary {
@@ -61,22 +67,26 @@ impl Binary {
             "/usr/bin/cloud-hypervisor",
             "/opt/kata/bin/cloud-hypervisor",
         ],
+        cargo_installed: false,
     };
     /// Cloud Hypervisor's command-line API client. Kata does not install
     /// it, so only [`VMM_DIR_ENV`] and `PATH` are searched.
     pub const CH_REMOTE: Binary = Binary {
         name: "ch-remote",
         kata_paths: &[],
+        cargo_installed: false,
     };
     /// Firecracker (`[hypervisor.firecracker] path`).
     pub const FIRECRACKER: Binary = Binary {
         name: "firecracker",
         kata_paths: &["/usr/bin/firecracker", "/opt/kata/bin/firecracker"],
+        cargo_installed: false,
     };
     /// Firecracker's jailer (`[hypervisor.firecracker] jailer_path`).
     pub const JAILER: Binary = Binary {
         name: "jailer",
         kata_paths: &["/usr/bin/jailer", "/opt/kata/bin/jailer"],
+        cargo_installed: false,
     };
     /// QEMU for x86-64 (`[hypervisor.qemu] path`).
     pub const QEMU: Binary = Binary {
@@ -85,21 +95,34 @@ impl Binary {
             "/usr/bin/qemu-system-x86_64",
             "/opt/kata/bin/qemu-system-x86_64",
         ],
+        cargo_installed: false,
     };
     /// ACRN's device model (`[hypervisor.acrn] path`).
     pub const ACRN_DM: Binary = Binary {
         name: "acrn-dm",
         kata_paths: &["/usr/bin/acrn-dm"],
+        cargo_installed: false,
     };
     /// ACRN's control tool (`[hypervisor.acrn] ctlpath`).
     pub const ACRNCTL: Binary = Binary {
         name: "acrnctl",
         kata_paths: &["/usr/bin/acrnctl"],
+        cargo_installed: false,
     };
     /// The virtio-fs daemon (`virtio_fs_daemon`).
     pub const VIRTIOFSD: Binary = Binary {
         name: "virtiofsd",
         kata_paths: &["/usr/libexec/virtiofsd", "/opt/kata/libexec/virtiofsd"],
+        cargo_installed: false,
+    };
+
+    /// rust-vmm's vhost-user vsock daemon, which gives a QEMU guest a hybrid
+    /// vsock on a host without `/dev/vhost-vsock`. It is a crates.io
+    /// binary (`cargo install vhost-device-vsock`); Kata does not ship it.
+    pub const VHOST_DEVICE_VSOCK: Binary = Binary {
+        name: "vhost-device-vsock",
+        kata_paths: &[],
+        cargo_installed: true,
     };
 
     /// The VMM binary of backend `kind`, from its
@@ -109,6 +132,7 @@ impl Binary {
         facts.binary.map(|name| Binary {
             name,
             kata_paths: facts.kata_paths,
+            cargo_installed: false,
         })
     }
 }
@@ -124,6 +148,8 @@ pub enum Source {
     Path,
     /// One of Kata's install paths ([`Binary::kata_paths`]).
     KataDefault,
+    /// Cargo's install directory, for [`Binary::cargo_installed`].
+    CargoBin,
 }
 
 impl fmt::Display for Source {
@@ -133,6 +159,7 @@ impl fmt::Display for Source {
             Source::VmmDir => "$SANDVISOR_VMM_DIR",
             Source::Path => "PATH",
             Source::KataDefault => "Kata's default",
+            Source::CargoBin => "cargo's bin directory",
         })
     }
 }
@@ -230,13 +257,16 @@ fn list(looked: &[Looked]) -> String {
 }
 
 /// The environment [`find_in`] reads: the values of [`VMM_DIR_ENV`] and
-/// `PATH`.
+/// `PATH`, and cargo's bin directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchEnv {
     /// `$SANDVISOR_VMM_DIR`; unset or empty means no such step.
     pub vmm_dir: Option<OsString>,
     /// `$PATH`.
     pub path: Option<OsString>,
+    /// Where `cargo install` puts binaries: `$CARGO_HOME/bin`, or
+    /// `$HOME/.cargo/bin`. `None` (or a relative path) means no such step.
+    pub cargo_bin: Option<PathBuf>,
 }
 
 impl SearchEnv {
@@ -245,7 +275,25 @@ impl SearchEnv {
         Self {
             vmm_dir: std::env::var_os(VMM_DIR_ENV),
             path: std::env::var_os("PATH"),
+            cargo_bin: cargo_bin(
+                std::env::var_os("CARGO_HOME").as_deref(),
+                std::env::var_os("HOME").as_deref(),
+            ),
         }
+    }
+}
+
+/// Cargo's bin directory given `$CARGO_HOME` and `$HOME`, as cargo picks
+/// it: `$CARGO_HOME/bin` when set and not empty, else `$HOME/.cargo/bin`.
+fn cargo_bin(
+    cargo_home: Option<&std::ffi::OsStr>,
+    home: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    match cargo_home.filter(|h| !h.is_empty()) {
+        Some(h) => Some(Path::new(h).join("bin")),
+        None => home
+            .filter(|h| !h.is_empty())
+            .map(|h| Path::new(h).join(".cargo").join("bin")),
     }
 }
 
@@ -271,7 +319,13 @@ pub fn find_in(
     env: &SearchEnv,
 ) -> Result<Found, LookupError> {
     let kata = binary.kata_paths.iter().map(PathBuf::from);
-    search(binary.name, configured, env, kata)
+    let cargo = env
+        .cargo_bin
+        .as_ref()
+        .filter(|dir| binary.cargo_installed && dir.is_absolute())
+        .map(|dir| (dir.join(binary.name), Source::CargoBin));
+    let last = kata.map(|p| (p, Source::KataDefault)).chain(cargo);
+    search(binary.name, configured, env, last)
 }
 
 /// The search proper, over the candidates the inputs give.
@@ -279,7 +333,7 @@ fn search(
     name: &'static str,
     configured: Option<&Path>,
     env: &SearchEnv,
-    kata_paths: impl IntoIterator<Item = PathBuf>,
+    last: impl IntoIterator<Item = (PathBuf, Source)>,
 ) -> Result<Found, LookupError> {
     if let Some(path) = configured {
         return match check(path) {
@@ -295,7 +349,7 @@ fn search(
         };
     }
     let mut looked: Vec<Looked> = Vec::new();
-    for (path, source) in candidates(name, env, kata_paths) {
+    for (path, source) in candidates(name, env, last) {
         if looked.iter().any(|l| l.path == path) {
             continue;
         }
@@ -311,11 +365,11 @@ fn search(
     Err(LookupError::NotFound { name, looked })
 }
 
-/// Steps 2 to 4 of the search, in order.
+/// Steps 2 to 5 of the search, in order; `last` holds steps 4 and 5.
 fn candidates(
     name: &str,
     env: &SearchEnv,
-    kata_paths: impl IntoIterator<Item = PathBuf>,
+    last: impl IntoIterator<Item = (PathBuf, Source)>,
 ) -> Vec<(PathBuf, Source)> {
     let mut out = Vec::new();
     if let Some(dir) = env.vmm_dir.as_ref().filter(|d| !d.is_empty()) {
@@ -328,7 +382,7 @@ fn candidates(
                 .map(|dir| (dir.join(name), Source::Path)),
         );
     }
-    out.extend(kata_paths.into_iter().map(|p| (p, Source::KataDefault)));
+    out.extend(last);
     out
 }
 
@@ -509,10 +563,91 @@ mod tests {
         SearchEnv {
             vmm_dir: vmm_dir.map(|d| d.as_os_str().to_owned()),
             path: Some(std::env::join_paths(path).expect("joinable PATH")),
+            cargo_bin: None,
         }
     }
 
     const NAME: &str = "fake-vmm";
+
+    fn kata_defaults(paths: impl IntoIterator<Item = PathBuf>) -> Vec<(PathBuf, Source)> {
+        paths
+            .into_iter()
+            .map(|p| (p, Source::KataDefault))
+            .collect()
+    }
+
+    #[test]
+    fn cargo_bin_is_cargo_home_then_home() {
+        let s = |v: &str| Some(std::ffi::OsString::from(v));
+        let cases = [
+            (s("/c"), s("/h"), Some(PathBuf::from("/c/bin"))),
+            (None, s("/h"), Some(PathBuf::from("/h/.cargo/bin"))),
+            (s(""), s("/h"), Some(PathBuf::from("/h/.cargo/bin"))),
+            (None, None, None),
+            (None, s(""), None),
+        ];
+        for (cargo_home, home, want) in cases {
+            assert_eq!(
+                cargo_bin(cargo_home.as_deref(), home.as_deref()),
+                want,
+                "{cargo_home:?} {home:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cargo_bin_is_searched_last_and_only_for_cargo_installed_binaries() {
+        let path_dir = tempfile::tempdir().expect("tempdir");
+        let cargo = tempfile::tempdir().expect("tempdir");
+        let name = "sandvisor-test-cargo-tool";
+        let in_cargo = script(cargo.path(), name, "exit 0");
+        let mut env = env(None, &[path_dir.path()]);
+        env.cargo_bin = Some(cargo.path().to_owned());
+        let tool = Binary {
+            name,
+            kata_paths: &["/nonexistent/sandvisor/tool"],
+            cargo_installed: true,
+        };
+        assert_eq!(
+            find_in(&tool, None, &env),
+            Ok(Found {
+                path: in_cargo,
+                source: Source::CargoBin
+            })
+        );
+        // PATH wins over cargo's directory.
+        let on_path = script(path_dir.path(), name, "exit 0");
+        assert_eq!(
+            find_in(&tool, None, &env),
+            Ok(Found {
+                path: on_path.clone(),
+                source: Source::Path
+            })
+        );
+        fs::remove_file(&on_path).expect("rm");
+        // A binary not installed by cargo is not looked for there.
+        let vmm = Binary {
+            cargo_installed: false,
+            ..tool
+        };
+        let err = find_in(&vmm, None, &env).expect_err("not in cargo's bin for a VMM");
+        let LookupError::NotFound { looked, .. } = err else {
+            panic!("expected NotFound, got {err:?}");
+        };
+        assert!(
+            looked.iter().all(|l| l.source != Source::CargoBin),
+            "{looked:?}"
+        );
+        // Not found: cargo's directory is the last place listed.
+        fs::remove_file(cargo.path().join(name)).expect("rm");
+        let err = find_in(&tool, None, &env).expect_err("absent");
+        let LookupError::NotFound { looked, .. } = err else {
+            panic!("expected NotFound, got {err:?}");
+        };
+        let last = looked.last().expect("looked somewhere");
+        assert_eq!(last.source, Source::CargoBin);
+        assert_eq!(last.path, cargo.path().join(name));
+    }
 
     #[test]
     fn the_configured_path_wins_over_everything() {
@@ -619,6 +754,7 @@ mod tests {
         let env = SearchEnv {
             vmm_dir: Some(OsString::new()),
             path: Some(OsString::from("::relative/dir:.")),
+            cargo_bin: None,
         };
         assert_eq!(
             search(NAME, None, &env, []),
@@ -642,7 +778,7 @@ mod tests {
             NAME,
             None,
             &env(None, &[empty.path()]),
-            [usr_bin.join(NAME), wanted.clone()],
+            kata_defaults([usr_bin.join(NAME), wanted.clone()]),
         );
         assert_eq!(
             found,
@@ -664,7 +800,7 @@ mod tests {
             None,
             &env(Some(vmm_dir.path()), &[bin.path(), vmm_dir.path()]),
             // The VMM directory's path again: listed once, as the VMM dir's.
-            [vmm_dir.path().join(NAME), kata.clone()],
+            kata_defaults([vmm_dir.path().join(NAME), kata.clone()]),
         )
         .expect_err("nothing usable");
         let in_vmm_dir = vmm_dir.path().join(NAME);
@@ -708,6 +844,7 @@ mod tests {
         let binary = Binary {
             name: "sandvisor-test-no-such-vmm",
             kata_paths: &["/nonexistent/sandvisor/a", "/nonexistent/sandvisor/b"],
+            cargo_installed: false,
         };
         let err = find_in(&binary, None, &SearchEnv::default()).expect_err("absent");
         let LookupError::NotFound { name, looked } = err else {
@@ -736,6 +873,7 @@ mod tests {
             Binary::ACRN_DM,
             Binary::ACRNCTL,
             Binary::VIRTIOFSD,
+            Binary::VHOST_DEVICE_VSOCK,
         ] {
             for p in b.kata_paths {
                 let p = Path::new(p);

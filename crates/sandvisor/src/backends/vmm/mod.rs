@@ -1,6 +1,6 @@
 //! What the VMM-process backends share: finding the VMM binary
 //! ([`lookup`]), supervising the VMM and its helper processes ([`process`]),
-//! virtiofsd ([`virtiofsd`]), and the REST client for their API sockets
+//! virtiofsd ([`virtiofsd`]), vhost-device-vsock ([`vsock_daemon`]), and the REST client for their API sockets
 //! ([`rest`]).
 
 #[cfg(test)]
@@ -9,3 +9,4 @@ pub mod lookup;
 pub mod process;
 pub mod rest;
 pub mod virtiofsd;
+pub mod vsock_daemon;

@@ -19,6 +19,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -108,6 +110,8 @@ pub struct Spawn<'a> {
 pub struct Supervised {
     pid: u32,
     adopted: bool,
+    /// Set once we signal it: its end is then ours, not news to warn about.
+    stopping: Arc<AtomicBool>,
     exit: watch::Receiver<Option<Exit>>,
     waiter: JoinHandle<()>,
 }
@@ -179,6 +183,8 @@ impl Supervised {
         })?;
         let (tx, rx) = watch::channel(None);
         let program = spec.program.display().to_string();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let asked = Arc::clone(&stopping);
         let waiter = tokio::spawn(async move {
             let exit = match child.wait().await {
                 Ok(status) => Exit::from_status(status),
@@ -187,7 +193,7 @@ impl Supervised {
                     Exit::Unknown
                 }
             };
-            if exit.success() {
+            if exit.success() || asked.load(Ordering::Relaxed) {
                 tracing::info!(pid, program, %exit, "process exited");
             } else {
                 tracing::warn!(pid, program, %exit, "process exited");
@@ -198,6 +204,7 @@ impl Supervised {
         Ok(Supervised {
             pid,
             adopted: false,
+            stopping,
             exit: rx,
             waiter,
         })
@@ -237,18 +244,25 @@ impl Supervised {
         let fd =
             crate::sys::watch_pidfd(pidfd).map_err(|source| ProcessError::Pidfd { pid, source })?;
         let (tx, rx) = watch::channel(None);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let asked = Arc::clone(&stopping);
         let waiter = tokio::spawn(async move {
             // A pidfd polls readable once the process has exited.
             if let Err(e) = fd.readable().await {
                 tracing::warn!(pid, error = %e, "cannot poll pidfd");
             }
-            tracing::warn!(pid, "adopted process exited");
+            if asked.load(Ordering::Relaxed) {
+                tracing::info!(pid, "adopted process exited");
+            } else {
+                tracing::warn!(pid, "adopted process exited");
+            }
             let _ = tx.send(Some(Exit::Unknown));
         });
         tracing::info!(pid, "process adopted");
         Ok(Supervised {
             pid,
             adopted: true,
+            stopping,
             exit: rx,
             waiter,
         })
@@ -294,6 +308,9 @@ impl Supervised {
         if self.exited().is_some() {
             return;
         }
+        if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) {
+            self.stopping.store(true, Ordering::Relaxed);
+        }
         if let Err(e) = signal::kill(pid_of(self.pid), sig) {
             tracing::debug!(pid = self.pid, %sig, error = %e, "signal not delivered");
         }
@@ -305,6 +322,7 @@ impl Supervised {
         if self.exited().is_some() {
             return;
         }
+        self.stopping.store(true, Ordering::Relaxed);
         let pid = pid_of(self.pid);
         if nix::unistd::getpgid(Some(pid)).ok() == Some(pid) {
             let _ = signal::killpg(pid, Signal::SIGKILL);

@@ -553,6 +553,18 @@ impl Owner {
 
     async fn agent_for_exec(&mut self) -> Result<Arc<dyn GuestAgent>, RemoteError> {
         Op::Exec.check(self.id(), self.record.status)?;
+        // A hybrid vsock's daemon is a process of its own: when it is gone
+        // the agent is unreachable for good, and the VMM, still running,
+        // does not say so. The backend's check does.
+        if self.hv.capabilities().hybrid_vsock {
+            if let Err(e) = self.hv.check().await {
+                let err = RemoteError::from_hypervisor(self.id(), Op::Exec, &e);
+                self.agent = None;
+                self.record.last_error = Some(err.clone());
+                self.persist().await;
+                return Err(err);
+            }
+        }
         self.agent().await.map_err(|e| e.with_op(Op::Exec))
     }
 

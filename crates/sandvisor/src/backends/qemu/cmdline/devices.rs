@@ -107,7 +107,7 @@ pub(super) fn cold_plugged(p: &Plan<'_>) -> Result<(Args, InheritedFds), Cmdline
             Device::VhostUser(v) => vhost_user(&mut a, transport, v),
             // The image comes from the config, not as a device.
             Device::Image(d) => block(&mut a, transport, c, d)?,
-            Device::HybridVsock(_) => return Err(CmdlineError::UnsupportedDevice("hybrid-vsock")),
+            Device::HybridVsock(_) => hybrid_vsock(&mut a, transport, p.spec.paths),
             // vCPUs and memory are sized by -smp and -m.
             Device::Cpu(_) | Device::Memory(_) => {}
         }
@@ -164,6 +164,27 @@ fn vsock(a: &mut Args, t: Transport, v: &VSock, fd: i32) {
             "{},id=vsock-{cid},guest-cid={cid},vhostfd={fd}",
             t.driver("vhost-vsock"),
             cid = v.context_id
+        ),
+    );
+}
+
+/// vhost-user-vsock, served by vhost-device-vsock on the VM's
+/// [`VmPaths::vsock_vhost_user`]. The chardev is a client without
+/// `reconnect`: the device needs the daemon during realize (QEMU 7.2 fails
+/// with reconnect), so the daemon is started first.
+fn hybrid_vsock(a: &mut Args, t: Transport, paths: &VmPaths) {
+    a.push2(
+        "-chardev",
+        format!(
+            "socket,id=charvsock0,path={}",
+            path_opt(&paths.vsock_vhost_user)
+        ),
+    );
+    a.push2(
+        "-device",
+        format!(
+            "{},id=vsock0,chardev=charvsock0",
+            t.driver("vhost-user-vsock")
         ),
     );
 }

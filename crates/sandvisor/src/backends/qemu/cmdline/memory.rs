@@ -63,11 +63,18 @@ impl MemoryKnobs {
 }
 
 /// Whether a device in `devices` (or the config) needs guest memory shared
-/// with another process.
+/// with another process. A hybrid vsock counts from the config alone, so
+/// that a template with one is refused at create: without shared memory
+/// vhost-device-vsock cannot map the guest's rings, and QEMU does not fail
+/// but logs it when the guest starts the device, after which every
+/// `CONNECT` is dropped.
 fn needs_shared_memory(config: &HypervisorConfig, devices: &[Device]) -> bool {
     let fs = config.shared_fs.is_virtio_fs() && devices.iter().any(|d| matches!(d, Device::Fs(_)));
-    let vhost_user = devices.iter().any(|d| matches!(d, Device::VhostUser(_)));
-    fs || vhost_user || config.enable_vhost_user_store
+    let vhost_user = devices
+        .iter()
+        .any(|d| matches!(d, Device::VhostUser(_) | Device::HybridVsock(_)));
+    let hybrid_vsock = config.use_vsock && config.vhost_user_vsock_daemon.is_some();
+    fs || vhost_user || hybrid_vsock || config.enable_vhost_user_store
 }
 
 /// How guest RAM is backed for `config` and `devices`: Kata's

@@ -86,11 +86,6 @@ pub enum CmdlineError {
     /// virtio-fs DAX, which QEMU 7.2 does not have.
     #[error("virtio_fs_cache_size = {0} asks for a virtio-fs DAX window, which this QEMU lacks (vhost-user-fs-pci has no cache-size); set it to 0")]
     VirtioFsDax(u32),
-    /// A device QEMU cannot take.
-    #[error(
-        "qemu cannot attach a {0} device; hybrid vsock is for firecracker and cloud hypervisor"
-    )]
-    UnsupportedDevice(&'static str),
     /// A drive without a file, id or format.
     #[error("block drive {id:?} needs a file, an id and a format")]
     IncompleteDrive {
@@ -101,7 +96,7 @@ pub enum CmdlineError {
     #[error("vhost-user storage (enable_vhost_user_store) needs enable_hugepages = true")]
     VhostUserWithoutHugepages,
     /// A template VM with memory that templates cannot use.
-    #[error("VM templates cannot be combined with virtio-fs or file_mem_backend: templates need private memory for the clones")]
+    #[error("VM templates cannot be combined with virtio-fs, a hybrid vsock (vhost-device-vsock) or file_mem_backend: templates need private memory for the clones")]
     TemplateWithSharedMemory,
 }
 
@@ -120,6 +115,14 @@ pub struct VmPaths {
     pub qemu_log: PathBuf,
     /// virtiofsd's stdout and stderr.
     pub virtiofsd_log: PathBuf,
+    /// vhost-device-vsock's vhost-user socket, QEMU's chardev for a hybrid
+    /// vsock.
+    pub vsock_vhost_user: PathBuf,
+    /// vhost-device-vsock's hybrid vsock socket, where the host reaches
+    /// the agent.
+    pub hvsock: PathBuf,
+    /// vhost-device-vsock's stdout and stderr.
+    pub vsock_daemon_log: PathBuf,
     /// A copy of the console output, kept when debugging.
     pub console_log: PathBuf,
 }
@@ -131,6 +134,10 @@ impl VmPaths {
     pub const CONSOLE: &'static str = "console.sock";
     /// File name of virtiofsd's socket.
     pub const VIRTIOFS: &'static str = "vhost-fs.sock";
+    /// File name of vhost-device-vsock's vhost-user socket.
+    pub const VSOCK_VHOST_USER: &'static str = "vhost-user-vsock.sock";
+    /// File name of the hybrid vsock socket.
+    pub const HVSOCK: &'static str = "hvsock.sock";
 
     /// The paths of VM `id` under `storage`.
     pub fn new(storage: &Path, id: &str) -> Self {
@@ -141,6 +148,9 @@ impl VmPaths {
             virtiofs: dir.join(Self::VIRTIOFS),
             qemu_log: dir.join("qemu.log"),
             virtiofsd_log: dir.join("virtiofsd.log"),
+            vsock_vhost_user: dir.join(Self::VSOCK_VHOST_USER),
+            hvsock: dir.join(Self::HVSOCK),
+            vsock_daemon_log: dir.join("vhost-device-vsock.log"),
             console_log: dir.join("console.log"),
             dir,
         }

@@ -1,0 +1,301 @@
+//! A hybrid vsock through the `sandvisor` binary, with a real QEMU guest
+//! from the default assets: `use_vsock = true` on a host without
+//! `/dev/vhost-vsock` gives the guest a `vhost-user-vsock-pci` device
+//! served by vhost-device-vsock, and the agent answers through it. Then a
+//! daemon killed under a running VM: the sandbox reports its agent channel
+//! lost, and `delete` still removes everything.
+//!
+//! Fails, not skips, when the guest assets or vhost-device-vsock are
+//! missing (`scripts/setup.sh` installs both), or when this host has a
+//! usable `/dev/vhost-vsock` (then `use_vsock` takes the kernel's vsock and
+//! this test has nothing to prove).
+
+mod lifecycle_support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lifecycle_support::{alive, kill, pid, wait_gone, Env, Run};
+use serde_json::Value;
+
+static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const DAEMON: &str = "vhost-device-vsock";
+
+fn require_host() {
+    let dir = sandvisor::paths::asset_dir();
+    for f in [sandvisor::paths::KERNEL_FILE, sandvisor::paths::INITRD_FILE] {
+        assert!(
+            dir.join(f).is_file(),
+            "guest asset {} is missing: run sandvisor image build",
+            dir.join(f).display()
+        );
+    }
+    let lookup = sandvisor::backends::vmm::lookup::find(
+        &sandvisor::backends::vmm::lookup::Binary::VHOST_DEVICE_VSOCK,
+        None,
+    );
+    assert!(lookup.is_ok(), "{lookup:?}: run scripts/setup.sh");
+    let vhost = sandvisor::probe::probe_vhost_vsock(Path::new(sandvisor::probe::DEV_VHOST_VSOCK));
+    assert!(
+        vhost.is_err(),
+        "/dev/vhost-vsock works here: use_vsock takes the kernel's vsock, not a hybrid one"
+    );
+}
+
+/// A Kata config for QEMU on the default assets with `use_vsock = true`.
+fn vsock_config(dir: &Path) -> PathBuf {
+    let assets = sandvisor::paths::asset_dir();
+    let path = dir.join("configuration.toml");
+    let text = format!(
+        "[hypervisor.qemu]\n\
+         path = \"/usr/bin/qemu-system-x86_64\"\n\
+         kernel = \"{}\"\n\
+         initrd = \"{}\"\n\
+         machine_type = \"q35\"\n\
+         default_memory = 512\n\
+         use_vsock = true\n",
+        assets.join(sandvisor::paths::KERNEL_FILE).display(),
+        assets.join(sandvisor::paths::INITRD_FILE).display(),
+    );
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+/// The command line of `pid`, its arguments apart.
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The running processes whose command line names a file in `dir`, with
+/// `program` as their executable's name.
+fn processes_in(dir: &Path, program: &str) -> Vec<u32> {
+    let dir = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let args = cmdline(pid);
+            args.first()
+                .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == program))
+                && args.iter().any(|a| a.contains(&dir))
+                && alive(pid)
+        })
+        .collect()
+}
+
+/// Kills, on drop, every vhost-device-vsock serving a VM of the runtime
+/// directory: `Env` kills the supervisors and VMMs a failed test leaves,
+/// not their helpers.
+struct DaemonReaper(PathBuf);
+
+impl Drop for DaemonReaper {
+    fn drop(&mut self) {
+        for pid in processes_in(&self.0, DAEMON) {
+            kill(pid, "KILL");
+        }
+    }
+}
+
+/// Creates and starts sandbox `id` from `config`; returns its state.
+#[track_caller]
+fn boot(env: &Env, id: &str, config: &Path) -> Value {
+    let config = config.to_str().expect("utf-8 path");
+    let create = [
+        "create",
+        "--hypervisor",
+        "qemu",
+        "--id",
+        id,
+        "--config",
+        config,
+    ];
+    assert_eq!(env.run(&create).ok().trim(), id);
+    env.run(&["start", id, "--timeout", "120"]).ok();
+    let state = env.state(id);
+    assert_eq!(state["status"], "running", "{state:#}");
+    state
+}
+
+/// The VM directory of sandbox `id`.
+fn vm_dir(env: &Env, id: &str) -> PathBuf {
+    env.runtime_dir().join("vm").join(id)
+}
+
+/// Checks that QEMU runs a vhost-user-vsock device and that one daemon
+/// serves it; returns the daemon's pid.
+#[track_caller]
+fn assert_hybrid_vsock(env: &Env, id: &str, vmm: u32) -> u32 {
+    let dir = vm_dir(env, id);
+    let argv = cmdline(vmm);
+    let vhost_user = dir.join("vhost-user-vsock.sock");
+    assert!(
+        argv.iter().any(|a| a.starts_with("vhost-user-vsock-pci,")),
+        "{argv:?}"
+    );
+    assert!(
+        argv.contains(&format!(
+            "socket,id=charvsock0,path={}",
+            vhost_user.display()
+        )),
+        "{argv:?}"
+    );
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with("memory-backend-memfd,") && a.contains("share=on")),
+        "{argv:?}"
+    );
+    assert!(
+        !argv.iter().any(|a| a.contains("virtio-serial")),
+        "{argv:?}"
+    );
+    let daemons = processes_in(&dir, DAEMON);
+    assert_eq!(
+        daemons.len(),
+        1,
+        "one vhost-device-vsock for {id}: {daemons:?}"
+    );
+    let daemon = daemons[0];
+    let args = cmdline(daemon);
+    assert!(
+        args.iter().any(|a| a.contains(&format!(
+            "socket={},uds-path={}",
+            vhost_user.display(),
+            dir.join("hvsock.sock").display()
+        ))),
+        "{args:?}"
+    );
+    daemon
+}
+
+/// Asserts that nothing of sandbox `id` is left: no supervisor, QEMU or
+/// daemon, no socket, no directory.
+#[track_caller]
+fn assert_gone(env: &Env, id: &str, pids: &[u32]) {
+    for &pid in pids {
+        assert!(
+            wait_gone(pid, Duration::from_secs(10)),
+            "pid {pid} ({:?}) left running",
+            cmdline(pid)
+        );
+    }
+    let dir = vm_dir(env, id);
+    assert!(
+        processes_in(&dir, DAEMON).is_empty(),
+        "a daemon left running"
+    );
+    assert!(!dir.exists(), "VM directory {dir:?} left");
+    assert!(!env.sandbox_dir(id).exists(), "sandbox directory left");
+}
+
+fn echo(env: &Env, id: &str) -> Run {
+    env.run(&["exec", id, "--", "echo", "via-vsock"])
+}
+
+#[test]
+fn vm_vsock_agent_answers_through_vhost_device_vsock() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_host();
+    let env = Env::new();
+    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = vsock_config(config_dir.path());
+    let state = boot(&env, "hv", &config);
+    let supervisor = pid(&state, "supervisor");
+    let vmm = pid(&state, "vmm");
+    let daemon = assert_hybrid_vsock(&env, "hv", vmm);
+
+    let out = echo(&env, "hv");
+    assert_eq!(out.ok(), "via-vsock\n", "{out:?}");
+    // The agent serves vsock only: it knows from the kernel command line.
+    let out = env.run(&["exec", "hv", "--", "cat", "/proc/cmdline"]);
+    assert!(out.ok().contains("agent.use_vsock=true"), "{out:?}");
+
+    env.run(&["delete", "hv", "--force"]).ok();
+    assert_gone(&env, "hv", &[supervisor, vmm, daemon]);
+}
+
+#[test]
+fn vm_vsock_killed_daemon_is_the_agent_channel_lost() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_host();
+    let env = Env::new();
+    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = vsock_config(config_dir.path());
+    let state = boot(&env, "lost", &config);
+    let supervisor = pid(&state, "supervisor");
+    let vmm = pid(&state, "vmm");
+    let daemon = assert_hybrid_vsock(&env, "lost", vmm);
+    assert_eq!(echo(&env, "lost").ok(), "via-vsock\n");
+
+    kill(daemon, "KILL");
+    assert!(
+        wait_gone(daemon, Duration::from_secs(10)),
+        "daemon survived"
+    );
+    // QEMU does not notice; the sandbox does, at the next exec.
+    assert!(alive(vmm), "QEMU went with the daemon");
+    echo(&env, "lost").fails_with("agent channel is lost");
+    let state = env.state("lost");
+    let last = state["last_error"].to_string();
+    assert!(last.contains("agent channel is lost"), "{state:#}");
+    let text = env.run(&["state", "lost"]);
+    assert!(text.ok().contains("agent channel is lost"), "{text:?}");
+
+    env.run(&["delete", "lost", "--force"]).ok();
+    assert_gone(&env, "lost", &[supervisor, vmm, daemon]);
+}
+
+#[test]
+fn vm_vsock_a_new_supervisor_adopts_the_daemon() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_host();
+    let env = Env::new();
+    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = vsock_config(config_dir.path());
+    let state = boot(&env, "adopt", &config);
+    let old = pid(&state, "supervisor");
+    let vmm = pid(&state, "vmm");
+    let daemon = assert_hybrid_vsock(&env, "adopt", vmm);
+    assert_eq!(echo(&env, "adopt").ok(), "via-vsock\n");
+    kill(old, "KILL");
+    assert!(wait_gone(old, Duration::from_secs(5)));
+    assert!(
+        alive(vmm) && alive(daemon),
+        "QEMU and its daemon outlive the supervisor"
+    );
+
+    // The next command's supervisor re-attaches: QEMU and the daemon are
+    // adopted, and the agent answers through the same daemon.
+    assert_eq!(echo(&env, "adopt").ok(), "via-vsock\n");
+    let state = env.state("adopt");
+    let new = pid(&state, "supervisor");
+    assert_ne!(new, old);
+    assert_eq!(pid(&state, "vmm"), vmm);
+    assert_eq!(assert_hybrid_vsock(&env, "adopt", vmm), daemon);
+
+    // The daemon dies while no supervisor watches: the next supervisor
+    // re-attaches to QEMU and reports the agent channel lost.
+    kill(new, "KILL");
+    kill(daemon, "KILL");
+    assert!(wait_gone(new, Duration::from_secs(5)));
+    assert!(wait_gone(daemon, Duration::from_secs(5)));
+    echo(&env, "adopt").fails_with("agent channel is lost");
+    let state = env.state("adopt");
+    let last = pid(&state, "supervisor");
+    assert_eq!(pid(&state, "vmm"), vmm);
+
+    env.run(&["delete", "adopt", "--force"]).ok();
+    assert_gone(&env, "adopt", &[new, last, vmm, daemon]);
+}
