@@ -12,6 +12,7 @@
 //! `vmm/` holds what the VMM-process backends share: process supervision,
 //! virtiofsd, the VM directory.
 
+pub mod clh;
 pub mod firecracker;
 pub mod mock;
 pub mod qemu;

@@ -1,0 +1,4 @@
+//! The Cloud Hypervisor backend.
+
+pub mod api;
+pub mod vm_config;
