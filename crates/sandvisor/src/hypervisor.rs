@@ -240,6 +240,10 @@ pub struct HypervisorState {
     pub id: String,
     /// VMM pid.
     pub pid: u32,
+    /// The VMM's start time (`/proc/<pid>/stat` field 22; 0 when unknown),
+    /// so that a reused pid is not taken for it.
+    #[serde(default)]
+    pub vmm_start_time: u64,
     /// VM UUID.
     pub uuid: String,
     /// The VM state when saved.
@@ -270,6 +274,10 @@ pub struct HypervisorState {
     pub pcie_root_port: u32,
     /// Whether VFIO devices go on the root bus.
     pub hotplug_vfio_on_root_bus: bool,
+    /// Where `save_sandbox` wrote the VM's snapshot, when the backend
+    /// snapshots to a directory (Cloud Hypervisor).
+    #[serde(default)]
+    pub snapshot_dir: Option<PathBuf>,
     /// The validated config the VM was created with.
     pub config: HypervisorConfig,
 }

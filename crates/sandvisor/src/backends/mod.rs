@@ -6,7 +6,7 @@
 //! | qemu | `qemu-system-x86_64` | `/usr/bin`, `/opt/kata/bin` | `apt-get install qemu-system-x86` | machine `q35` by default; `use_vsock` without `/dev/vhost-vsock` is a hybrid vsock through vhost-device-vsock, or an error | everything but VFIO here; vCPU hot-unplug needs QEMU ≥ 9.2 under TCG |
 //! | firecracker | `firecracker` (+ `jailer`) | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | all but vCPU hot-plug; PCI or placeholder hot-plug; jailer |
 //! | acrn | `acrn-dm` (+ `acrnctl`) | `/usr/bin` | an ACRN Service VM | — | not yet driven |
-//! | clh | `cloud-hypervisor` | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | not yet driven |
+//! | clh | `cloud-hypervisor` | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | every operation but making templates; agent over a hybrid vsock |
 //! | mock | — | — | — | — | everything, with no VM |
 //!
 //! `vmm/` holds what the VMM-process backends share: process supervision,
@@ -98,7 +98,7 @@ pub const BACKENDS: [BackendFacts; 5] = [
         default_machine_type: None,
         forces_vsock: true,
         has_guest: true,
-        summary: "configuration only: sandvisor does not drive cloud hypervisor yet",
+        summary: "every operation but templates; a stock Linux guest needs a KVM host without PVM",
     },
     BackendFacts {
         kind: HypervisorType::Mock,
@@ -144,7 +144,8 @@ pub fn new_hypervisor(kind: HypervisorType) -> Box<dyn Hypervisor> {
     match kind {
         HypervisorType::Qemu => Box::new(qemu::Qemu::new()),
         HypervisorType::Firecracker => Box::new(firecracker::Firecracker::new()),
-        HypervisorType::Acrn | HypervisorType::Clh => Box::new(unavailable::Unavailable::new(kind)),
+        HypervisorType::Clh => Box::new(clh::Clh::new()),
+        HypervisorType::Acrn => Box::new(unavailable::Unavailable::new(kind)),
         HypervisorType::Mock => Box::new(mock::MockHypervisor::new()),
     }
 }
