@@ -1,0 +1,138 @@
+//! Cloud Hypervisor failing: killed under a running VM, a kernel that does
+//! not exist, a VMM that exits at once. Each must be reported as what it
+//! is, and leave nothing: no process, no socket, no directory.
+//!
+//! Needs `$SANDVISOR_VMM_DIR/cloud-hypervisor`. None of these needs a
+//! booted Linux guest.
+
+#[path = "support/clh.rs"]
+mod clh;
+
+use sandvisor::backends::clh::Clh;
+use sandvisor::hypervisor::{Error, Hypervisor, NetworkNamespace, VmState};
+use sandvisor::process::Exit;
+
+fn storage() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("svc")
+        .tempdir_in("/tmp")
+        .expect("storage")
+}
+
+fn nothing_left(storage: &std::path::Path) {
+    assert!(
+        clh::processes_mentioning(storage).is_empty(),
+        "processes left: {:?}",
+        clh::processes_mentioning(storage)
+    );
+    let left: Vec<_> = std::fs::read_dir(storage).expect("storage").collect();
+    assert!(left.is_empty(), "left in storage: {left:?}");
+}
+
+#[tokio::test]
+async fn a_sigkilled_vmm_fails_check_naming_the_signal() {
+    let guest = clh::guest();
+    let storage = storage();
+    let _reaper = clh::Reaper(storage.path().to_path_buf());
+    let mut vm = Clh::with_storage(storage.path());
+    vm.create_sandbox(
+        "kill",
+        &NetworkNamespace::default(),
+        &clh::config(&guest),
+        false,
+    )
+    .await
+    .expect("creates");
+    vm.start_sandbox(clh::START_TIMEOUT).await.expect("starts");
+    vm.check().await.expect("healthy before the kill");
+    let pid = vm.pids()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+
+    let e = vm.check().await.expect_err("check fails once CH is killed");
+    assert_eq!(e.vmm_exit(), Some(Exit::Signal(9)), "{e:?}");
+    assert!(e.to_string().contains("SIGKILL"), "names the signal: {e}");
+    assert_eq!(vm.state(), VmState::Stopped);
+
+    // A crash is an error from stop too, never a clean stop.
+    let stop = vm.stop_sandbox().await;
+    assert!(
+        matches!(
+            &stop,
+            Err(Error::VmmExited {
+                exit: Exit::Signal(9),
+                ..
+            })
+        ),
+        "{stop:?}"
+    );
+    vm.cleanup().await.expect("cleans up");
+    nothing_left(storage.path());
+}
+
+#[tokio::test]
+async fn a_bad_kernel_path_fails_the_start_and_leaves_nothing() {
+    let guest = clh::guest();
+    let storage = storage();
+    let _reaper = clh::Reaper(storage.path().to_path_buf());
+    let mut config = clh::config(&guest);
+    config.kernel_path = Some(guest.dir.path().join("no-such-kernel"));
+    let mut vm = Clh::with_storage(storage.path());
+    vm.create_sandbox("badk", &NetworkNamespace::default(), &config, false)
+        .await
+        .expect("creates: files are start's business");
+    let e = vm
+        .start_sandbox(clh::START_TIMEOUT)
+        .await
+        .expect_err("cannot boot a missing kernel");
+    // CH's own words travel in the chain.
+    let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        chain.contains("vm.create") || chain.contains("vm.boot"),
+        "{chain}"
+    );
+    assert!(vm.pids().is_empty());
+    nothing_left(storage.path());
+}
+
+#[tokio::test]
+async fn a_vmm_that_exits_at_once_is_reported_and_leaves_nothing() {
+    let guest = clh::guest();
+    let storage = storage();
+    let _reaper = clh::Reaper(storage.path().to_path_buf());
+    // A "cloud-hypervisor" that fails as soon as it runs.
+    let fake = guest.dir.path().join("cloud-hypervisor");
+    std::fs::write(&fake, "#!/bin/sh\necho 'no KVM for you' >&2\nexit 3\n").expect("script");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut config = clh::config(&guest);
+    config.hypervisor_path = Some(fake);
+    let mut vm = Clh::with_storage(storage.path());
+    vm.create_sandbox("early", &NetworkNamespace::default(), &config, false)
+        .await
+        .expect("creates");
+    let e = vm
+        .start_sandbox(clh::START_TIMEOUT)
+        .await
+        .expect_err("the VMM exited");
+    match &e {
+        Error::VmmExited {
+            exit,
+            starting,
+            log_tail,
+            ..
+        } => {
+            assert_eq!(*exit, Exit::Code(3));
+            assert!(*starting);
+            assert!(log_tail.contains("no KVM for you"), "{log_tail:?}");
+        }
+        other => panic!("expected VmmExited: {other:?}"),
+    }
+    nothing_left(storage.path());
+}
