@@ -199,3 +199,24 @@ async fn connect_gives_up_with_the_last_error() {
         other => panic!("unexpected {other}"),
     }
 }
+
+#[tokio::test]
+async fn a_hybrid_vsock_that_never_answers_connect_ends_at_the_deadline() {
+    // The VMM's side of a hybrid vsock with no listener in the guest: it
+    // takes the connection and the CONNECT line, and says nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hv.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            kept.push(s);
+        }
+    });
+    let addr = AgentAddress::HybridVsock { path, port: 1024 };
+    let err = AgentClient::connect(&addr, Duration::from_millis(300))
+        .await
+        .expect_err("nobody answers");
+    assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err:?}");
+    held.abort();
+}

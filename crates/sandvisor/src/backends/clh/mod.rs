@@ -1037,6 +1037,7 @@ impl Hypervisor for Clh {
             return Ok(());
         };
         let died_alone = p.exited();
+        tracing::debug!(id = self.id, pid = p.pid(), "stopping cloud hypervisor");
         if died_alone.is_none() {
             if let Some(api) = self.api.clone() {
                 // vmm.shutdown may close the connection before it answers.
