@@ -294,11 +294,11 @@ pub async fn run_check(
     };
 
     if let Some(rc) = &runtime {
-        // QEMU and Firecracker are backends sandvisor drives VMs with; the
-        // others only read and validate their config.
+        // QEMU, Firecracker and Cloud Hypervisor are backends sandvisor
+        // drives VMs with; the others only read and validate their config.
         if matches!(
             rc.hypervisor,
-            HypervisorType::Qemu | HypervisorType::Firecracker
+            HypervisorType::Qemu | HypervisorType::Firecracker | HypervisorType::Clh
         ) {
             items.push(CheckItem::ok(
                 "backend",
@@ -344,7 +344,23 @@ pub async fn run_check(
         .as_ref()
         .map_or(Accel::default(), |rc| rc.config.accel);
     let (accel, accel_conclusion) = accel_verdict(accel_requested, &kvm);
+    let clh = runtime
+        .as_ref()
+        .is_some_and(|rc| rc.hypervisor == HypervisorType::Clh);
     items.push(match accel {
+        // Cloud Hypervisor has no software emulation: KVM or nothing.
+        _ if clh => match &kvm.reason {
+            None => CheckItem::ok("accel", true, "KVM usable by cloud hypervisor"),
+            Some(reason) => CheckItem::no(
+                "accel",
+                true,
+                format!(
+                    "KVM cannot run stock guests under cloud hypervisor here ({reason}), \
+                     and cloud hypervisor has no TCG: its API answers, a Linux guest barely advances"
+                ),
+                Some("run on a host with hardware virtualisation (vmx/svm), or use qemu".into()),
+            ),
+        },
         Some(_) => CheckItem::ok("accel", true, accel_conclusion.clone()),
         None => CheckItem::no(
             "accel",
@@ -381,6 +397,9 @@ pub async fn run_check(
                     Some(HypervisorType::Firecracker) => {
                         format!("{why}; not needed: the agent uses firecracker's hybrid vsock")
                     }
+                    Some(HypervisorType::Clh) => format!(
+                        "{why}; not needed: the agent uses cloud hypervisor's hybrid vsock"
+                    ),
                     _ => format!("{why}; not needed: the agent uses virtio-serial"),
                 },
             },

@@ -322,3 +322,31 @@ async fn report_serialises_to_json() {
         .as_array()
         .is_some_and(|a| a.len() == report.items.len()));
 }
+
+#[tokio::test]
+async fn cloud_hypervisor_needs_kvm_that_runs_stock_guests() {
+    for (flags, pvm, usable) in [(FLAGS_VMX, false, true), (FLAGS_NO_VIRT, true, false)] {
+        let host = Host::new(flags, pvm);
+        let mut rc = host.config();
+        rc.hypervisor = HypervisorType::Clh;
+        rc.config.accel = Accel::Auto;
+        let report = run_check(Ok(rc), &host.options()).await;
+        let backend = item(&report, "backend");
+        assert!(backend.ok, "{backend:?}");
+        let accel = item(&report, "accel");
+        assert_eq!(accel.ok, usable, "{accel:?}");
+        assert!(accel.required);
+        if !usable {
+            assert!(accel.detail.contains("no TCG"), "{accel:?}");
+        }
+        let vsock = item(&report, "vhost-vsock");
+        assert!(
+            !vsock.required,
+            "the agent uses the hybrid vsock: {vsock:?}"
+        );
+        assert!(
+            vsock.ok || vsock.detail.contains("hybrid vsock"),
+            "{vsock:?}"
+        );
+    }
+}
