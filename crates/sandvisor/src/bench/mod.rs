@@ -23,6 +23,9 @@
 //!   exec, stop and delete.
 //! - **density**: N sandboxes launched at once: time until all answer, and
 //!   failures.
+//! - **clh** (only with `--only clh`): the Cloud Hypervisor backend with
+//!   the tiny PVH guest: spawn to `vmm.ping`, `vm.create` + `vm.boot`,
+//!   pause and resume, hot-plug acknowledgements.
 //!
 //! - **firecracker** (only with `--only firecracker`): the Firecracker
 //!   backend with the tiny PVH guest: API boot (also jailed), pause and
@@ -36,6 +39,7 @@ pub mod report;
 pub mod stats;
 
 mod cli;
+mod clh;
 mod cold;
 mod density;
 mod firecracker;
@@ -382,6 +386,13 @@ pub async fn run(
             Section::Memory => memory::memory_and_cpu(opts, &mut rec, progress).await,
             Section::Density => density::density(opts, &mut rec, progress).await,
             Section::Firecracker => firecracker::section(opts, &mut rec, progress).await,
+            Section::Clh => match clh::binary() {
+                Some(bin) => clh::measure(opts, &bin, &mut rec, progress).await,
+                None => Err(BenchError::Unexpected(format!(
+                    "no cloud-hypervisor binary: set {} or install it",
+                    crate::backends::vmm::lookup::VMM_DIR_ENV
+                ))),
+            },
         };
         if let Err(e) = result {
             let mut msg = format!("{section}: {e}");

@@ -23,6 +23,9 @@ pub enum Section {
     /// The Firecracker backend with the tiny guest: API boot, pause and
     /// resume, snapshot, restore, hot-plug ack. Not run by default.
     Firecracker,
+    /// The Cloud Hypervisor backend with the tiny guest: create+boot,
+    /// pause and resume, hot-plug ack. Not run by default.
+    Clh,
 }
 
 impl Section {
@@ -36,7 +39,7 @@ impl Section {
     ];
 
     /// Sections run only when asked for (`--only`).
-    pub const OPTIONAL: [Section; 1] = [Section::Firecracker];
+    pub const OPTIONAL: [Section; 2] = [Section::Firecracker, Section::Clh];
 
     /// Its name.
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Section {
             Section::Memory => "memory",
             Section::Density => "density",
             Section::Firecracker => "firecracker",
+            Section::Clh => "clh",
         }
     }
 }
@@ -67,7 +71,7 @@ impl FromStr for Section {
             .find(|x| x.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown section {s:?}: expected cold, lifecycle, hotplug, memory, density or firecracker"
+                    "unknown section {s:?}: expected cold, lifecycle, hotplug, memory, density, firecracker or clh"
                 )
             })
     }

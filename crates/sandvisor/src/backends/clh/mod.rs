@@ -256,6 +256,17 @@ impl From<ClhError> for Error {
     }
 }
 
+/// How the last start went, step by step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StartTimings {
+    /// From spawning CH to `vmm.ping` answering.
+    pub vmm_ready: Duration,
+    /// `vm.create` and `vm.boot` (or `vm.restore`), both acknowledged.
+    pub create_boot: Duration,
+    /// The whole start, `vm.info` included.
+    pub total: Duration,
+}
+
 /// The Cloud Hypervisor backend.
 #[derive(Debug)]
 pub struct Clh {
@@ -275,6 +286,7 @@ pub struct Clh {
     block_indexes: BTreeSet<u32>,
     hot_memory_mib: u32,
     snapshot: Option<PathBuf>,
+    timings: Option<StartTimings>,
     detached: bool,
 }
 
@@ -336,6 +348,7 @@ impl Clh {
             block_indexes: BTreeSet::new(),
             hot_memory_mib: 0,
             snapshot: None,
+            timings: None,
             detached: false,
         }
     }
@@ -348,6 +361,11 @@ impl Clh {
     /// The VM state as this handle knows it.
     pub fn state(&self) -> VmState {
         self.state
+    }
+
+    /// How the last successful start went, step by step (for the bench).
+    pub fn start_timings(&self) -> Option<StartTimings> {
+        self.timings
     }
 
     /// The snapshot directory of the last `save_sandbox`.
@@ -589,6 +607,7 @@ impl Clh {
             version = ping.version,
             "cloud hypervisor answers"
         );
+        let vmm_ready = started.elapsed();
 
         if self.config.boot_from_template {
             let dir = self
@@ -617,6 +636,7 @@ impl Clh {
             self.starting("boot the VM (vm.boot)", deadline, api.call(&VmBoot, left()))
                 .await?;
         }
+        let create_boot = started.elapsed() - vmm_ready;
         let info = self
             .starting(
                 "report the VM (vm.info)",
@@ -627,6 +647,11 @@ impl Clh {
         if info.state != VmRunState::Running {
             return Err(ClhError::NotRunning { state: info.state });
         }
+        self.timings = Some(StartTimings {
+            vmm_ready,
+            create_boot,
+            total: started.elapsed(),
+        });
         tracing::info!(
             id = self.id,
             elapsed_ms = started.elapsed().as_millis() as u64,

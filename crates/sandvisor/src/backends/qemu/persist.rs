@@ -49,6 +49,7 @@ impl Qemu {
             pcie_root_port: self.config.pcie_root_port,
             hotplug_vfio_on_root_bus: self.config.hotplug_vfio_on_root_bus,
             config: self.config.clone(),
+            ..HypervisorState::default()
         }
     }
 
