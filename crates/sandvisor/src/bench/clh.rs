@@ -8,9 +8,9 @@
 //! vCPU added and 128 MiB added (`vm.add-disk`, `vm.resize`). Targets are
 //! QEMU's: 10 ms for pause and resume, 50 ms for an acknowledgement.
 //!
-//! The binary is `$SANDVISOR_VMM_DIR/cloud-hypervisor`, else where Kata
-//! installs it; without one the section is not measured and the report's
-//! setup says so.
+//! The binary is found as the backend finds it (`$SANDVISOR_VMM_DIR`,
+//! `PATH`, Kata's paths); without one the section is not measured and the
+//! report's setup says so.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -19,23 +19,18 @@ use std::time::Instant;
 use super::report::Unit;
 use super::{hv_err, io_err, ms, targets, BenchError, BenchOptions, Recorder, Section};
 use crate::backends::clh::Clh;
+use crate::backends::vmm::lookup;
 use crate::config::HypervisorConfig;
 use crate::device::{BlockDrive, Device};
 use crate::hypervisor::{Hypervisor, NetworkNamespace};
-use crate::hypervisor_type::HypervisorType;
 use crate::image::tiny_guest::TinyGuest;
 
-/// The environment variable naming the directory of the VMM binaries.
-pub const VMM_DIR_ENV: &str = "SANDVISOR_VMM_DIR";
-
-/// The `cloud-hypervisor` to measure, when there is one.
+/// The `cloud-hypervisor` to measure, as the backend's lookup finds it
+/// (`$SANDVISOR_VMM_DIR`, `PATH`, Kata's paths), when there is one.
 pub fn binary() -> Option<PathBuf> {
-    let from_env = std::env::var_os(VMM_DIR_ENV)
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(&d).join("cloud-hypervisor"));
-    from_env
-        .or_else(|| crate::backends::facts(HypervisorType::Clh).default_binary())
-        .filter(|p| p.is_file())
+    lookup::find(&lookup::Binary::CLOUD_HYPERVISOR, None)
+        .ok()
+        .map(|found| found.path)
 }
 
 const S: Section = Section::Clh;
