@@ -186,9 +186,9 @@ fn delete_force_stops_a_running_sandbox() {
 #[test]
 fn backends_that_cannot_do_it_say_so() {
     let env = Env::new();
-    // Cloud Hypervisor is config-only: it cannot make the agent channel.
-    env.run(&["create", "--hypervisor", "clh", "--id", "c"])
-        .fails_with("clh does not support");
+    // ACRN is config-only: it cannot make the agent channel.
+    env.run(&["create", "--hypervisor", "acrn", "--id", "c"])
+        .fails_with("acrn does not support");
     assert!(
         !env.sandbox_dir("c").exists(),
         "a failed create leaves nothing"
