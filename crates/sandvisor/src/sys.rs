@@ -68,3 +68,52 @@ pub fn watch_pidfd(
     }
     .map_err(std::io::Error::from)
 }
+
+/// The part of `struct ifreq` that `TUNSETIFF` reads: the name and the
+/// flags, padded to the kernel's 40 bytes.
+#[repr(C)]
+struct TapIfReq {
+    name: [u8; 16],
+    flags: nix::libc::c_short,
+    pad: [u8; 22],
+}
+
+nix::ioctl_write_ptr_bad!(tunsetiff, nix::libc::TUNSETIFF, TapIfReq);
+
+/// Opens one queue of the tap interface `name` (`IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR`, and `IFF_MULTI_QUEUE` when `multi_queue`), as a VMM
+/// wants its descriptors. The interface must exist or is made (then it
+/// lasts as long as a descriptor is open).
+///
+/// # Errors
+/// The open of `/dev/net/tun` or the ioctl's errno; `EINVAL` for a name of
+/// 16 bytes or more.
+pub fn open_tap_queue(name: &str, multi_queue: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= 16 {
+        return Err(std::io::Error::from_raw_os_error(nix::libc::EINVAL));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let mut flags = nix::libc::IFF_TAP | nix::libc::IFF_NO_PI | nix::libc::IFF_VNET_HDR;
+    if multi_queue {
+        flags |= nix::libc::IFF_MULTI_QUEUE;
+    }
+    let mut req = TapIfReq {
+        name: [0; 16],
+        // The flags all fit in the low 16 bits the kernel reads.
+        flags: flags as nix::libc::c_short,
+        pad: [0; 22],
+    };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `tun` is an open /dev/net/tun; TUNSETIFF reads a 40-byte
+    // ifreq from a pointer to a local that outlives the call (and may write
+    // the chosen name back into it, which is ours to overwrite).
+    unsafe { tunsetiff(tun.as_raw_fd(), &req) }.map_err(std::io::Error::from)?;
+    Ok(tun.into())
+}

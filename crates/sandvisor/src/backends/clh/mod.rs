@@ -38,6 +38,7 @@ pub mod vm_config;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,6 +173,15 @@ pub enum ClhError {
         pid: u32,
         /// How it ended.
         exit: Exit,
+    },
+    /// A tap could not be opened for a network device.
+    #[error("cannot open tap {name:?}")]
+    Tap {
+        /// The tap.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
     },
     /// A device id already in use.
     #[error("device {id:?} is already attached")]
@@ -767,15 +777,23 @@ impl Clh {
     }
 
     async fn hotplug_net(&mut self, n: &NetDevice) -> Result<HotplugResult, ClhError> {
-        let body = vm_config::net(&self.config, n, self.hot_nets(), 0);
-        self.hot_id_free(body.id.as_deref().unwrap_or_default())?;
-        let info = self
-            .call(
-                "add the network device (vm.add-net)",
-                &VmAddNet(body),
-                API_TIMEOUT,
-            )
-            .await?;
+        let id = vm_config::net(&self.config, n, self.hot_nets(), 0).id;
+        self.hot_id_free(id.as_deref().unwrap_or_default())?;
+        // The tap's descriptors go with the request; CH keeps its copies.
+        let fds = open_tap(&n.tap_name, n.queues.max(1), self.netns.path.as_deref())
+            .await
+            .map_err(|source| ClhError::Tap {
+                name: n.tap_name.clone(),
+                source,
+            })?;
+        let body = vm_config::net(&self.config, n, self.hot_nets(), fds.len());
+        let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+        let api = self.client()?;
+        let info = api_err(
+            "add the network device (vm.add-net)",
+            api.call_with_fds(&VmAddNet(body), &borrowed, API_TIMEOUT)
+                .await,
+        )?;
         self.record_hotplug(&info);
         Ok(HotplugResult::Attached(None))
     }
@@ -947,6 +965,34 @@ impl Clh {
             },
         ))
     }
+}
+
+/// Opens `queues` descriptors of tap `name`, inside network namespace
+/// `netns` when one is given (on a thread of its own, which enters it and
+/// ends).
+async fn open_tap(name: &str, queues: u32, netns: Option<&Path>) -> std::io::Result<Vec<OwnedFd>> {
+    let name = name.to_string();
+    let netns = netns.map(Path::to_path_buf);
+    let open = move || -> std::io::Result<Vec<OwnedFd>> {
+        if let Some(ns) = &netns {
+            let f = std::fs::File::open(ns)?;
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+        }
+        (0..queues)
+            .map(|_| crate::sys::open_tap_queue(&name, queues > 1))
+            .collect()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("clh-tap".into())
+        .spawn(move || {
+            let _ = tx.send(open());
+        })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(std::io::Error::other(
+            "the tap thread ended without an answer",
+        ))
+    })
 }
 
 fn host_memory_mib() -> Result<u64, ClhError> {
