@@ -136,3 +136,36 @@ async fn a_vmm_that_exits_at_once_is_reported_and_leaves_nothing() {
     }
     nothing_left(storage.path());
 }
+
+/// A VM booted from a template is restored (`vm.restore`) from the
+/// template's directory. Here the directory holds no snapshot (this PVM
+/// host cannot make one), so CH refuses: the start fails with CH's message
+/// and leaves nothing. Restoring a real snapshot needs a KVM host that can
+/// take one.
+#[tokio::test]
+async fn a_restore_from_a_missing_snapshot_fails_cleanly() {
+    let guest = clh::guest();
+    let storage = storage();
+    let _reaper = clh::Reaper(storage.path().to_path_buf());
+    let template = guest.dir.path().join("template");
+    std::fs::create_dir(&template).expect("template dir");
+    let mut config = clh::config(&guest);
+    config.boot_from_template = true;
+    config.memory_path = Some(template.join("memory"));
+    config.devices_state_path = Some(template.clone());
+    let mut vm = Clh::with_storage(storage.path());
+    vm.create_sandbox("tmpl", &NetworkNamespace::default(), &config, false)
+        .await
+        .expect("creates");
+    let e = vm
+        .start_sandbox(clh::START_TIMEOUT)
+        .await
+        .expect_err("nothing to restore");
+    let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(chain.contains("vm.restore"), "{chain}");
+    assert!(vm.pids().is_empty());
+    nothing_left(storage.path());
+}
