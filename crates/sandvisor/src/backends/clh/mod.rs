@@ -297,6 +297,7 @@ pub struct Clh {
     hot_memory_mib: u32,
     snapshot: Option<PathBuf>,
     timings: Option<StartTimings>,
+    start_timeout: Duration,
     detached: bool,
 }
 
@@ -359,6 +360,7 @@ impl Clh {
             hot_memory_mib: 0,
             snapshot: None,
             timings: None,
+            start_timeout: Duration::ZERO,
             detached: false,
         }
     }
@@ -530,7 +532,7 @@ impl Clh {
                 if Instant::now() >= deadline || matches!(e, RestError::Timeout { .. }) {
                     return Err(ClhError::StartTimeout {
                         what: what.to_string(),
-                        timeout: deadline.saturating_duration_since(Instant::now()),
+                        timeout: self.start_timeout,
                         log_tail: self.log_tail(),
                         last: Some(Box::new(e)),
                     });
@@ -559,6 +561,7 @@ impl Clh {
     async fn launch(&mut self, timeout: Duration) -> Result<(), ClhError> {
         let started = Instant::now();
         let deadline = started + timeout;
+        self.start_timeout = timeout;
         let paths = self
             .paths
             .clone()
@@ -777,8 +780,8 @@ impl Clh {
     }
 
     async fn hotplug_net(&mut self, n: &NetDevice) -> Result<HotplugResult, ClhError> {
-        let id = vm_config::net(&self.config, n, self.hot_nets(), 0).id;
-        self.hot_id_free(id.as_deref().unwrap_or_default())?;
+        let id = vm_config::net_id(n);
+        self.hot_id_free(&id)?;
         // The tap's descriptors go with the request; CH keeps its copies.
         let fds = open_tap(&n.tap_name, n.queues.max(1), self.netns.path.as_deref())
             .await
@@ -786,7 +789,7 @@ impl Clh {
                 name: n.tap_name.clone(),
                 source,
             })?;
-        let body = vm_config::net(&self.config, n, self.hot_nets(), fds.len());
+        let body = vm_config::net(&self.config, n, fds.len());
         let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
         let api = self.client()?;
         let info = api_err(
@@ -799,7 +802,7 @@ impl Clh {
     }
 
     async fn hotplug_vfio(&mut self, v: &VfioDevice) -> Result<HotplugResult, ClhError> {
-        let body = vm_config::vfio(&self.config, v, self.hot_vfios());
+        let body = vm_config::vfio(&self.config, v);
         self.hot_id_free(body.id.as_deref().unwrap_or_default())?;
         let info = self
             .call(
@@ -873,20 +876,6 @@ impl Clh {
             .resize_memory_inner(current.saturating_add(m.size_mib), 0, m.probe)
             .await?;
         Ok(HotplugResult::MemoryMib(dev.size_mib))
-    }
-
-    fn hot_nets(&self) -> usize {
-        self.hot
-            .keys()
-            .filter(|k| k.starts_with("clh_net_"))
-            .count()
-    }
-
-    fn hot_vfios(&self) -> usize {
-        self.hot
-            .keys()
-            .filter(|k| k.starts_with("clh_vfio_"))
-            .count()
     }
 
     async fn unplug(&mut self, id: String) -> Result<HotplugResult, ClhError> {
@@ -1253,12 +1242,9 @@ impl Hypervisor for Clh {
         )?;
         let id = match &device {
             Device::Block(d) => vm_config::drive_id(d.index),
-            Device::Net(n) if !n.id.is_empty() => n.id.clone(),
-            Device::Vfio(v) if !v.id.is_empty() => v.id.clone(),
+            Device::Net(n) => vm_config::net_id(n),
+            Device::Vfio(v) => vm_config::vfio_id(v),
             Device::Fs(_) => vm_config::FS_ID.to_string(),
-            Device::Net(_) | Device::Vfio(_) => {
-                return Err(ClhError::UnknownDevice { id: String::new() }.into())
-            }
             Device::Cpu(n) => {
                 let r = self.remove_vcpus(*n).await;
                 return self.or_exited(r).await;

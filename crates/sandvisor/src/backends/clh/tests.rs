@@ -209,11 +209,11 @@ fn every_request_meets_the_cloud_hypervisor_spec() {
         ),
         (
             "vm.add-net (by name)",
-            check_endpoint(&spec, &VmAddNet(vm_config::net(c, &tap, 0, 0))),
+            check_endpoint(&spec, &VmAddNet(vm_config::net(c, &tap, 0))),
         ),
         (
             "vm.add-net (fds)",
-            check_endpoint(&spec, &VmAddNet(vm_config::net(c, &tap, 0, 2))),
+            check_endpoint(&spec, &VmAddNet(vm_config::net(c, &tap, 2))),
         ),
         (
             "vm.add-fs",
@@ -224,7 +224,7 @@ fn every_request_meets_the_cloud_hypervisor_spec() {
         ),
         (
             "vm.add-device",
-            check_endpoint(&spec, &VmAddDevice(vm_config::vfio(c, &vfio_dev, 0))),
+            check_endpoint(&spec, &VmAddDevice(vm_config::vfio(c, &vfio_dev))),
         ),
         (
             "vm.remove-device",

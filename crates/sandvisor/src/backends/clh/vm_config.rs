@@ -155,19 +155,21 @@ pub fn drive_id(index: u32) -> String {
     format!("clh_drive_{index}")
 }
 
-/// Stable id of a network device: its own id, or `clh_net_<n>`.
-pub fn net_id(net: &NetDevice, n: usize) -> String {
+/// Stable id of a network device: its own id, or `clh_net_<tap>` (a tap
+/// name is unique where CH runs, so unplug finds the same id).
+pub fn net_id(net: &NetDevice) -> String {
     if net.id.is_empty() {
-        format!("clh_net_{n}")
+        format!("clh_net_{}", net.tap_name)
     } else {
         net.id.clone()
     }
 }
 
-/// Stable id of a VFIO device: its own id, or `clh_vfio_<n>`.
-pub fn vfio_id(dev: &VfioDevice, n: usize) -> String {
+/// Stable id of a VFIO device: its own id, or `clh_vfio_<bdf>` with `:`
+/// and `.` as `_`.
+pub fn vfio_id(dev: &VfioDevice) -> String {
     if dev.id.is_empty() {
-        format!("clh_vfio_{n}")
+        format!("clh_vfio_{}", dev.bdf.replace([':', '.'], "_"))
     } else {
         dev.id.clone()
     }
@@ -217,14 +219,14 @@ pub fn disk(config: &HypervisorConfig, drive: &BlockDrive) -> Result<DiskConfig,
 
 /// The network device of a tap, opened by name (`fds` = 0) or passed as
 /// `fds` descriptors over the API socket.
-pub fn net(config: &HypervisorConfig, dev: &NetDevice, n: usize, fds: usize) -> NetConfig {
+pub fn net(config: &HypervisorConfig, dev: &NetDevice, fds: usize) -> NetConfig {
     let pairs = dev.queues.max(1);
     NetConfig {
         tap: (fds == 0).then(|| dev.tap_name.clone()),
         mac: (!dev.mac.is_empty()).then(|| dev.mac.clone()),
         num_queues: Some(2 * if fds == 0 { pairs } else { fds as u32 }),
         iommu: config.iommu_platform,
-        id: Some(net_id(dev, n)),
+        id: Some(net_id(dev)),
         ..NetConfig::default()
     }
 }
@@ -241,11 +243,11 @@ pub fn fs(tag: &str, socket: &Path) -> FsConfig {
 }
 
 /// The VFIO device.
-pub fn vfio(config: &HypervisorConfig, dev: &VfioDevice, n: usize) -> DeviceConfig {
+pub fn vfio(config: &HypervisorConfig, dev: &VfioDevice) -> DeviceConfig {
     DeviceConfig {
         path: vfio_path(dev),
         iommu: config.iommu,
-        id: Some(vfio_id(dev, n)),
+        id: Some(vfio_id(dev)),
     }
 }
 
@@ -434,10 +436,7 @@ pub fn build(spec: &VmSpec<'_>) -> Result<VmConfig, VmConfigError> {
                 readonly: true,
                 ..disk(c, d)?
             }),
-            Device::Net(n) => {
-                let n = net(c, n, vm.net.len(), 0);
-                vm.net.push(n);
-            }
+            Device::Net(n) => vm.net.push(net(c, n, 0)),
             Device::Fs(v) => match c.shared_fs {
                 SharedFs::None => {
                     return Err(VmConfigError::SharedFsDisabled {
@@ -458,10 +457,7 @@ pub fn build(spec: &VmSpec<'_>) -> Result<VmConfig, VmConfigError> {
                     vm.fs.push(fs(&v.mount_tag, &spec.paths.virtiofs));
                 }
             },
-            Device::Vfio(v) => {
-                let d = vfio(c, v, vm.devices.len());
-                vm.devices.push(d);
-            }
+            Device::Vfio(v) => vm.devices.push(vfio(c, v)),
             Device::HybridVsock(h) => {
                 vm.vsock = Some(VsockConfig {
                     cid: h.context_id,
