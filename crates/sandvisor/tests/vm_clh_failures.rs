@@ -169,3 +169,44 @@ async fn a_restore_from_a_missing_snapshot_fails_cleanly() {
     assert!(vm.pids().is_empty());
     nothing_left(storage.path());
 }
+
+/// virtiofsd starts before CH; when the boot then fails, it goes too (Kata's
+/// Go backend leaks it there).
+#[tokio::test]
+async fn a_failed_boot_with_virtio_fs_stops_virtiofsd() {
+    let daemon = std::path::Path::new("/usr/lib/qemu/virtiofsd");
+    assert!(
+        daemon.is_file(),
+        "{} is missing: install qemu-system-x86 (it ships virtiofsd)",
+        daemon.display()
+    );
+    let guest = clh::guest();
+    let storage = storage();
+    let _reaper = clh::Reaper(storage.path().to_path_buf());
+    // The share sits in the storage directory, so virtiofsd's command line
+    // names it and a leaked daemon would be found.
+    let share = storage.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let mut config = clh::config(&guest);
+    config.kernel_path = Some(guest.dir.path().join("no-such-kernel"));
+    config.shared_fs = sandvisor::config::SharedFs::VirtioFs;
+    config.virtio_fs_daemon = Some(daemon.to_path_buf());
+    let mut vm = Clh::with_storage(storage.path());
+    vm.create_sandbox("fsfail", &NetworkNamespace::default(), &config, false)
+        .await
+        .expect("creates");
+    vm.add_device(sandvisor::device::Device::Fs(
+        sandvisor::device::SharedFsVolume {
+            mount_tag: "kataShared".into(),
+            host_path: share.clone(),
+        },
+    ))
+    .await
+    .expect("adds the share");
+    vm.start_sandbox(clh::START_TIMEOUT)
+        .await
+        .expect_err("cannot boot a missing kernel");
+    assert!(vm.pids().is_empty());
+    std::fs::remove_dir(&share).expect("share");
+    nothing_left(storage.path());
+}
