@@ -1,5 +1,6 @@
 //! Unit tests of the backend that need no VMM.
 
+use super::vm_config::{VmConfigError, VmSpec};
 use super::*;
 
 fn config() -> HypervisorConfig {
