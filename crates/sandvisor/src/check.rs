@@ -397,9 +397,9 @@ pub async fn run_check(
                     Some(HypervisorType::Firecracker) => {
                         format!("{why}; not needed: the agent uses firecracker's hybrid vsock")
                     }
-                    Some(HypervisorType::Clh) => format!(
-                        "{why}; not needed: the agent uses cloud hypervisor's hybrid vsock"
-                    ),
+                    Some(HypervisorType::Clh) => {
+                        format!("{why}; not needed: the agent uses cloud hypervisor's hybrid vsock")
+                    }
                     _ => format!("{why}; not needed: the agent uses virtio-serial"),
                 },
             },

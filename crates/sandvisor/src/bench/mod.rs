@@ -38,8 +38,8 @@ pub mod chart;
 pub mod report;
 pub mod stats;
 
-mod cli;
 mod clh;
+mod cli;
 mod cold;
 mod density;
 mod firecracker;
