@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::api::{
-    DeleteDrive, MemoryHotplugSizeUpdate, PartialDrive, PatchDrive, PatchMemoryHotplug, PutDrive,
+    DeleteDrive, DeleteNetworkInterface, MemoryHotplugSizeUpdate, PartialDrive, PatchDrive,
+    PatchMemoryHotplug, PutDrive, PutNetworkInterface,
 };
+use super::caps::no_vcpu_hotplug;
 use super::jailer::Placement;
 use super::vm_config::{self, HotplugMode};
-use super::{jail_fs, FcError, Firecracker, API_TIMEOUT};
+use super::{jail_fs, FcError, Firecracker, API_TIMEOUT, FC};
 use crate::backends::vmm::rest::RestClient;
-use crate::device::{BlockDrive, HotplugResult, MemoryDevice};
+use crate::device::{BlockDrive, Device, HotplugResult, MemoryDevice};
+use crate::hypervisor::{self, Error, VmState};
 
 /// What was hot-plugged, for unplug and for `save`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,6 +80,100 @@ impl Hot {
 }
 
 impl Firecracker {
+    /// Hot-plugs a drive, a network interface (PCI mode) or memory.
+    pub(super) async fn hotplug_add(
+        &mut self,
+        device: Device,
+    ) -> hypervisor::Result<HotplugResult> {
+        self.require("hotplug_add_device", &[VmState::Running, VmState::Paused])?;
+        let api = self.api()?;
+        let result = match device {
+            Device::Block(d) => self.hotplug_add_block(&api, d).await,
+            Device::Net(n) if self.options.hotplug == HotplugMode::Pci => {
+                if self.hot.nets.contains(&n.id) {
+                    Err(FcError::DeviceExists { id: n.id })
+                } else {
+                    let put = PutNetworkInterface(vm_config::network_interface(&n));
+                    match api.call(&put, API_TIMEOUT).await {
+                        Ok(()) => {
+                            self.hot.nets.push(n.id);
+                            Ok(HotplugResult::Attached(None))
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            }
+            Device::Cpu(_) => return Err(no_vcpu_hotplug("hotplug_add_device")),
+            Device::Memory(m) => {
+                let target = self.config.memory_size + self.hot.memory_mib + m.size_mib;
+                self.resize_memory_inner(&api, target)
+                    .await
+                    .map(|(_, d)| HotplugResult::MemoryMib(d.size_mib))
+            }
+            other => {
+                return Err(Error::unsupported(
+                    "hotplug_add_device",
+                    FC,
+                    format!(
+                        "{} devices cannot be hot-plugged into firecracker{}",
+                        other.device_type(),
+                        if matches!(other, Device::Net(_)) {
+                            " in MMIO mode (hot-plug mode pci can)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ))
+            }
+        };
+        self.or_exited(result).await
+    }
+
+    /// Hot-unplugs a drive or a hot-plugged network interface.
+    pub(super) async fn hotplug_remove(
+        &mut self,
+        device: Device,
+    ) -> hypervisor::Result<HotplugResult> {
+        self.require(
+            "hotplug_remove_device",
+            &[VmState::Running, VmState::Paused],
+        )?;
+        let api = self.api()?;
+        let result = match device {
+            Device::Block(d) => self.hotplug_remove_block(&api, d).await,
+            Device::Net(n) if self.hot.nets.contains(&n.id) => {
+                match api
+                    .call(
+                        &DeleteNetworkInterface {
+                            iface_id: n.id.clone(),
+                        },
+                        API_TIMEOUT,
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        self.hot.nets.retain(|x| *x != n.id);
+                        Ok(HotplugResult::Attached(None))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Device::Net(n) => Err(FcError::UnknownDevice { id: n.id }),
+            Device::Cpu(_) => return Err(no_vcpu_hotplug("hotplug_remove_device")),
+            other => {
+                return Err(Error::unsupported(
+                    "hotplug_remove_device",
+                    FC,
+                    format!(
+                        "{} devices cannot be hot-unplugged from firecracker",
+                        other.device_type()
+                    ),
+                ))
+            }
+        };
+        self.or_exited(result).await
+    }
+
     pub(super) fn drive_path_inside(
         &self,
         d: &BlockDrive,
@@ -220,5 +317,24 @@ impl Firecracker {
                 probe: false,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_plug_state_survives_save_and_load() {
+        let mut h = Hot {
+            placeholders: vec!["drive_0".into(), "drive_1".into()],
+            memory_mib: 128,
+            ..Hot::default()
+        };
+        h.drives.insert("d1".into(), Some("/drives/d1.img".into()));
+        h.drives.insert("d2".into(), None);
+        h.swapped.insert("drive_1".into(), "d3".into());
+        h.nets.push("eth1".into());
+        assert_eq!(Hot::from_strings(&h.to_strings(), 128), h);
     }
 }

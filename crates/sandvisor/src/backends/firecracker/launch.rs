@@ -1,19 +1,15 @@
 //! Starting Firecracker: the jail's files, the process (or the jailer),
-//! the API answering, the pre-boot requests or a snapshot load; and what a
-//! failed start or a cleanup removes.
+//! the API answering, the pre-boot requests (or the template's snapshot
+//! load, in `snapshot`); and undoing a failed start.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::api::{
-    self, ActionType, GetInstanceInfo, InstanceActionInfo, MemoryBackend, MemoryBackendType,
-    PutAction, PutSnapshotLoad, SnapshotLoadParams, VsockOverride,
-};
-use super::jailer::{self, CgroupVersion, Placement};
+use super::api::{ActionType, GetInstanceInfo, InstanceActionInfo, PutAction};
+use super::jailer::{self, Placement};
 use super::vm_config::{self, BootPlan, HotplugMode, PreBoot, VmConfigError};
 use super::{
-    io_dir, jail_fs, names, remove_dir, FcError, Firecracker, API_TIMEOUT, FC, GUEST_CID,
-    PLACEHOLDER_BYTES, SNAPSHOT_TIMEOUT,
+    io_dir, jail_fs, names, FcError, Firecracker, API_TIMEOUT, FC, GUEST_CID, PLACEHOLDER_BYTES,
 };
 use crate::assets::AssetType;
 use crate::backends::vmm::process::{Spawn, Supervised};
@@ -319,77 +315,6 @@ impl Firecracker {
         Ok(())
     }
 
-    /// Loads the template's snapshot into the fresh process and resumes it.
-    pub(super) async fn restore_template(&mut self, api: &RestClient) -> Result<()> {
-        let (Some(mem), Some(state)) = (
-            self.config.memory_path.clone(),
-            self.config.devices_state_path.clone(),
-        ) else {
-            return Err(FcError::NoTemplateFiles.into());
-        };
-        let f = self
-            .files
-            .clone()
-            .expect("create_sandbox set the files before the state became Created");
-        let (uid, gid) = self.owner();
-        let mem = self.hand_over(&mem, "snapshot", Placement::LinkOrCopy, true)?;
-        let state = self.hand_over(&state, "snapshot", Placement::LinkOrCopy, false)?;
-        for name in [names::LOG, names::METRICS, names::SERIAL] {
-            jail_fs::make_file(&f.host(name), uid, gid).map_err(FcError::from)?;
-        }
-        // The snapshot names the template's placeholder drives by the path
-        // Firecracker had: in a jail, the same path in this jail. (Without
-        // a jail it is the template VM's directory, which must still be
-        // there: Firecracker cannot re-point drives at load.)
-        if f.jail.is_some() {
-            for id in &self.hot.placeholders {
-                let host = f.host(&format!("{id}.img"));
-                jail_fs::make_placeholder(&host, PLACEHOLDER_BYTES, uid, gid)
-                    .map_err(FcError::from)?;
-            }
-        }
-        let pre = [
-            PreBoot::Logger(api::PutLogger(api::Logger {
-                log_path: f.inside(names::LOG),
-                level: Some(api::LogLevel::Info),
-                show_level: Some(true),
-                show_log_origin: None,
-            })),
-            PreBoot::Metrics(api::PutMetrics(api::Metrics {
-                metrics_path: f.inside(names::METRICS),
-            })),
-            PreBoot::Serial(api::PutSerial(api::SerialConfig {
-                serial_out_path: Some(f.inside(names::SERIAL)),
-            })),
-        ];
-        for r in &pre {
-            let res = send_pre_boot(api, r).await;
-            self.or_exited(res).await?;
-        }
-        let has_vsock = self
-            .devices
-            .iter()
-            .any(|d| matches!(d, Device::HybridVsock(_)));
-        let load = PutSnapshotLoad(SnapshotLoadParams {
-            snapshot_path: state,
-            mem_backend: MemoryBackend {
-                backend_type: MemoryBackendType::File,
-                backend_path: mem,
-            },
-            resume_vm: true,
-            track_dirty_pages: None,
-            vsock_override: has_vsock.then(|| VsockOverride {
-                uds_path: f.inside(names::VSOCK),
-            }),
-            network_overrides: Vec::new(),
-        });
-        let res = api
-            .call(&load, SNAPSHOT_TIMEOUT)
-            .await
-            .map_err(FcError::from);
-        self.or_exited(res).await
-    }
-
     /// Kills whatever a failed start left and removes the VM's files.
     pub(super) async fn abort_start(&mut self) {
         self.api = None;
@@ -401,57 +326,6 @@ impl Firecracker {
         }
         if let Err(e) = self.remove_files() {
             tracing::warn!(error = %e, "cannot remove the VM's files after a failed start");
-        }
-    }
-
-    pub(super) fn remove_files(&self) -> Result<(), FcError> {
-        let Some(f) = &self.files else {
-            return Ok(());
-        };
-        let mut first = None;
-        if let Some(j) = &f.jail {
-            if let Err(e) = jail_fs::remove_jail(j.dir()) {
-                first = Some(FcError::from(e));
-            }
-            // The jailer's parent directory, `<base>/firecracker`, when empty.
-            if let Some(parent) = j.dir().parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
-            self.remove_cgroups();
-        }
-        if let Err(e) = remove_dir(&f.dir) {
-            first.get_or_insert(e);
-        }
-        first.map_or(Ok(()), Err)
-    }
-
-    /// Removes the cgroups the jailer made (`<controller
-    /// mount>/firecracker/<id>` for each controller set).
-    pub(super) fn remove_cgroups(&self) {
-        if self.options.cgroups.is_empty() {
-            return;
-        }
-        let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
-            return;
-        };
-        for setting in &self.options.cgroups {
-            let controller = setting.split('.').next().unwrap_or_default();
-            for line in mounts.lines() {
-                let mut f = line.split_whitespace();
-                let (Some(_), Some(dir), Some(fs), Some(opts)) =
-                    (f.next(), f.next(), f.next(), f.next())
-                else {
-                    continue;
-                };
-                let matches = match self.options.cgroup_version {
-                    CgroupVersion::V1 => fs == "cgroup" && opts.split(',').any(|o| o == controller),
-                    CgroupVersion::V2 => fs == "cgroup2",
-                };
-                if matches {
-                    let cg = Path::new(dir).join("firecracker").join(&self.id);
-                    let _ = std::fs::remove_dir(&cg);
-                }
-            }
         }
     }
 }

@@ -7,8 +7,13 @@
 //! | the pre-boot requests, a pure function of the config | [`vm_config`] |
 //! | the jailer's command line and the jail's layout | [`jailer`] |
 //! | placing files in the jail and removing it | [`jail_fs`] |
-//! | starting: files, process, API, pre-boot requests or a snapshot load | `launch` |
+//! | starting: files, process, API, pre-boot requests | `launch` |
+//! | pause, resume, snapshot create, booting from a template's snapshot | `snapshot` |
+//! | stopping the process; removing the VM directory, jail and cgroups | `stop` |
+//! | what `save` keeps; re-attaching (`load`, `from_grpc`); `check` | `persist` |
 //! | hot-plug and what `save` keeps of it | `hotplug` |
+//! | what the backend can do | `caps` |
+//! | vCPU thread ids | [`vcpu_threads`] |
 //! | the backend's errors | [`FcError`] |
 //!
 //! # Lifecycle
@@ -58,28 +63,29 @@
 //! the VM away for a later `load`/`from_grpc`.
 
 pub mod api;
+mod caps;
 mod error;
 mod hotplug;
 pub mod jail_fs;
 pub mod jailer;
 mod launch;
+mod persist;
+mod snapshot;
+mod stop;
+mod threads;
 pub mod vm_config;
 
+use self::caps::no_vcpu_hotplug;
 pub use self::error::FcError;
 use self::hotplug::Hot;
+pub use self::threads::{parse_vcpu_comm, vcpu_threads};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use nix::sys::signal::Signal;
 
-use self::api::{
-    ActionType, DeleteNetworkInterface, GetInstanceInfo, InstanceActionInfo, InstanceState,
-    PatchVm, PutAction, PutNetworkInterface, PutSnapshotCreate, SnapshotCreateParams, SnapshotType,
-    VmRunState, VmStateUpdate,
-};
 use self::jailer::{CgroupVersion, Jail, JailSpec};
 pub use self::vm_config::HotplugMode;
 use self::vm_config::VmConfigError;
@@ -92,7 +98,6 @@ use crate::hypervisor::{
     Capabilities, Error, Hypervisor, HypervisorState, NetworkNamespace, Result, VmState,
 };
 use crate::hypervisor_type::HypervisorType;
-use crate::process::{Exit, REAP_TIMEOUT};
 use crate::socket::{self, AgentSocket};
 
 const FC: HypervisorType = HypervisorType::Firecracker;
@@ -482,93 +487,6 @@ impl Firecracker {
             None => (0, 0),
         }
     }
-
-    fn restore_from_state(&mut self, state: &HypervisorState) -> Result<(), FcError> {
-        if state.hypervisor != FC {
-            return Err(FcError::WrongHypervisor(state.hypervisor));
-        }
-        self.apply_config_options();
-        self.id = state.id.clone();
-        if let Some(parent) = state.vm_dir.parent() {
-            self.storage = parent.to_path_buf();
-        }
-        let jail = match self.jailer() {
-            Some(jailer) => {
-                // The jail is where the saved API socket is:
-                // `<base>/<exec>/<id>/root/run/firecracker.socket`.
-                if let Some(base) = state
-                    .api_socket
-                    .as_deref()
-                    .and_then(|p| p.ancestors().nth(5))
-                {
-                    self.options.chroot_base = base.to_path_buf();
-                }
-                let spec = self.jail_spec(&self.binary(), &jailer);
-                Some(Jail::new(&spec)?)
-            }
-            None => None,
-        };
-        self.files = Some(VmFiles {
-            dir: state.vm_dir.clone(),
-            jail,
-        });
-        self.hot = Hot::from_strings(&state.hotplugged_devices, state.hotplugged_memory_mib);
-        self.memory_region_mib = if self.config.virtio_mem {
-            let host = crate::probe::host_memory_size_kb(Path::new(crate::probe::PROC_MEMINFO))
-                .map(|kb| kb / 1024)
-                .map_err(FcError::HostMemory)?;
-            vm_config::memory_hotplug(&self.config, host)?.map_or(0, |m| m.total_size_mib)
-        } else {
-            0
-        };
-        Ok(())
-    }
-
-    fn adopt(&mut self, pid: u32) -> Result<(), FcError> {
-        self.fc = Some(Supervised::adopt(pid, &self.id)?);
-        self.detached = false;
-        Ok(())
-    }
-
-    async fn instance_state(&mut self, timeout: Duration) -> Result<InstanceState> {
-        let api = self.api()?;
-        let r = api
-            .call(&GetInstanceInfo, timeout)
-            .await
-            .map_err(FcError::from);
-        Ok(self.or_exited(r).await?.state)
-    }
-}
-
-/// vCPU threads of `pid`: Firecracker names them `fc_vcpu <N>` (with a
-/// space, which Kata's parser misses).
-pub fn vcpu_threads(pid: u32) -> std::io::Result<VcpuThreadIds> {
-    let mut ids = VcpuThreadIds::default();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let entry = entry?;
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
-            continue;
-        };
-        if let Some(n) = parse_vcpu_comm(&comm) {
-            ids.vcpus.insert(n, tid);
-        }
-    }
-    Ok(ids)
-}
-
-/// The vCPU index in a thread name `fc_vcpu <N>`.
-pub fn parse_vcpu_comm(comm: &str) -> Option<u32> {
-    comm.trim_end()
-        .strip_prefix("fc_vcpu")
-        .map(str::trim_start)
-        .and_then(|n| n.parse().ok())
 }
 
 #[async_trait]
@@ -650,157 +568,19 @@ impl Hypervisor for Firecracker {
     }
 
     async fn stop_sandbox(&mut self) -> Result<()> {
-        let Some(p) = self.fc.take() else {
-            if matches!(self.state, VmState::Running | VmState::Paused) {
-                self.state = VmState::Stopped;
-            }
-            return Ok(());
-        };
-        let died_alone = p.exited();
-        if died_alone.is_none() {
-            // A running guest is asked first (a Linux guest reboots, which
-            // ends Firecracker); a paused one could not take it.
-            let mut asked = false;
-            if self.state == VmState::Running {
-                if let Ok(api) = self.api() {
-                    let ctrl_alt_del = PutAction(InstanceActionInfo {
-                        action_type: ActionType::SendCtrlAltDel,
-                    });
-                    match api.call(&ctrl_alt_del, CTRL_ALT_DEL_GRACE).await {
-                        Ok(()) => asked = true,
-                        Err(e) => tracing::debug!(error = %e, "SendCtrlAltDel"),
-                    }
-                }
-            }
-            let went = asked && p.wait(CTRL_ALT_DEL_GRACE).await.is_some();
-            if !went {
-                let pid_ns_init = self.options.new_pid_ns
-                    && self.files.as_ref().is_some_and(|f| f.jail.is_some());
-                if pid_ns_init {
-                    // The init of a pid namespace ignores SIGTERM.
-                    p.kill();
-                } else {
-                    p.signal(Signal::SIGTERM);
-                    if p.wait(TERM_GRACE).await.is_none() {
-                        tracing::warn!(pid = p.pid(), "firecracker ignored SIGTERM: SIGKILL");
-                        p.kill();
-                    }
-                }
-                if p.wait(REAP_TIMEOUT).await.is_none() {
-                    tracing::error!(pid = p.pid(), "firecracker did not die after SIGKILL");
-                }
-            }
-        }
-        self.api = None;
-        self.state = VmState::Stopped;
-        match died_alone {
-            Some(exit) if !matches!(exit, Exit::Unknown) && !exit.success() => {
-                let e = Error::VmmExited {
-                    hypervisor: FC,
-                    binary: self.binary(),
-                    pid: p.pid(),
-                    exit,
-                    starting: false,
-                    log_tail: self.log_tail(),
-                };
-                tracing::error!(id = self.id, error = %e, "firecracker had died before stop");
-                Err(e)
-            }
-            Some(exit) => {
-                tracing::info!(id = self.id, %exit, "firecracker had exited before stop");
-                Ok(())
-            }
-            None => {
-                tracing::info!(id = self.id, "sandbox stopped");
-                Ok(())
-            }
-        }
+        self.stop_vm().await
     }
 
     async fn pause_sandbox(&mut self) -> Result<()> {
-        self.require("pause_sandbox", &[VmState::Running])?;
-        let api = self.api()?;
-        let r = api
-            .call(
-                &PatchVm(VmStateUpdate {
-                    state: VmRunState::Paused,
-                }),
-                API_TIMEOUT,
-            )
-            .await
-            .map_err(FcError::from);
-        self.or_exited(r).await?;
-        self.state = VmState::Paused;
-        Ok(())
+        self.pause_vm().await
     }
 
     async fn save_sandbox(&mut self) -> Result<()> {
-        self.require("save_sandbox", &[VmState::Running, VmState::Paused])?;
-        if self.state == VmState::Running {
-            self.pause_sandbox().await?;
-        }
-        let f = self.files.clone().expect("a running VM has its files");
-        let jailed = f.jail.is_some();
-        // Firecracker writes where it can see: the jail, or the VM directory
-        // unless the config names the files.
-        let (state_in, mem_in) = match (
-            jailed,
-            &self.config.devices_state_path,
-            &self.config.memory_path,
-        ) {
-            (false, Some(s), Some(m)) => (s.clone(), m.clone()),
-            _ => (f.inside(names::SNAPSHOT), f.inside(names::MEMORY)),
-        };
-        let api = self.api()?;
-        let r = api
-            .call(
-                &PutSnapshotCreate(SnapshotCreateParams {
-                    snapshot_type: Some(SnapshotType::Full),
-                    snapshot_path: state_in,
-                    mem_file_path: mem_in,
-                }),
-                SNAPSHOT_TIMEOUT,
-            )
-            .await
-            .map_err(FcError::from);
-        self.or_exited(r).await?;
-        if jailed {
-            for (name, to) in [
-                (names::SNAPSHOT, &self.config.devices_state_path),
-                (names::MEMORY, &self.config.memory_path),
-            ] {
-                if let Some(to) = to {
-                    let from = f.host(name);
-                    std::fs::rename(&from, to)
-                        .or_else(|_| std::fs::copy(&from, to).map(drop))
-                        .map_err(|source| FcError::SnapshotFile {
-                            from: from.clone(),
-                            to: to.clone(),
-                            source,
-                        })?;
-                    let _ = std::fs::remove_file(&from);
-                }
-            }
-        }
-        tracing::info!(id = self.id, "sandbox saved");
-        Ok(())
+        self.snapshot_vm().await
     }
 
     async fn resume_sandbox(&mut self) -> Result<()> {
-        self.require("resume_sandbox", &[VmState::Paused])?;
-        let api = self.api()?;
-        let r = api
-            .call(
-                &PatchVm(VmStateUpdate {
-                    state: VmRunState::Resumed,
-                }),
-                API_TIMEOUT,
-            )
-            .await
-            .map_err(FcError::from);
-        self.or_exited(r).await?;
-        self.state = VmState::Running;
-        Ok(())
+        self.resume_vm().await
     }
 
     async fn add_device(&mut self, device: Device) -> Result<()> {
@@ -824,89 +604,11 @@ impl Hypervisor for Firecracker {
     }
 
     async fn hotplug_add_device(&mut self, device: Device) -> Result<HotplugResult> {
-        self.require("hotplug_add_device", &[VmState::Running, VmState::Paused])?;
-        let api = self.api()?;
-        let result = match device {
-            Device::Block(d) => self.hotplug_add_block(&api, d).await,
-            Device::Net(n) if self.options.hotplug == HotplugMode::Pci => {
-                if self.hot.nets.contains(&n.id) {
-                    Err(FcError::DeviceExists { id: n.id })
-                } else {
-                    let put = PutNetworkInterface(vm_config::network_interface(&n));
-                    match api.call(&put, API_TIMEOUT).await {
-                        Ok(()) => {
-                            self.hot.nets.push(n.id);
-                            Ok(HotplugResult::Attached(None))
-                        }
-                        Err(e) => Err(e.into()),
-                    }
-                }
-            }
-            Device::Cpu(_) => return Err(no_vcpu_hotplug("hotplug_add_device")),
-            Device::Memory(m) => {
-                let target = self.config.memory_size + self.hot.memory_mib + m.size_mib;
-                self.resize_memory_inner(&api, target)
-                    .await
-                    .map(|(_, d)| HotplugResult::MemoryMib(d.size_mib))
-            }
-            other => {
-                return Err(Error::unsupported(
-                    "hotplug_add_device",
-                    FC,
-                    format!(
-                        "{} devices cannot be hot-plugged into firecracker{}",
-                        other.device_type(),
-                        if matches!(other, Device::Net(_)) {
-                            " in MMIO mode (hot-plug mode pci can)"
-                        } else {
-                            ""
-                        }
-                    ),
-                ))
-            }
-        };
-        self.or_exited(result).await
+        self.hotplug_add(device).await
     }
 
     async fn hotplug_remove_device(&mut self, device: Device) -> Result<HotplugResult> {
-        self.require(
-            "hotplug_remove_device",
-            &[VmState::Running, VmState::Paused],
-        )?;
-        let api = self.api()?;
-        let result = match device {
-            Device::Block(d) => self.hotplug_remove_block(&api, d).await,
-            Device::Net(n) if self.hot.nets.contains(&n.id) => {
-                match api
-                    .call(
-                        &DeleteNetworkInterface {
-                            iface_id: n.id.clone(),
-                        },
-                        API_TIMEOUT,
-                    )
-                    .await
-                {
-                    Ok(()) => {
-                        self.hot.nets.retain(|x| *x != n.id);
-                        Ok(HotplugResult::Attached(None))
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-            Device::Net(n) => Err(FcError::UnknownDevice { id: n.id }),
-            Device::Cpu(_) => return Err(no_vcpu_hotplug("hotplug_remove_device")),
-            other => {
-                return Err(Error::unsupported(
-                    "hotplug_remove_device",
-                    FC,
-                    format!(
-                        "{} devices cannot be hot-unplugged from firecracker",
-                        other.device_type()
-                    ),
-                ))
-            }
-        };
-        self.or_exited(result).await
+        self.hotplug_remove(device).await
     }
 
     async fn resize_memory(
@@ -944,24 +646,7 @@ impl Hypervisor for Firecracker {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let pci = self.options.hotplug == HotplugMode::Pci;
-        let placeholders = self.options.placeholder_count() > 0;
-        Capabilities {
-            block_device: true,
-            block_device_hotplug: pci || placeholders,
-            multi_queue: false,
-            fs_sharing: false,
-            hybrid_vsock: true,
-            cpu_hotplug: false,
-            memory_hotplug: self.config.virtio_mem,
-            net_hotplug: pci,
-            vfio: false,
-            pause: true,
-            save: true,
-            vm_template: true,
-            vm_cache: true,
-            reattach: true,
-        }
+        self.caps()
     }
 
     fn hypervisor_config(&self) -> HypervisorConfig {
@@ -978,15 +663,7 @@ impl Hypervisor for Firecracker {
     }
 
     async fn cleanup(&mut self) -> Result<()> {
-        if self.fc.as_ref().is_some_and(|p| p.exited().is_none()) {
-            return Err(self.invalid("cleanup"));
-        }
-        self.api = None;
-        self.fc = None;
-        self.devices.clear();
-        self.remove_files()?;
-        tracing::debug!(id = self.id, "VM files removed");
-        Ok(())
+        self.cleanup_vm().await
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -994,74 +671,23 @@ impl Hypervisor for Firecracker {
     }
 
     async fn from_grpc(&mut self, config: &HypervisorConfig, data: &[u8]) -> Result<()> {
-        self.require("from_grpc", &[VmState::New])?;
-        let state: HypervisorState = serde_json::from_slice(data).map_err(FcError::Grpc)?;
-        let mut config = config.clone();
-        config.validate()?;
-        self.config = config;
-        self.restore_from_state(&state)?;
-        self.adopt(state.pid)?;
-        self.state = state.state;
-        Ok(())
+        self.reattach_from_grpc(config, data).await
     }
 
     async fn to_grpc(&mut self) -> Result<Vec<u8>> {
-        let data = serde_json::to_vec(&self.save()).map_err(FcError::Grpc)?;
-        self.api = None;
-        self.detached = true;
-        self.devices.clear();
-        Ok(data)
+        self.give_away()
     }
 
     async fn check(&mut self) -> Result<()> {
-        if self.fc.is_none() {
-            return Err(self.invalid("check"));
-        }
-        if let Some(e) = self.exited_error() {
-            self.api = None;
-            self.state = VmState::Stopped;
-            return Err(e);
-        }
-        match self.instance_state(CHECK_TIMEOUT).await? {
-            InstanceState::Running => self.state = VmState::Running,
-            InstanceState::Paused => self.state = VmState::Paused,
-            InstanceState::NotStarted => {}
-        }
-        Ok(())
+        self.check_vm().await
     }
 
     fn save(&self) -> HypervisorState {
-        let f = self.files.as_ref();
-        HypervisorState {
-            hypervisor: FC,
-            id: self.id.clone(),
-            pid: self.fc.as_ref().map_or(0, Supervised::pid),
-            uuid: String::new(),
-            state: self.state,
-            vm_dir: f.map(|f| f.dir.clone()).unwrap_or_default(),
-            api_socket: f.map(VmFiles::api),
-            console_socket: None,
-            hotplugged_memory_mib: self.hot.memory_mib,
-            hotplugged_devices: self.hot.to_strings(),
-            config: self.config.clone(),
-            ..HypervisorState::default()
-        }
+        self.saved_state()
     }
 
     async fn load(&mut self, state: HypervisorState) -> Result<()> {
-        self.require("load", &[VmState::New])?;
-        let mut config = state.config.clone();
-        config.validate()?;
-        self.config = config;
-        self.restore_from_state(&state)?;
-        self.adopt(state.pid)?;
-        self.state = match self.instance_state(API_TIMEOUT).await? {
-            InstanceState::Paused => VmState::Paused,
-            InstanceState::Running => VmState::Running,
-            InstanceState::NotStarted => VmState::Created,
-        };
-        tracing::info!(id = self.id, pid = state.pid, state = %self.state, "re-attached to firecracker");
-        Ok(())
+        self.load_state(state).await
     }
 
     fn generate_socket(&self, id: &str, _use_vsock: bool) -> Result<AgentSocket> {
@@ -1080,67 +706,9 @@ impl Hypervisor for Firecracker {
     }
 }
 
-fn no_vcpu_hotplug(op: &'static str) -> Error {
-    Error::unsupported(
-        op,
-        FC,
-        "firecracker cannot hot-plug vCPUs: boot with the vCPUs needed (default_vcpus)",
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vcpu_thread_names_have_a_space() {
-        assert_eq!(parse_vcpu_comm("fc_vcpu 0\n"), Some(0));
-        assert_eq!(parse_vcpu_comm("fc_vcpu 11"), Some(11));
-        assert_eq!(parse_vcpu_comm("fc_api"), None);
-        assert_eq!(parse_vcpu_comm("firecracker"), None);
-    }
-
-    #[test]
-    fn hot_plug_state_survives_save_and_load() {
-        let mut h = Hot {
-            placeholders: vec!["drive_0".into(), "drive_1".into()],
-            memory_mib: 128,
-            ..Hot::default()
-        };
-        h.drives.insert("d1".into(), Some("/drives/d1.img".into()));
-        h.drives.insert("d2".into(), None);
-        h.swapped.insert("drive_1".into(), "d3".into());
-        h.nets.push("eth1".into());
-        assert_eq!(Hot::from_strings(&h.to_strings(), 128), h);
-    }
-
-    #[tokio::test]
-    async fn capabilities_follow_the_hot_plug_mode() {
-        let pci = Firecracker::with_storage("/tmp/x");
-        let c = pci.capabilities();
-        assert!(c.block_device_hotplug && c.net_hotplug && !c.cpu_hotplug && c.pause);
-        let mmio = Firecracker::with_options(
-            "/tmp/x",
-            FcOptions {
-                hotplug: HotplugMode::Mmio,
-                ..FcOptions::default()
-            },
-        );
-        let c = mmio.capabilities();
-        assert!(c.block_device_hotplug && !c.net_hotplug);
-        let mut none = Firecracker::with_options(
-            "/tmp/x",
-            FcOptions {
-                hotplug: HotplugMode::Mmio,
-                placeholders: Some(0),
-                ..FcOptions::default()
-            },
-        );
-        assert!(!none.capabilities().block_device_hotplug);
-        let e = none.resize_vcpus(2).await.expect_err("no vcpu hot-plug");
-        assert!(e.is_unsupported(), "{e}");
-        assert!(e.to_string().contains("cannot hot-plug vCPUs"), "{e}");
-    }
 
     #[tokio::test]
     async fn ids_and_socket_paths_are_refused_at_create_with_the_value() {
