@@ -481,17 +481,26 @@ alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n";
 
     #[test]
     fn a_waiter_is_released_when_loading_ends() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
         set_loading(true);
-        let waiter = thread::spawn(|| {
-            let started = std::time::Instant::now();
+        // Set just before loading ends: a waiter that returns while it is
+        // still false was released too early, however the threads run.
+        let ended = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&ended);
+        let waiter = thread::spawn(move || {
             wait_loaded();
-            started.elapsed()
+            seen.load(Ordering::SeqCst)
         });
         thread::sleep(Duration::from_millis(100));
         assert!(!waiter.is_finished(), "must wait while loading");
+        ended.store(true, Ordering::SeqCst);
         set_loading(false);
-        let waited = waiter.join().expect("waiter");
-        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(
+            waiter.join().expect("waiter"),
+            "released before loading ended"
+        );
     }
 
     #[test]
