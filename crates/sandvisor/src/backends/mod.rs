@@ -10,7 +10,7 @@
 //! | mock | — | — | — | — | everything, with no VM |
 //!
 //! `vmm/` holds what the VMM-process backends share: process supervision,
-//! virtiofsd, the VM directory.
+//! virtiofsd, vhost-device-vsock, the REST client and the VMM lookup.
 
 pub mod clh;
 pub mod firecracker;
