@@ -344,23 +344,30 @@ pub async fn run_check(
         .as_ref()
         .map_or(Accel::default(), |rc| rc.config.accel);
     let (accel, accel_conclusion) = accel_verdict(accel_requested, &kvm);
-    let clh = runtime
+    // Cloud Hypervisor and Firecracker have no software emulation: KVM
+    // that runs stock guests, or nothing.
+    let kvm_only = runtime
         .as_ref()
-        .is_some_and(|rc| rc.hypervisor == HypervisorType::Clh);
+        .map(|rc| crate::backends::facts(rc.hypervisor))
+        .filter(|f| f.kvm_only);
     items.push(match accel {
-        // Cloud Hypervisor has no software emulation: KVM or nothing.
-        _ if clh => match &kvm.reason {
-            None => CheckItem::ok("accel", true, "KVM usable by cloud hypervisor"),
-            Some(reason) => CheckItem::no(
-                "accel",
-                true,
-                format!(
-                    "KVM cannot run stock guests under cloud hypervisor here ({reason}), \
-                     and cloud hypervisor has no TCG: its API answers, a Linux guest barely advances"
+        _ if kvm_only.is_some() => {
+            let name = kvm_only.map_or("", |f| f.display_name);
+            match &kvm.reason {
+                None => CheckItem::ok("accel", true, format!("KVM usable by {name}")),
+                Some(reason) => CheckItem::no(
+                    "accel",
+                    true,
+                    format!(
+                        "KVM cannot run stock guests under {name} here ({reason}), \
+                         and {name} has no TCG: its API answers, a Linux guest barely advances"
+                    ),
+                    Some(
+                        "run on a host with hardware virtualisation (vmx/svm), or use qemu".into(),
+                    ),
                 ),
-                Some("run on a host with hardware virtualisation (vmx/svm), or use qemu".into()),
-            ),
-        },
+            }
+        }
         Some(_) => CheckItem::ok("accel", true, accel_conclusion.clone()),
         None => CheckItem::no(
             "accel",

@@ -44,6 +44,8 @@ pub struct BackendFacts {
     pub forces_vsock: bool,
     /// Whether the backend runs a guest with an agent (the mock runs none).
     pub has_guest: bool,
+    /// Whether guests need KVM: the VMM has no software emulation (TCG).
+    pub kvm_only: bool,
     /// One line on what it can do, for `check` and docs.
     pub summary: &'static str,
 }
@@ -62,6 +64,7 @@ pub const BACKENDS: [BackendFacts; 5] = [
         default_machine_type: Some("q35"),
         forces_vsock: false,
         has_guest: true,
+        kvm_only: false,
         summary: "every operation; vCPU hot-unplug needs QEMU >= 9.2 under TCG",
     },
     BackendFacts {
@@ -73,6 +76,7 @@ pub const BACKENDS: [BackendFacts; 5] = [
         default_machine_type: None,
         forces_vsock: true,
         has_guest: true,
+        kvm_only: true,
         summary: "every operation but vCPU hot-plug; drives and interfaces hot-plug over PCI (or placeholder drives); memory with virtio-mem; optional jailer",
     },
     BackendFacts {
@@ -84,6 +88,7 @@ pub const BACKENDS: [BackendFacts; 5] = [
         default_machine_type: None,
         forces_vsock: false,
         has_guest: true,
+        kvm_only: false,
         summary: "configuration only: sandvisor does not drive acrn yet",
     },
     BackendFacts {
@@ -98,6 +103,7 @@ pub const BACKENDS: [BackendFacts; 5] = [
         default_machine_type: None,
         forces_vsock: true,
         has_guest: true,
+        kvm_only: true,
         summary: "every operation but templates; a stock Linux guest needs a KVM host without PVM",
     },
     BackendFacts {
@@ -109,6 +115,7 @@ pub const BACKENDS: [BackendFacts; 5] = [
         default_machine_type: None,
         forces_vsock: false,
         has_guest: false,
+        kvm_only: false,
         summary: "every operation succeeds, with no VM (for tests of the layers above)",
     },
 ];

@@ -401,12 +401,15 @@ mod tests {
         let ClientError::Connect { source, .. } = last.as_ref() else {
             panic!("expected a connect error last, got {last:?}");
         };
+        // The deadline may cut the last attempt short (TimedOut) on a busy
+        // host; any other kind means the daemon answered something else.
         assert!(
             matches!(
                 source.kind(),
                 io::ErrorKind::UnexpectedEof
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::TimedOut
             ),
             "{source:?}"
         );
