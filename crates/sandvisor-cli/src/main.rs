@@ -70,7 +70,7 @@ enum Command {
         /// The sandbox.
         id: SandboxId,
         /// Seconds to wait for the VMM and the guest agent.
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
     },
     /// Run a command in a sandbox, streaming its output, and exit with its

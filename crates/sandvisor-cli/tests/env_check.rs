@@ -315,3 +315,15 @@ fn check_accel_kvm_follows_the_probe() {
         assert!(stdout.contains("ok  accel"), "{stdout}");
     }
 }
+
+#[test]
+fn a_zero_timeout_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = sandvisor(&["run", "--timeout", "0", "--", "true"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("invalid value '0' for '--timeout"),
+        "the message names the flag and the value: {err}"
+    );
+}

@@ -11,7 +11,7 @@
 //! [`run_command`].
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -37,6 +37,26 @@ pub enum SandboxError {
     /// The configuration is invalid.
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    /// More vCPUs than the host has, or none.
+    #[error(
+        "cannot give the sandbox {requested} vCPUs: this host has {host_cpus}; ask for 1 to {host_cpus} (--cpus)"
+    )]
+    Vcpus {
+        /// What was asked.
+        requested: u32,
+        /// The host's CPUs.
+        host_cpus: u32,
+    },
+    /// More memory than the host has.
+    #[error(
+        "cannot give the sandbox {requested_mib} MiB: this host has {host_mib} MiB of memory; ask for at most that (--memory)"
+    )]
+    Memory {
+        /// What was asked, in MiB.
+        requested_mib: u32,
+        /// The host's MemTotal, in MiB.
+        host_mib: u64,
+    },
     /// A hypervisor operation failed.
     #[error("cannot {op} sandbox {id}")]
     Hypervisor {
@@ -119,12 +139,29 @@ impl SandboxOptions {
             tracing::warn!("{w}");
         }
         if let Some(n) = self.vcpus {
+            let host_cpus = crate::config::vocabulary::HostFacts::probe().cpus;
+            if n == 0 || n > host_cpus {
+                return Err(SandboxError::Vcpus {
+                    requested: n,
+                    host_cpus,
+                });
+            }
             config.num_vcpus = n;
             // Asking for more vCPUs than the default ceiling (the host's
             // CPUs) raises the ceiling rather than failing.
             config.default_max_vcpus = config.default_max_vcpus.max(n);
         }
         if let Some(m) = self.memory_mib {
+            // QEMU would only say "invalid value of maxmem" once started.
+            let host_mib = crate::probe::host_memory_size_kb(Path::new(crate::probe::PROC_MEMINFO))
+                .map(|kb| kb / 1024)
+                .ok();
+            if let Some(host_mib) = host_mib.filter(|h| u64::from(m) > *h) {
+                return Err(SandboxError::Memory {
+                    requested_mib: m,
+                    host_mib,
+                });
+            }
             config.memory_size = m;
         }
         config.validate()?;
@@ -463,13 +500,14 @@ mod tests {
 
     #[test]
     fn options_override_the_config() {
+        let vcpus = crate::config::vocabulary::HostFacts::probe().cpus.min(2);
         let opts = SandboxOptions {
-            vcpus: Some(2),
+            vcpus: Some(vcpus),
             memory_mib: Some(512),
             ..SandboxOptions::default()
         };
         let (_, config) = opts.resolve().expect("the default config is valid");
-        assert_eq!((config.num_vcpus, config.memory_size), (2, 512));
+        assert_eq!((config.num_vcpus, config.memory_size), (vcpus, 512));
         let bad = SandboxOptions {
             memory_mib: Some(16),
             ..SandboxOptions::default()
@@ -478,6 +516,42 @@ mod tests {
             bad.resolve(),
             Err(SandboxError::Config(ConfigError::MemoryTooSmall { .. }))
         ));
+    }
+
+    #[test]
+    fn vcpus_and_memory_beyond_the_host_are_refused_naming_both_numbers() {
+        let host_cpus = crate::config::vocabulary::HostFacts::probe().cpus;
+        for asked in [0, host_cpus + 1, 99 + host_cpus] {
+            let opts = SandboxOptions {
+                vcpus: Some(asked),
+                ..SandboxOptions::default()
+            };
+            let err = opts.resolve().expect_err("more vCPUs than the host");
+            assert!(
+                matches!(err, SandboxError::Vcpus { requested, host_cpus: h } if requested == asked && h == host_cpus),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("{asked} vCPUs")) && msg.contains("--cpus"),
+                "{msg}"
+            );
+        }
+        let host_mib = crate::probe::host_memory_size_kb(Path::new(crate::probe::PROC_MEMINFO))
+            .expect("MemTotal")
+            / 1024;
+        let asked = u32::try_from(host_mib + 1).expect("host memory fits in u32 MiB");
+        let opts = SandboxOptions {
+            memory_mib: Some(asked),
+            ..SandboxOptions::default()
+        };
+        let err = opts.resolve().expect_err("more memory than the host");
+        let msg = err.to_string();
+        assert!(matches!(err, SandboxError::Memory { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("{asked} MiB")) && msg.contains(&format!("{host_mib} MiB")),
+            "{msg}"
+        );
     }
 
     #[tokio::test]

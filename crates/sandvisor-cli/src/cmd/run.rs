@@ -26,7 +26,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub memory: Option<u32>,
     /// Seconds to wait for the VM, and for the command.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// The command and its arguments.
     #[arg(last = true, required = true)]

@@ -235,10 +235,30 @@ pub enum ConfigError {
         /// The allowed values.
         expected: String,
     },
+    /// A number outside the range the key allows.
+    #[error("`{key}` = {value} is out of range: expected {min} to {max}")]
+    OutOfRange {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+    },
     /// A kernel parameter without a key.
     #[error(transparent)]
     EmptyParamKey(#[from] EmptyParamKey),
 }
+
+/// The `virtio_fs_cache` modes virtiofsd takes: Kata's `never`, `auto` and
+/// `always`, Kata 1.x's `none`, and the Rust virtiofsd's `metadata`.
+pub const VIRTIO_FS_CACHE_MODES: [&str; 5] = ["never", "none", "metadata", "auto", "always"];
+
+/// The 9p `msize` range: Linux refuses a mount below 4 KiB, and QEMU's 9p
+/// server offers at most 1 MiB.
+pub const MSIZE_9P_RANGE: std::ops::RangeInclusive<u32> = 4096..=1_048_576;
 
 /// The hypervisor configuration: Kata's `HypervisorConfig`, field for field.
 ///
@@ -498,6 +518,25 @@ impl HypervisorConfig {
                 max_vcpus: self.default_max_vcpus,
             });
         }
+        // Both would otherwise fail only later: virtiofsd refuses the mode
+        // after the VMM is up, the guest refuses the msize at mount time.
+        if !self.virtio_fs_cache.is_empty()
+            && !VIRTIO_FS_CACHE_MODES.contains(&self.virtio_fs_cache.as_str())
+        {
+            return Err(ConfigError::BadValue {
+                key: "virtio_fs_cache",
+                value: self.virtio_fs_cache.clone(),
+                expected: VIRTIO_FS_CACHE_MODES.join(", "),
+            });
+        }
+        if self.msize_9p != 0 && !MSIZE_9P_RANGE.contains(&self.msize_9p) {
+            return Err(ConfigError::OutOfRange {
+                key: "msize_9p",
+                value: u64::from(self.msize_9p),
+                min: u64::from(*MSIZE_9P_RANGE.start()),
+                max: u64::from(*MSIZE_9P_RANGE.end()),
+            });
+        }
         Ok(())
     }
 
@@ -567,5 +606,66 @@ mod params_as_string {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Param>, D::Error> {
         let s = String::deserialize(d)?;
         Ok(deserialize_params(s.split_whitespace()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> HypervisorConfig {
+        HypervisorConfig {
+            kernel_path: Some("/k".into()),
+            initrd_path: Some("/i".into()),
+            ..HypervisorConfig::default()
+        }
+    }
+
+    #[test]
+    fn virtio_fs_cache_must_be_a_mode_virtiofsd_takes() {
+        for mode in VIRTIO_FS_CACHE_MODES {
+            let mut c = HypervisorConfig {
+                virtio_fs_cache: mode.into(),
+                ..valid()
+            };
+            assert_eq!(c.validate(), Ok(()), "{mode}");
+        }
+        let mut c = HypervisorConfig {
+            virtio_fs_cache: "sometimes".into(),
+            ..valid()
+        };
+        let err = c.validate().expect_err("not a mode");
+        assert_eq!(
+            err.to_string(),
+            "bad value \"sometimes\" for `virtio_fs_cache`: expected one of never, none, metadata, auto, always"
+        );
+    }
+
+    #[test]
+    fn msize_9p_must_be_in_range() {
+        let cases = [
+            (0, true),
+            (4096, true),
+            (8192, true),
+            (1_048_576, true),
+            (100, false),
+            (4095, false),
+            (1_048_577, false),
+        ];
+        for (msize, ok) in cases {
+            let mut c = HypervisorConfig {
+                msize_9p: msize,
+                ..valid()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "{msize}");
+        }
+        let mut c = HypervisorConfig {
+            msize_9p: 100,
+            ..valid()
+        };
+        assert_eq!(
+            c.validate().expect_err("too small").to_string(),
+            "`msize_9p` = 100 is out of range: expected 4096 to 1048576"
+        );
     }
 }
