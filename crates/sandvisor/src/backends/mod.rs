@@ -5,18 +5,18 @@
 //! |---|---|---|---|---|---|
 //! | qemu | `qemu-system-x86_64` | `/usr/bin`, `/opt/kata/bin` | `apt-get install qemu-system-x86` | machine `q35` by default; `use_vsock` without `/dev/vhost-vsock` is a hybrid vsock through vhost-device-vsock, or an error | everything but VFIO here; vCPU hot-unplug needs QEMU ≥ 9.2 under TCG |
 //! | firecracker | `firecracker` (+ `jailer`) | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | all but vCPU hot-plug; PCI or placeholder hot-plug; jailer |
-//! | acrn | `acrn-dm` (+ `acrnctl`) | `/usr/bin` | an ACRN Service VM | — | not yet driven |
+//! | acrn | `acrn-dm` (+ `acrnctl`) | `/usr/bin` | an ACRN Service VM | — | boot, stop, pause, re-attach; block hot-plug into placeholders (`acrnctl blkrescan`); UUIDs from a locked pool |
 //! | clh | `cloud-hypervisor` | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | every operation but making templates; agent over a hybrid vsock |
 //! | mock | — | — | — | — | everything, with no VM |
 //!
 //! `vmm/` holds what the VMM-process backends share: process supervision,
 //! virtiofsd, vhost-device-vsock, the REST client and the VMM lookup.
 
+pub mod acrn;
 pub mod clh;
 pub mod firecracker;
 pub mod mock;
 pub mod qemu;
-pub mod unavailable;
 pub mod vmm;
 
 use std::path::PathBuf;
@@ -89,7 +89,7 @@ pub const BACKENDS: [BackendFacts; 5] = [
         forces_vsock: false,
         has_guest: true,
         kvm_only: false,
-        summary: "configuration only: sandvisor does not drive acrn yet",
+        summary: "boot, stop, pause, re-attach and block hot-plug into placeholders; needs an ACRN Service VM",
     },
     BackendFacts {
         kind: HypervisorType::Clh,
@@ -152,7 +152,7 @@ pub fn new_hypervisor(kind: HypervisorType) -> Box<dyn Hypervisor> {
         HypervisorType::Qemu => Box::new(qemu::Qemu::new()),
         HypervisorType::Firecracker => Box::new(firecracker::Firecracker::new()),
         HypervisorType::Clh => Box::new(clh::Clh::new()),
-        HypervisorType::Acrn => Box::new(unavailable::Unavailable::new(kind)),
+        HypervisorType::Acrn => Box::new(acrn::Acrn::new()),
         HypervisorType::Mock => Box::new(mock::MockHypervisor::new()),
     }
 }
