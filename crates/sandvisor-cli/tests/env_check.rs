@@ -327,3 +327,58 @@ fn a_zero_timeout_is_refused_before_anything_starts() {
         "the message names the flag and the value: {err}"
     );
 }
+
+/// Kata's ACRN config on a host that is no ACRN Service VM (this one).
+fn acrn_config(dir: &Path) -> Option<PathBuf> {
+    let devices = ["/dev/acrn_hsm", "/dev/acrn_vhm"];
+    if devices.iter().any(|d| Path::new(d).exists()) {
+        eprintln!("skipped: this host is an ACRN Service VM");
+        return None;
+    }
+    Some(filled(
+        &fixtures_dir().join("1.x/configuration-acrn.toml"),
+        dir,
+    ))
+}
+
+#[test]
+fn check_names_the_missing_acrn_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(file) = acrn_config(dir.path()) else {
+        return;
+    };
+    let out = sandvisor(
+        &["check", "--config", &file.display().to_string()],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("no ACRN hypervisor") && stdout.contains("/dev/acrn_hsm"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("a sandbox cannot start here"), "{stdout}");
+}
+
+#[test]
+fn run_with_acrn_fails_with_the_missing_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(file) = acrn_config(dir.path()) else {
+        return;
+    };
+    let runtime = dir.path().join("run");
+    let out = Command::new(BIN)
+        .args(["run", "--config", &file.display().to_string(), "--", "true"])
+        .env("SANDVISOR_ASSET_DIR", dir.path())
+        .env("SANDVISOR_RUNTIME_DIR", &runtime)
+        .env_remove("SANDVISOR_LOG")
+        .output()
+        .expect("run sandvisor");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("no ACRN hypervisor") && stderr.contains("/dev/acrn_hsm"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("does not support"), "{stderr}");
+}

@@ -34,6 +34,8 @@ pub struct HostPaths {
     pub meminfo: PathBuf,
     /// `/sys/module`, where `kvm_pvm` shows when loaded.
     pub sys_module: PathBuf,
+    /// The ACRN devices, one of which makes an ACRN Service VM.
+    pub acrn_devices: Vec<PathBuf>,
 }
 
 impl Default for HostPaths {
@@ -44,6 +46,10 @@ impl Default for HostPaths {
             cpuinfo: probe::PROC_CPUINFO.into(),
             meminfo: probe::PROC_MEMINFO.into(),
             sys_module: "/sys/module".into(),
+            acrn_devices: crate::backends::acrn::ACRN_DEVICES
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -242,6 +248,31 @@ async fn vmm_inventory(timeout: Duration) -> Vec<CheckItem> {
     items
 }
 
+/// An ACRN Service VM: one of its devices, and `acrnctl`.
+fn acrn_items(c: &crate::config::HypervisorConfig, devices: &[PathBuf]) -> Vec<CheckItem> {
+    let fix = "run on an ACRN Service VM, or use qemu";
+    let device = match crate::backends::acrn::service_vm(devices) {
+        Ok(d) => CheckItem::ok("acrn", true, format!("{} present", d.display())),
+        Err(e) => CheckItem::no("acrn", true, e.to_string(), Some(fix.into())),
+    };
+    let ctl = match &c.hypervisor_ctl_path {
+        Some(p) if p.is_file() => CheckItem::ok("acrnctl", true, p.display().to_string()),
+        Some(p) => CheckItem::no(
+            "acrnctl",
+            true,
+            format!("{} is missing", p.display()),
+            Some(fix.into()),
+        ),
+        None => CheckItem::no(
+            "acrnctl",
+            true,
+            "no acrnctl configured (key `ctlpath`)",
+            Some(fix.into()),
+        ),
+    };
+    vec![device, ctl]
+}
+
 fn vmm_fix(kind: HypervisorType) -> String {
     crate::backends::facts(kind).install_hint.to_string()
 }
@@ -298,7 +329,10 @@ pub async fn run_check(
         // drives VMs with; the others only read and validate their config.
         if matches!(
             rc.hypervisor,
-            HypervisorType::Qemu | HypervisorType::Firecracker | HypervisorType::Clh
+            HypervisorType::Qemu
+                | HypervisorType::Firecracker
+                | HypervisorType::Clh
+                | HypervisorType::Acrn
         ) {
             items.push(CheckItem::ok(
                 "backend",
@@ -475,6 +509,9 @@ pub async fn run_check(
                 Err(why) => CheckItem::no("vmm", true, why, Some(vmm_fix(rc.hypervisor))),
             },
         });
+        if rc.hypervisor == HypervisorType::Acrn {
+            items.extend(acrn_items(c, &paths.acrn_devices));
+        }
         if let Some(j) = &c.jailer_path {
             let fix = "install Firecracker's jailer (scripts/setup.sh), or unset `jailer_path`";
             items.push(match vmm_version(j, options.vmm_timeout).await {

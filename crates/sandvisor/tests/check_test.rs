@@ -48,6 +48,7 @@ impl Host {
                 cpuinfo: self.path("cpuinfo"),
                 meminfo: self.path("meminfo"),
                 sys_module: self.path("module"),
+                acrn_devices: vec![self.path("acrn_hsm")],
             },
             vmm_timeout: Duration::from_secs(10),
         }
@@ -268,14 +269,31 @@ async fn config_errors_block_and_are_explained() {
 }
 
 #[tokio::test]
-async fn other_backends_cannot_start_yet() {
+async fn acrn_needs_an_acrn_service_vm() {
     let host = Host::new(FLAGS_VMX, false);
     let mut rc = host.config();
     rc.hypervisor = HypervisorType::Acrn;
-    let report = run_check(Ok(rc), &host.options()).await;
-    let backend = item(&report, "backend");
-    assert!(backend.blocks() && backend.detail.contains("acrn"));
+    rc.config.hypervisor_ctl_path = Some(host.path("acrnctl"));
+    let report = run_check(Ok(rc.clone()), &host.options()).await;
+    assert!(!item(&report, "backend").blocks());
+    let acrn = item(&report, "acrn");
+    assert!(
+        acrn.blocks() && acrn.detail.contains("no ACRN hypervisor"),
+        "{acrn:?}"
+    );
+    assert!(
+        acrn.detail
+            .contains(&host.path("acrn_hsm").display().to_string()),
+        "{acrn:?}"
+    );
+    assert!(item(&report, "acrnctl").blocks());
     assert!(!report.startable);
+
+    std::fs::write(host.path("acrn_hsm"), "").expect("fake device");
+    std::fs::write(host.path("acrnctl"), "").expect("fake acrnctl");
+    let report = run_check(Ok(rc), &host.options()).await;
+    assert!(!item(&report, "acrn").blocks());
+    assert!(!item(&report, "acrnctl").blocks());
 }
 
 #[tokio::test]

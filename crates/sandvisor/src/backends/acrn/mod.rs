@@ -113,7 +113,7 @@ pub fn service_vm(devices: &[PathBuf]) -> Result<&Path, AcrnError> {
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
-                .join(" nor "),
+                .join(", "),
         })
 }
 
