@@ -602,7 +602,16 @@ impl Hypervisor for Acrn {
                     id: drive.id.clone(),
                 })
             })?;
-        let slot = self.placeholder_slots[index as usize - 1];
+        let slot = self
+            .placeholder_slots
+            .get(index as usize - 1)
+            .copied()
+            .ok_or_else(|| {
+                be(AcrnError::NoPlaceholder {
+                    index,
+                    placeholders: self.options.placeholders,
+                })
+            })?;
         self.ctl(&["blkrescan".into(), self.name(), format!("{slot},{NODISK}")])
             .await
             .map_err(be)?;
