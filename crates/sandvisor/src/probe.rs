@@ -67,6 +67,15 @@ fn parse_uint_any_base(s: &str) -> Option<u64> {
     }
 }
 
+/// This host's `MemTotal` in MiB, from [`PROC_MEMINFO`]: what the backends
+/// bound memory hot-plug by and `run --memory` is checked against.
+///
+/// # Errors
+/// As for [`host_memory_size_kb`].
+pub fn host_memory_mib() -> Result<u64, ProbeError> {
+    host_memory_size_kb(Path::new(PROC_MEMINFO)).map(|kb| kb / 1024)
+}
+
 /// The host's total memory in kB, from a meminfo file.
 ///
 /// Malformed lines are skipped.

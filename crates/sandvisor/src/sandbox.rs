@@ -11,7 +11,7 @@
 //! [`run_command`].
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -153,9 +153,7 @@ impl SandboxOptions {
         }
         if let Some(m) = self.memory_mib {
             // QEMU would only say "invalid value of maxmem" once started.
-            let host_mib = crate::probe::host_memory_size_kb(Path::new(crate::probe::PROC_MEMINFO))
-                .map(|kb| kb / 1024)
-                .ok();
+            let host_mib = crate::probe::host_memory_mib().ok();
             if let Some(host_mib) = host_mib.filter(|h| u64::from(m) > *h) {
                 return Err(SandboxError::Memory {
                     requested_mib: m,
@@ -537,9 +535,7 @@ mod tests {
                 "{msg}"
             );
         }
-        let host_mib = crate::probe::host_memory_size_kb(Path::new(crate::probe::PROC_MEMINFO))
-            .expect("MemTotal")
-            / 1024;
+        let host_mib = crate::probe::host_memory_mib().expect("MemTotal");
         let asked = u32::try_from(host_mib + 1).expect("host memory fits in u32 MiB");
         let opts = SandboxOptions {
             memory_mib: Some(asked),

@@ -676,11 +676,8 @@ impl Hypervisor for Acrn {
         self.release_uuid();
         if !self.id.is_empty() {
             let dir = self.vm_dir();
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(be(io_dir("remove", &dir)(e))),
-            }
+            crate::backends::vmm::remove_dir_if_present(&dir)
+                .map_err(|e| be(io_dir("remove", &dir)(e)))?;
         }
         Ok(())
     }

@@ -314,21 +314,15 @@ impl Clh {
 }
 
 fn host_memory_mib() -> Result<u64, ClhError> {
-    probe::host_memory_size_kb(Path::new(probe::PROC_MEMINFO))
-        .map(|kb| kb / 1024)
-        .map_err(ClhError::HostMemory)
+    probe::host_memory_mib().map_err(ClhError::HostMemory)
 }
 
 fn remove_dir(dir: &Path) -> Result<(), ClhError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ClhError::Dir {
-            action: "remove",
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
+    crate::backends::vmm::remove_dir_if_present(dir).map_err(|source| ClhError::Dir {
+        action: "remove",
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// vCPU index to thread id, from `/proc/<pid>/task/*/comm`: CH names its

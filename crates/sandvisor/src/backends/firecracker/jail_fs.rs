@@ -190,14 +190,10 @@ pub fn remove_jail(dir: &Path) -> Result<(), JailFsError> {
             tracing::warn!(mount = %m.display(), error = %e, "cannot detach a mount in the jail");
         }
     }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(JailFsError::Remove {
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
+    crate::backends::vmm::remove_dir_if_present(dir).map_err(|source| JailFsError::Remove {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -273,9 +273,7 @@ impl Firecracker {
 
     pub(super) async fn launch(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let host_mib = crate::probe::host_memory_size_kb(Path::new(crate::probe::PROC_MEMINFO))
-            .map(|kb| kb / 1024)
-            .map_err(FcError::HostMemory)?;
+        let host_mib = crate::probe::host_memory_mib().map_err(FcError::HostMemory)?;
         let from_template = self.config.boot_from_template;
         self.make_dirs()?;
         // Placed before the spawn: a jail's files and mounts must exist

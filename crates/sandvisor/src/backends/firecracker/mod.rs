@@ -270,11 +270,7 @@ fn io_dir<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Erro
 }
 
 fn remove_dir(dir: &Path) -> Result<(), FcError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_dir("remove", dir)(e)),
-    }
+    crate::backends::vmm::remove_dir_if_present(dir).map_err(io_dir("remove", dir))
 }
 
 impl Firecracker {

@@ -1,7 +1,6 @@
 //! What `save` keeps of a VM, and re-attaching to a live Firecracker from
 //! it (`load`, `from_grpc`); `check`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use super::api::{GetInstanceInfo, InstanceState};
@@ -124,9 +123,7 @@ impl Firecracker {
         });
         self.hot = Hot::from_strings(&state.hotplugged_devices, state.hotplugged_memory_mib);
         self.memory_region_mib = if self.config.virtio_mem {
-            let host = crate::probe::host_memory_size_kb(Path::new(crate::probe::PROC_MEMINFO))
-                .map(|kb| kb / 1024)
-                .map_err(FcError::HostMemory)?;
+            let host = crate::probe::host_memory_mib().map_err(FcError::HostMemory)?;
             vm_config::memory_hotplug(&self.config, host)?.map_or(0, |m| m.total_size_mib)
         } else {
             0

@@ -237,19 +237,13 @@ impl Qemu {
 }
 
 pub(super) fn host_memory_mib() -> Result<u64, QemuError> {
-    probe::host_memory_size_kb(Path::new(probe::PROC_MEMINFO))
-        .map(|kb| kb / 1024)
-        .map_err(QemuError::HostMemory)
+    probe::host_memory_mib().map_err(QemuError::HostMemory)
 }
 
 pub(super) fn remove_dir(dir: &Path) -> Result<(), QemuError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(QemuError::VmDir {
-            action: "remove",
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
+    crate::backends::vmm::remove_dir_if_present(dir).map_err(|source| QemuError::VmDir {
+        action: "remove",
+        path: dir.to_path_buf(),
+        source,
+    })
 }
