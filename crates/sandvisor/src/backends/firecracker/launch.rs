@@ -12,7 +12,7 @@ use super::{
     io_dir, jail_fs, names, FcError, Firecracker, API_TIMEOUT, FC, GUEST_CID, PLACEHOLDER_BYTES,
 };
 use crate::assets::AssetType;
-use crate::backends::vmm::process::{Spawn, Supervised};
+use crate::backends::vmm::process::{ProcessError, Spawn, Supervised};
 use crate::backends::vmm::rest::{RestClient, RestError};
 use crate::device::Device;
 use crate::hypervisor::{Error, Result};
@@ -183,6 +183,7 @@ impl Firecracker {
         let Some(jailer) = self.fc.take() else {
             return Ok(());
         };
+        let deadline = tokio::time::Instant::now() + timeout;
         let exit = jailer.wait(timeout).await;
         match exit {
             Some(e) if e.success() => {}
@@ -213,8 +214,21 @@ impl Firecracker {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .ok_or(FcError::PidFile { path })?;
-        self.fc = Some(Supervised::adopt(pid, &self.id).map_err(FcError::from)?);
-        Ok(())
+        // The pid file is written before Firecracker's exec completes: while
+        // it runs, /proc/<pid>/cmdline can be empty, so "not ours" is retried
+        // until the start deadline.
+        loop {
+            match Supervised::adopt(pid, &self.id) {
+                Ok(fc) => {
+                    self.fc = Some(fc);
+                    return Ok(());
+                }
+                Err(ProcessError::NotOurs { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(FcError::from(e).into()),
+            }
+        }
     }
 
     /// Waits for `GET /` on a Firecracker that is starting.
