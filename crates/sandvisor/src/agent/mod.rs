@@ -621,6 +621,32 @@ impl AgentClient {
         }
     }
 
+    /// Adds `entropy` (host random bytes) to the guest's random pool and
+    /// reseeds its CRNG.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn reseed_rng(&self, entropy: Vec<u8>) -> Result<(), ClientError> {
+        let req = sandvisor_proto::ReseedRngRequest { data: entropy };
+        match self.call("reseed rng", Request::ReseedRng(req)).await? {
+            Response::RngReseeded => Ok(()),
+            other => Self::unexpected("reseed rng", other),
+        }
+    }
+
+    /// Asks the agent to end this session once it has replied, so that
+    /// the VM can be saved as a template with no session open. The client
+    /// is of no further use.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn quiesce(&self) -> Result<(), ClientError> {
+        match self.call("quiesce", Request::Quiesce).await? {
+            Response::Quiesced => Ok(()),
+            other => Self::unexpected("quiesce", other),
+        }
+    }
+
     /// Asks the guest to sync and power off. Returns once the agent has
     /// acknowledged; the VMM exits shortly after.
     ///
