@@ -87,8 +87,10 @@ fn setup(initrd: Option<&Path>, extra: &str) -> Setup {
 impl Setup {
     fn sandvisor(&self, args: &[&str]) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_sandvisor"))
-            .args(["--log", "info"])
             .args(args)
+            // Info logs say where a VM came from (`origin=template`), in
+            // the supervisor's log too.
+            .env("SANDVISOR_LOG", "info")
             .env("SANDVISOR_RUNTIME_DIR", self.runtime.path())
             .output()
             .expect("sandvisor runs");
@@ -354,4 +356,48 @@ fn vm_factory_a_template_over_virtio_fs_is_refused_naming_the_rule() {
         assert!(err.contains("shared_fs = \"virtio-fs\""), "{err}");
     }
     assert!(!s.template_dir.exists(), "nothing was made");
+}
+
+#[test]
+fn vm_factory_create_and_start_clone_the_template() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let s = setup(None, "");
+    s.init();
+    let config = s.config.to_string_lossy().into_owned();
+    let out = s.sandvisor(&[
+        "create", "--config", &config, "--cpus", "2", "--memory", "1536",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    // Whatever happens next, the sandbox goes.
+    struct Delete<'a>(&'a Setup, String);
+    impl Drop for Delete<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.sandvisor(&["delete", "--force", &self.1]);
+        }
+    }
+    let _delete = Delete(&s, id.clone());
+    let out = s.sandvisor(&["start", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = s.sandvisor(&[
+        "exec",
+        &id,
+        "--",
+        "grep",
+        "-c",
+        "^processor",
+        "/proc/cpuinfo",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), "2", "{}", text(&out.stderr));
+    let state = s.sandvisor(&["state", &id, "--json"]);
+    let record: serde_json::Value = serde_json::from_slice(&state.stdout).expect("state json");
+    assert_eq!(record["vcpus"], 2, "{record}");
+    assert_eq!(record["memory_mib"], 1536, "{record}");
+    assert_eq!(
+        record["config"]["boot_from_template"], true,
+        "the VM is a clone: {record}"
+    );
+    let log = std::fs::read_to_string(s.runtime.path().join(&id).join("supervisor.log"))
+        .unwrap_or_default();
+    assert!(log.contains("origin=template"), "{log}");
 }

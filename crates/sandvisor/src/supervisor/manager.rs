@@ -60,6 +60,9 @@ pub struct CreateSpec {
     pub hypervisor: HypervisorType,
     /// Its config, validated by `create`.
     pub config: HypervisorConfig,
+    /// For a clone of a VM template: the config asked for (see
+    /// [`crate::factory::Factory::place`]).
+    pub from_template: Option<HypervisorConfig>,
 }
 
 /// The sandboxes under one runtime directory.
@@ -144,12 +147,13 @@ impl Manager {
         if config.devices_state_path.is_none() {
             config.devices_state_path = Some(dir.path().join(DEVICES_STATE_FILE));
         }
-        let record = SandboxRecord::new(
+        let mut record = SandboxRecord::new(
             dir.id().clone(),
             spec.hypervisor,
             config,
             dir.control_socket(),
         );
+        record.from_template = spec.from_template;
         let created = async {
             record.store(&dir.state_file()).await?;
             self.launch(&dir, LaunchMode::Create).await
