@@ -23,7 +23,8 @@ const TEMPLATE_AGE: Duration = Duration::from_secs(8);
 /// A template directory, a config naming it and a runtime directory,
 /// all removed on drop (the tmpfs unmounted first).
 struct Setup {
-    root: tempfile::TempDir,
+    /// Holds the config and the template directory; removed last.
+    _root: tempfile::TempDir,
     config: PathBuf,
     template_dir: PathBuf,
     runtime: tempfile::TempDir,
@@ -77,7 +78,7 @@ fn setup(initrd: Option<&Path>, extra: &str) -> Setup {
         .tempdir()
         .expect("tempdir");
     Setup {
-        root,
+        _root: root,
         config,
         template_dir,
         runtime,

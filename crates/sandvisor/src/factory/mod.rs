@@ -234,7 +234,7 @@ enum Source {
     /// Boot every VM.
     Direct,
     /// Clone the template.
-    Template(Template),
+    Template(Box<Template>),
 }
 
 /// A factory: the `[factory]` section, the base config, and what it found
@@ -297,7 +297,7 @@ impl Factory {
                     what,
                     config: init_hint(config_file),
                 })?;
-            Source::Template(template)
+            Source::Template(Box::new(template))
         } else {
             Source::Direct
         };
