@@ -473,7 +473,7 @@ async fn make(
         agent
             .quiesce()
             .await
-            .map_err(FactoryError::agent("quiesce", &id))?;
+            .map_err(FactoryError::new_request("quiesce", &id, &agent))?;
         drop(agent);
         hypervisor
             .pause_sandbox()
