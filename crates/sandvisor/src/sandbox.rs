@@ -92,6 +92,9 @@ pub enum SandboxError {
     /// Writing the command's output failed.
     #[error("cannot write the command's output")]
     Output(#[source] std::io::Error),
+    /// Volumes or the network could not be set up.
+    #[error(transparent)]
+    Attach(#[from] crate::attach::AttachError),
     /// The run was cancelled (Ctrl-C); the sandbox was torn down.
     #[error("interrupted; sandbox {id} was torn down")]
     Interrupted {
@@ -113,6 +116,8 @@ pub struct SandboxOptions {
     pub memory_mib: Option<u32>,
     /// How long the VMM and then the agent may take to come up.
     pub boot_timeout: Duration,
+    /// Volumes and network ([`run_command`] only).
+    pub attach: crate::attach::Attachments,
 }
 
 impl Default for SandboxOptions {
@@ -123,6 +128,7 @@ impl Default for SandboxOptions {
             vcpus: None,
             memory_mib: None,
             boot_timeout: Duration::from_secs(60),
+            attach: crate::attach::Attachments::default(),
         }
     }
 }
@@ -380,8 +386,10 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let (kind, config) = opts.resolve()?;
+    let (kind, mut config) = opts.resolve()?;
     let id = new_sandbox_id();
+    // Dropped last, once the VM is gone: it owns host mounts.
+    let attached = crate::attach::prepare(&opts.attach, kind, &mut config, &id)?;
     tokio::pin!(cancel);
     let mut hv = new_hypervisor(kind);
     hv.create_sandbox(&id, &NetworkNamespace::default(), &config, false)
@@ -391,6 +399,10 @@ where
             id: id.clone(),
             source: Box::new(source),
         })?;
+    if let Err(e) = attached.add_devices(&id, hv.as_mut()).await {
+        teardown(&id, hv.as_mut()).await;
+        return Err(e.into());
+    }
     let booted = tokio::select! {
         r = Sandbox::boot(&id, hv.as_mut(), &config, opts.boot_timeout) => Some(r),
         () = &mut cancel => None,
@@ -417,7 +429,10 @@ where
         ..ExecRequest::default()
     };
     let result = tokio::select! {
-        r = exec_streaming(&sandbox, req, stdout, stderr) => r,
+        r = async {
+            attached.apply(sandbox.agent()).await?;
+            exec_streaming(&sandbox, req, stdout, stderr).await
+        } => r,
         () = &mut cancel => Err(SandboxError::Interrupted { id: id.clone() }),
     };
     match result {
