@@ -11,14 +11,17 @@ use sandvisor::supervisor::SandboxId;
 use sandvisor::HypervisorType;
 
 mod cmd;
+mod logging;
 
 /// The hypervisor layer of a VM-isolated container runtime.
 #[derive(Debug, Parser)]
 #[command(name = "sandvisor", version, about)]
 struct Cli {
-    /// Log filter, as in RUST_LOG (e.g. `debug`, `sandvisor=trace`).
-    #[arg(long, global = true, env = "SANDVISOR_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter, as in RUST_LOG (e.g. `warn`, `sandvisor=trace`), shown on
+    /// stderr; without it, warnings and errors go to
+    /// `<runtime dir>/sandvisor.log`.
+    #[arg(long, global = true, env = "SANDVISOR_LOG", value_name = "FILTER")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -134,12 +137,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
-        .with_writer(std::io::stderr)
-        // Supervisors log to a file: colours only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(cli.log.as_deref().filter(|l| !l.is_empty()));
     let result = match cli.command {
         Command::Env { config, json } => cmd::env::run(&config, json),
         Command::Check { config, json } => cmd::check::run(&config, json),

@@ -188,3 +188,73 @@ fn vm_published_port_reaches_a_server_in_the_guest() {
         "the forward is gone with the sandbox"
     );
 }
+
+/// A throwaway user, removed (with its runtime directory) on drop.
+struct TempUser {
+    name: String,
+    uid: u32,
+}
+
+impl TempUser {
+    fn new() -> TempUser {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "making a test user needs root"
+        );
+        let name = format!("svtest{}", std::process::id());
+        let ok = Command::new("useradd")
+            .args(["-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", &name])
+            .status()
+            .expect("useradd runs");
+        assert!(ok.success(), "useradd {name}");
+        let uid = nix::unistd::User::from_name(&name)
+            .expect("passwd lookup")
+            .expect("the new user")
+            .uid
+            .as_raw();
+        TempUser { name, uid }
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+        let _ =
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("sandvisor-{}", self.uid)));
+    }
+}
+
+/// Needs a booted guest, root's assets in the system directory, and root
+/// (to make the user).
+#[test]
+fn vm_a_fresh_user_with_no_environment_runs_a_command() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_assets();
+    assert!(
+        Path::new(sandvisor::paths::SYSTEM_ASSET_DIR)
+            .join(sandvisor::paths::INITRD_FILE)
+            .is_file(),
+        "the system's assets are missing: run sandvisor image build as root"
+    );
+    let user = TempUser::new();
+    let out = Command::new("runuser")
+        .args(["-u", &user.name, "--", "env", "-i", "PATH=/usr/bin:/bin"])
+        .args([
+            env!("CARGO_BIN_EXE_sandvisor"),
+            "run",
+            "--",
+            "echo",
+            "as-user",
+        ])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runuser runs");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "as-user\n");
+    let runtime = std::env::temp_dir().join(format!("sandvisor-{}", user.uid));
+    let meta = std::fs::metadata(&runtime).expect("a private runtime directory was made");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (user.uid, 0o700));
+    assert_nothing_left(&runtime);
+}

@@ -92,6 +92,16 @@ pub enum SandboxError {
     /// Writing the command's output failed.
     #[error("cannot write the command's output")]
     Output(#[source] std::io::Error),
+    /// A guest kernel, initrd or image the config names does not exist.
+    #[error(
+        "guest {what} {path:?} is missing: run `sandvisor image build` to make the guest assets"
+    )]
+    MissingAsset {
+        /// Which asset.
+        what: &'static str,
+        /// Where it should be.
+        path: PathBuf,
+    },
     /// Volumes or the network could not be set up.
     #[error(transparent)]
     Attach(#[from] crate::attach::AttachError),
@@ -387,6 +397,9 @@ where
     E: AsyncWrite + Unpin,
 {
     let (kind, mut config) = opts.resolve()?;
+    if kind != HypervisorType::Mock {
+        check_guest_assets(&config)?;
+    }
     let id = new_sandbox_id();
     // Dropped last, once the VM is gone: it owns host mounts.
     let attached = crate::attach::prepare(&opts.attach, kind, &mut config, &id)?;
@@ -445,6 +458,25 @@ where
             Err(e)
         }
     }
+}
+
+/// The kernel, initrd and image `config` names must exist: QEMU would
+/// only say so in its log.
+fn check_guest_assets(config: &HypervisorConfig) -> Result<(), SandboxError> {
+    let named = [
+        ("kernel", &config.kernel_path),
+        ("initrd", &config.initrd_path),
+        ("image", &config.image_path),
+    ];
+    for (what, path) in named {
+        if let Some(p) = path.as_ref().filter(|p| !p.exists()) {
+            return Err(SandboxError::MissingAsset {
+                what,
+                path: p.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn exec_streaming<O, E>(

@@ -62,6 +62,10 @@ pub fn run(args: RunArgs) -> CmdResult {
 
 async fn run_async(args: RunArgs) -> CmdResult {
     let timeout = Duration::from_secs(args.timeout);
+    sandvisor::paths::prepare_runtime_dir()?;
+    if let Some(hint) = super::run_env::kvm_hint(&sandvisor::probe::probe_host_kvm()) {
+        eprintln!("{hint}");
+    }
     let opts = SandboxOptions {
         config: args.config.config,
         hypervisor: args.config.hypervisor,
