@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use sandvisor::supervisor::SandboxId;
 use sandvisor::HypervisorType;
 
@@ -130,6 +130,18 @@ enum Command {
         /// The sandbox.
         id: SandboxId,
     },
+    /// Print a shell completion script: bash, zsh, fish, elvish or
+    /// powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page; with --dir, write one page per command there.
+    Man {
+        /// Where to write `sandvisor.1`, `sandvisor-run.1`, ...
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Run the supervisor of a sandbox (started by `create`).
     #[command(hide = true)]
     Supervise(cmd::supervise::SuperviseArgs),
@@ -158,6 +170,8 @@ fn main() -> ExitCode {
         Command::State { id, json } => cmd::list::state(id, json),
         Command::Console { id } => cmd::console::run(id),
         Command::Supervise(args) => cmd::supervise::run(args),
+        Command::Completions { shell } => cmd::docs::completions(Cli::command(), shell),
+        Command::Man { dir } => cmd::docs::man(Cli::command(), dir.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -165,5 +179,15 @@ fn main() -> ExitCode {
             cmd::print_error(err.as_ref());
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod console;
+pub mod docs;
 pub mod env;
 pub mod exec;
 pub mod image;
