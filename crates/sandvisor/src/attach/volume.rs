@@ -13,12 +13,18 @@
 //!
 //! Host bind mounts need `CAP_SYS_ADMIN`, as QEMU's virtiofsd does (it
 //! sandboxes itself in new namespaces): volumes are for root.
+//!
+//! The `run` that owns a shared root holds an exclusive `flock` on
+//! `<id>.lock` beside it. A run killed before it could clean up leaves the
+//! lock file unlocked; the next [`SharedRoot::create`] sweeps such roots
+//! (unmount, remove) so that no mount outlives its sandbox for long.
 
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use sandvisor_proto::MountRequest;
 
@@ -225,6 +231,62 @@ pub struct SharedRoot {
     dir: PathBuf,
     made: Vec<PathBuf>,
     mounted: Vec<PathBuf>,
+    lock: Option<(PathBuf, Flock<fs::File>)>,
+}
+
+fn lock_path(dir: &Path) -> PathBuf {
+    let mut p = dir.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Unmounts and removes the shared roots in `parent` whose lock nobody
+/// holds: their run died without cleaning up. Failures are logged; a root
+/// that cannot be cleaned keeps its lock file for the next sweep.
+pub fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for lock in entries.flatten().map(|e| e.path()) {
+        let Some(dir) = lock
+            .to_str()
+            .and_then(|l| l.strip_suffix(".lock"))
+            .map(PathBuf::from)
+        else {
+            continue;
+        };
+        let Ok(file) = fs::File::open(&lock) else {
+            continue;
+        };
+        let Ok(held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue; // its run is alive
+        };
+        let subdirs: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        for sub in &subdirs {
+            match umount2(sub, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::Error::EINVAL) => {}
+                Err(e) => {
+                    tracing::warn!(path = %sub.display(), error = %e, "cannot unmount a stale volume");
+                    return;
+                }
+            }
+            // Never recursive: see `Drop`.
+            let _ = fs::remove_dir(sub);
+        }
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove a stale shared root");
+                continue;
+            }
+        }
+        let _ = fs::remove_file(&lock);
+        tracing::info!(path = %dir.display(), "removed a stale shared root");
+        drop(held);
+    }
 }
 
 impl SharedRoot {
@@ -238,6 +300,7 @@ impl SharedRoot {
             dir: dir.clone(),
             made: Vec::new(),
             mounted: Vec::new(),
+            lock: None,
         };
         if let Some(parent) = dir.parent() {
             fs::create_dir_all(parent).map_err(|source| VolumeError::Dir {
@@ -245,7 +308,18 @@ impl SharedRoot {
                 path: parent.to_path_buf(),
                 source,
             })?;
+            sweep_stale(parent);
         }
+        let lock = lock_path(&dir);
+        let lock_err = |source| VolumeError::Dir {
+            action: "lock",
+            path: lock.clone(),
+            source,
+        };
+        let file = fs::File::create(&lock).map_err(lock_err)?;
+        let held = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?;
+        root.lock = Some((lock.clone(), held));
         root.mkdir(&dir)?;
         for (i, v) in volumes.iter().enumerate() {
             let target = dir.join(i.to_string());
@@ -324,10 +398,19 @@ impl Drop for SharedRoot {
         }
         // `remove_dir`, never `remove_dir_all`: a directory that is still a
         // mount point must not have the host's files deleted through it.
+        let mut clean = true;
         for d in self.made.drain(..).rev() {
             if let Err(e) = fs::remove_dir(&d) {
+                clean = false;
                 tracing::warn!(path = %d.display(), error = %e, "cannot remove a shared directory");
             }
+        }
+        // Left in place when something stayed, for the next sweep.
+        if let Some((lock, held)) = self.lock.take() {
+            if clean {
+                let _ = fs::remove_file(&lock);
+            }
+            drop(held);
         }
     }
 }
@@ -434,10 +517,10 @@ mod tests {
     /// Needs root (bind mounts), as volumes do.
     #[test]
     fn the_shared_root_binds_volumes_read_only_where_asked_and_leaves_nothing() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: bind mounts need root");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "bind mounts need root: run this test as root"
+        );
         let d = tempfile::tempdir().expect("tempdir");
         let (rw, ro) = (d.path().join("rw"), d.path().join("ro"));
         fs::create_dir(&rw).expect("mkdir");
@@ -458,10 +541,53 @@ mod tests {
         assert!(matches!(root.device(), Device::Fs(v) if v.host_path == root_dir));
         drop(root);
         assert!(!root_dir.exists(), "the shared root is removed");
+        assert!(!lock_path(&root_dir).exists(), "and its lock file");
         assert!(
             ro.join("f").exists() && rw.join("new").exists(),
             "host files stay"
         );
         assert!(!ro.join("g").exists());
+    }
+
+    /// Needs root (bind mounts), as volumes do.
+    #[test]
+    fn a_dead_runs_shared_root_is_swept_and_a_live_one_is_not() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "bind mounts need root: run this test as root"
+        );
+        let d = tempfile::tempdir().expect("tempdir");
+        let host = d.path().join("host");
+        fs::create_dir(&host).expect("mkdir");
+        fs::write(host.join("f"), b"keep").expect("write");
+        let parent = d.path().join("volumes");
+        let vols =
+            validate(&[vol(&format!("{}:/a", host.display())).expect("valid")]).expect("valid");
+        let live = SharedRoot::create(parent.join("sv-live"), &vols).expect("live root");
+        // What a killed run leaves: the lock file unlocked, the mount up.
+        let dead = parent.join("sv-dead");
+        fs::create_dir_all(dead.join("0")).expect("mkdir");
+        fs::write(lock_path(&dead), b"").expect("lock file");
+        mount(
+            Some(&host),
+            &dead.join("0"),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+
+        sweep_stale(&parent);
+        assert!(
+            !dead.exists() && !lock_path(&dead).exists(),
+            "the dead run's root is gone"
+        );
+        assert!(
+            live.dir().join("0/f").exists(),
+            "the live run's volume stays"
+        );
+        assert_eq!(fs::read(host.join("f")).expect("host file"), b"keep");
+        drop(live);
+        assert_eq!(fs::read_dir(&parent).expect("parent").count(), 0);
     }
 }
