@@ -188,3 +188,23 @@ RUSTFLAGS="-C target-feature=+crt-static" \
 echo "setup: building the guest image" >&2
 target/release/sandvisor image build \
   --agent target/x86_64-unknown-linux-gnu/release/sandvisor-agent
+
+# Shell completions and man pages, generated from the CLI definition.
+# SANDVISOR_SHARE_DIR (default /usr/local/share) moves them all.
+share_dir=${SANDVISOR_SHARE_DIR:-/usr/local/share}
+install_docs() {
+  local bin=$1 tmp
+  tmp=$(mktemp -d)
+  "$bin" completions bash >"$tmp/sandvisor"
+  "$bin" completions zsh >"$tmp/_sandvisor"
+  "$bin" completions fish >"$tmp/sandvisor.fish"
+  "$bin" man --dir "$tmp/man1"
+  $sudo install -D -m 0644 "$tmp/sandvisor" "$share_dir/bash-completion/completions/sandvisor"
+  $sudo install -D -m 0644 "$tmp/_sandvisor" "$share_dir/zsh/site-functions/_sandvisor"
+  $sudo install -D -m 0644 "$tmp/sandvisor.fish" "$share_dir/fish/vendor_completions.d/sandvisor.fish"
+  $sudo install -d "$share_dir/man/man1"
+  $sudo install -m 0644 "$tmp"/man1/*.1 "$share_dir/man/man1/"
+  rm -rf "$tmp"
+  echo "setup: installed completions and man pages under $share_dir" >&2
+}
+install_docs target/release/sandvisor

@@ -6,19 +6,22 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use sandvisor::supervisor::SandboxId;
 use sandvisor::HypervisorType;
 
 mod cmd;
+mod logging;
 
 /// The hypervisor layer of a VM-isolated container runtime.
 #[derive(Debug, Parser)]
 #[command(name = "sandvisor", version, about)]
 struct Cli {
-    /// Log filter, as in RUST_LOG (e.g. `debug`, `sandvisor=trace`).
-    #[arg(long, global = true, env = "SANDVISOR_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter, as in RUST_LOG (e.g. `warn`, `sandvisor=trace`), shown on
+    /// stderr; without it, warnings and errors go to
+    /// `<runtime dir>/sandvisor.log`.
+    #[arg(long, global = true, env = "SANDVISOR_LOG", value_name = "FILTER")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,6 +133,18 @@ enum Command {
         /// The sandbox.
         id: SandboxId,
     },
+    /// Print a shell completion script: bash, zsh, fish, elvish or
+    /// powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page; with --dir, write one page per command there.
+    Man {
+        /// Where to write `sandvisor.1`, `sandvisor-run.1`, ...
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Run the supervisor of a sandbox (started by `create`).
     #[command(hide = true)]
     Supervise(cmd::supervise::SuperviseArgs),
@@ -137,12 +152,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
-        .with_writer(std::io::stderr)
-        // Supervisors log to a file: colours only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(cli.log.as_deref().filter(|l| !l.is_empty()));
     let result = match cli.command {
         Command::Env { config, json } => cmd::env::run(&config, json),
         Command::Check { config, json } => cmd::check::run(&config, json),
@@ -164,6 +174,8 @@ fn main() -> ExitCode {
         Command::State { id, json } => cmd::list::state(id, json),
         Command::Console { id } => cmd::console::run(id),
         Command::Supervise(args) => cmd::supervise::run(args),
+        Command::Completions { shell } => cmd::docs::completions(Cli::command(), shell),
+        Command::Man { dir } => cmd::docs::man(Cli::command(), dir.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -171,5 +183,15 @@ fn main() -> ExitCode {
             cmd::print_error(err.as_ref());
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

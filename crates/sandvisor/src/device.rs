@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub enum DeviceType {
     Memory,
     /// A hybrid vsock: a unix socket on the host, vsock in the guest.
     HybridVsock,
+    /// A NIC on the VMM's user-mode network stack (QEMU's slirp).
+    UserNet,
 }
 
 impl fmt::Display for DeviceType {
@@ -54,6 +57,7 @@ impl fmt::Display for DeviceType {
             DeviceType::Cpu => "cpu",
             DeviceType::Memory => "memory",
             DeviceType::HybridVsock => "hybrid-vsock",
+            DeviceType::UserNet => "user-net",
         };
         f.write_str(name)
     }
@@ -84,6 +88,8 @@ pub enum Device {
     Memory(MemoryDevice),
     /// A hybrid vsock.
     HybridVsock(HybridVsock),
+    /// A NIC on the VMM's user-mode network stack.
+    UserNet(UserNetwork),
 }
 
 impl Device {
@@ -101,6 +107,7 @@ impl Device {
             Device::Cpu(_) => DeviceType::Cpu,
             Device::Memory(_) => DeviceType::Memory,
             Device::HybridVsock(_) => DeviceType::HybridVsock,
+            Device::UserNet(_) => DeviceType::UserNet,
         }
     }
 }
@@ -144,6 +151,40 @@ pub struct NetDevice {
     pub mac: String,
     /// Queue pairs; 0 or 1 means a single queue.
     pub queues: u32,
+}
+
+/// A NIC on the VMM's own user-mode network stack (QEMU's slirp): no tap,
+/// no host privileges; the VMM NATs the guest's traffic and forwards TCP
+/// ports from host addresses into the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNetwork {
+    /// Device id inside the VM.
+    pub id: String,
+    /// Guest MAC address.
+    pub mac: String,
+    /// The virtual network, such as `169.254.100.0/24`.
+    pub network: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The VMM's address on it: the guest's gateway.
+    pub gateway: Ipv4Addr,
+    /// The guest's address (the first the VMM's DHCP hands out).
+    pub guest: Ipv4Addr,
+    /// The VMM's DNS forwarder.
+    pub dns: Ipv4Addr,
+    /// TCP ports forwarded from the host into the guest.
+    pub forwards: Vec<PortForward>,
+}
+
+/// A TCP port forwarded from a host address into the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    /// Host address to listen on.
+    pub host_addr: Ipv4Addr,
+    /// Host port.
+    pub host_port: u16,
+    /// Guest port.
+    pub guest_port: u16,
 }
 
 /// A serial port on a host unix socket (the agent channel, for one).

@@ -23,6 +23,7 @@
 
 pub mod agent;
 pub mod assets;
+pub mod attach;
 pub mod backends;
 pub mod bench;
 pub mod check;

@@ -18,6 +18,7 @@ use rand::Rng;
 use sandvisor_proto::{ExecRequest, ExitStatus, Stream};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::backends::new_hypervisor;
 use crate::agent::{AgentAddress, AgentClient, ClientError, ExecEvent};
 use crate::config::kata::{load_config, KataConfigError};
 use crate::config::{ConfigError, HypervisorConfig};
@@ -94,6 +95,19 @@ pub enum SandboxError {
     /// The VM factory could not give a VM.
     #[error("VM factory")]
     Factory(#[source] Box<crate::factory::FactoryError>),
+    /// A guest kernel, initrd or image the config names does not exist.
+    #[error(
+        "guest {what} {path:?} is missing: run `sandvisor image build` to make the guest assets"
+    )]
+    MissingAsset {
+        /// Which asset.
+        what: &'static str,
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// Volumes or the network could not be set up.
+    #[error(transparent)]
+    Attach(#[from] crate::attach::AttachError),
     /// The run was cancelled (Ctrl-C); the sandbox was torn down.
     #[error("interrupted; sandbox {id} was torn down")]
     Interrupted {
@@ -115,6 +129,8 @@ pub struct SandboxOptions {
     pub memory_mib: Option<u32>,
     /// How long the VMM and then the agent may take to come up.
     pub boot_timeout: Duration,
+    /// Volumes and network ([`run_command`] only).
+    pub attach: crate::attach::Attachments,
 }
 
 impl Default for SandboxOptions {
@@ -125,6 +141,7 @@ impl Default for SandboxOptions {
             vcpus: None,
             memory_mib: None,
             boot_timeout: Duration::from_secs(60),
+            attach: crate::attach::Attachments::default(),
         }
     }
 }
@@ -425,19 +442,60 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let (_, config, factory) = opts.resolve_with_factory()?;
+    let (kind, mut config, factory) = opts.resolve_with_factory()?;
+    if kind != HypervisorType::Mock {
+        check_guest_assets(&config)?;
+    }
     let id = new_sandbox_id();
+    // Dropped last, once the VM is gone: it owns host mounts.
+    let attached = crate::attach::prepare(&opts.attach, kind, &mut config, &id)?;
     tokio::pin!(cancel);
-    // The factory boots the VM, or clones the template; a failed or
-    // cancelled boot leaves nothing (dropping a VM handle kills it).
-    let booted = tokio::select! {
-        r = factory.get_vm(&id, &config, opts.boot_timeout) => Some(r),
-        () = &mut cancel => None,
-    };
-    let sandbox = match booted {
-        Some(Ok(vm)) => Sandbox::from_factory(vm),
-        Some(Err(e)) => return Err(SandboxError::Factory(Box::new(e))),
-        None => return Err(SandboxError::Interrupted { id }),
+    let sandbox = if attached.devices().is_empty() {
+        // The factory boots the VM, or clones the template; a failed or
+        // cancelled boot leaves nothing (dropping a VM handle kills it).
+        let booted = tokio::select! {
+            r = factory.get_vm(&id, &config, opts.boot_timeout) => Some(r),
+            () = &mut cancel => None,
+        };
+        match booted {
+            Some(Ok(vm)) => Sandbox::from_factory(vm),
+            Some(Err(e)) => return Err(SandboxError::Factory(Box::new(e))),
+            None => return Err(SandboxError::Interrupted { id }),
+        }
+    } else {
+        // Volumes and a network are devices of a fresh VM: no template or
+        // cached VM has them, so this one boots directly.
+        let mut hv = new_hypervisor(kind);
+        hv.create_sandbox(&id, &NetworkNamespace::default(), &config, false)
+            .await
+            .map_err(|source| SandboxError::Hypervisor {
+                op: "create",
+                id: id.clone(),
+                source: Box::new(source),
+            })?;
+        if let Err(e) = attached.add_devices(&id, hv.as_mut()).await {
+            teardown(&id, hv.as_mut()).await;
+            return Err(e.into());
+        }
+        let booted = tokio::select! {
+            r = Sandbox::boot(&id, hv.as_mut(), &config, opts.boot_timeout) => Some(r),
+            () = &mut cancel => None,
+        };
+        match booted {
+            Some(Ok(agent)) => Sandbox {
+                id: id.clone(),
+                hypervisor: hv,
+                agent,
+            },
+            Some(Err(e)) => {
+                teardown(&id, hv.as_mut()).await;
+                return Err(e);
+            }
+            None => {
+                teardown(&id, hv.as_mut()).await;
+                return Err(SandboxError::Interrupted { id });
+            }
+        }
     };
     let req = ExecRequest {
         argv,
@@ -446,7 +504,10 @@ where
         ..ExecRequest::default()
     };
     let result = tokio::select! {
-        r = exec_streaming(&sandbox, req, stdout, stderr) => r,
+        r = async {
+            attached.apply(sandbox.agent()).await?;
+            exec_streaming(&sandbox, req, stdout, stderr).await
+        } => r,
         () = &mut cancel => Err(SandboxError::Interrupted { id: id.clone() }),
     };
     match result {
@@ -459,6 +520,25 @@ where
             Err(e)
         }
     }
+}
+
+/// The kernel, initrd and image `config` names must exist: QEMU would
+/// only say so in its log.
+fn check_guest_assets(config: &HypervisorConfig) -> Result<(), SandboxError> {
+    let named = [
+        ("kernel", &config.kernel_path),
+        ("initrd", &config.initrd_path),
+        ("image", &config.image_path),
+    ];
+    for (what, path) in named {
+        if let Some(p) = path.as_ref().filter(|p| !p.exists()) {
+            return Err(SandboxError::MissingAsset {
+                what,
+                path: p.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn exec_streaming<O, E>(

@@ -12,6 +12,10 @@ use crate::ConfigArgs;
 /// Runs `sandvisor env`.
 pub fn run(args: &ConfigArgs, json: bool) -> CmdResult {
     let mut runtime = load_config(args.config.as_deref(), args.hypervisor)?;
+    // Said here, not only in the log: reviewing the config is what `env` is for.
+    for w in &runtime.warnings {
+        eprintln!("sandvisor: warning: {w}");
+    }
     runtime.validate()?;
     let effective = runtime.effective();
     let text = if json {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod console;
+pub mod docs;
 pub mod env;
 pub mod exec;
 pub mod factory;
@@ -10,6 +11,7 @@ pub mod image;
 pub mod lifecycle;
 pub mod list;
 pub mod run;
+pub mod run_env;
 pub mod supervise;
 
 /// What a subcommand returns: its exit code, or an error to print.

@@ -28,6 +28,9 @@ pub struct RunArgs {
     /// Seconds to wait for the VM, and for the command.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// Volumes, network, ports.
+    #[command(flatten)]
+    pub env: super::run_env::RunEnvArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -59,12 +62,17 @@ pub fn run(args: RunArgs) -> CmdResult {
 
 async fn run_async(args: RunArgs) -> CmdResult {
     let timeout = Duration::from_secs(args.timeout);
+    sandvisor::paths::prepare_runtime_dir()?;
+    if let Some(hint) = super::run_env::kvm_hint(&sandvisor::probe::probe_host_kvm()) {
+        eprintln!("{hint}");
+    }
     let opts = SandboxOptions {
         config: args.config.config,
         hypervisor: args.config.hypervisor,
         vcpus: args.cpus,
         memory_mib: args.memory,
         boot_timeout: timeout,
+        attach: args.env.attachments(),
     };
     // Piped stdin goes to the command; a terminal's does not (the command
     // would wait for an end of file that never comes).

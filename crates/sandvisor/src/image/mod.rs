@@ -249,7 +249,7 @@ pub struct BuildOptions {
     pub modules: Option<PathBuf>,
     /// The agent binary; found by [`locate_agent`] when unset.
     pub agent: Option<PathBuf>,
-    /// Output directory; [`crate::paths::asset_dir`] when unset.
+    /// Output directory; [`crate::paths::build_asset_dir`] when unset.
     pub output: Option<PathBuf>,
     /// Initrd compression.
     pub compression: Compression,
@@ -316,7 +316,10 @@ pub fn build(
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuildReport, ImageError> {
     let started = Instant::now();
-    let out_dir = opts.output.clone().unwrap_or_else(crate::paths::asset_dir);
+    let out_dir = opts
+        .output
+        .clone()
+        .unwrap_or_else(crate::paths::build_asset_dir);
 
     let source = kernel_source(opts, progress)?;
     let kernel_identity = match &source {

@@ -471,6 +471,15 @@ mod tests {
     }
 
     #[test]
+    fn run_volumes_and_user_networking_have_their_drivers() {
+        // `run -v` mounts virtio-fs (fuse comes in as its dependency) and
+        // `run --net user` needs virtio-net: both stay in the initrd.
+        for name in ["virtiofs", "virtio_net"] {
+            assert!(WANTED.iter().any(|w| w.name == name), "{name}");
+        }
+    }
+
+    #[test]
     fn resolves_from_modules_dep_dependencies_first() {
         let dir = fake_tree(true);
         let wanted = [req("virtio_blk"), opt("virtio_rng"), req("ext4"), opt("9p")];

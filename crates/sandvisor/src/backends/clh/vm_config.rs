@@ -473,6 +473,12 @@ pub fn build(spec: &VmSpec<'_>) -> Result<VmConfig, VmConfigError> {
                     "it has no virtio-serial ports; the agent is reached over a hybrid vsock",
                 ))
             }
+            Device::UserNet(_) => {
+                return Err(unsupported(
+                    device,
+                    "it has no user-mode network stack (that is QEMU's slirp); give it a tap NIC",
+                ))
+            }
             Device::VsockPci(_) => return Err(unsupported(
                 device,
                 "it takes no vhost-vsock descriptor; use the hybrid vsock generate_socket gives",

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::config::{BlockDeviceDriver, HypervisorConfig, SharedFs};
 use crate::device::{
-    BlockDrive, Device, NetDevice, SharedFsVolume, UnixSocket, VSock, VfioDevice, VhostUserDevice,
-    VhostUserKind,
+    BlockDrive, Device, NetDevice, SharedFsVolume, UnixSocket, UserNetwork, VSock, VfioDevice,
+    VhostUserDevice, VhostUserKind,
 };
 
 /// The I/O thread virtio-scsi runs on, when the config asks for one.
@@ -108,6 +108,10 @@ pub(super) fn cold_plugged(p: &Plan<'_>) -> Result<(Args, InheritedFds), Cmdline
             // The image comes from the config, not as a device.
             Device::Image(d) => block(&mut a, transport, c, d)?,
             Device::HybridVsock(_) => hybrid_vsock(&mut a, transport, p.spec.paths),
+            Device::UserNet(u) => {
+                user_net(&mut a, transport, u, net_index);
+                net_index += 1;
+            }
             // vCPUs and memory are sized by -smp and -m.
             Device::Cpu(_) | Device::Memory(_) => {}
         }
@@ -263,6 +267,33 @@ fn net(a: &mut Args, t: Transport, n: &NetDevice, index: u32, vhost: bool) {
         dev.push_str(&format!(",mq=on,vectors={}", 2 * n.queues + 2));
     }
     a.push2("-device", dev);
+}
+
+/// A NIC on QEMU's slirp stack: no IPv6 (slirp's default prefix is a
+/// site-local one), the address plan from the device, and one `hostfwd`
+/// per forwarded port, to the guest's fixed address.
+fn user_net(a: &mut Args, t: Transport, u: &UserNetwork, index: u32) {
+    let netdev = format!("network-{index}");
+    let mut nd = format!(
+        "user,id={netdev},ipv6=off,net={}/{},host={},dhcpstart={},dns={}",
+        u.network, u.prefix_len, u.gateway, u.guest, u.dns
+    );
+    for f in &u.forwards {
+        nd.push_str(&format!(
+            ",hostfwd=tcp:{}:{}-{}:{}",
+            f.host_addr, f.host_port, u.guest, f.guest_port
+        ));
+    }
+    a.push2("-netdev", nd);
+    a.push2(
+        "-device",
+        format!(
+            "{},netdev={netdev},mac={},id=virtio-{}",
+            t.driver("virtio-net"),
+            u.mac,
+            truncate_id(&u.id)
+        ),
+    );
 }
 
 fn drive_cache(c: &HypervisorConfig) -> String {

@@ -759,3 +759,46 @@ async fn a_hybrid_vsock_vm_cannot_be_saved() {
 }
 
 mod state;
+
+#[test]
+fn user_networking_is_slirp_on_the_link_local_plan_with_loopback_forwards() {
+    use crate::device::{PortForward, UserNetwork};
+    let net = Device::UserNet(UserNetwork {
+        id: "usernet0".into(),
+        mac: "02:5a:00:00:64:02".into(),
+        network: "169.254.100.0".parse().expect("address"),
+        prefix_len: 24,
+        gateway: "169.254.100.1".parse().expect("address"),
+        guest: "169.254.100.2".parse().expect("address"),
+        dns: "169.254.100.3".parse().expect("address"),
+        forwards: vec![
+            PortForward {
+                host_addr: "127.0.0.1".parse().expect("address"),
+                host_port: 18080,
+                guest_port: 80,
+            },
+            PortForward {
+                host_addr: "127.0.0.1".parse().expect("address"),
+                host_port: 2222,
+                guest_port: 22,
+            },
+        ],
+    });
+    let a = argv(&base(), Accelerator::Tcg, &[agent(), net], None);
+    let netdev = a
+        .windows(2)
+        .find(|w| w[0] == "-netdev")
+        .map(|w| w[1].as_str());
+    assert_eq!(
+        netdev,
+        Some(
+            "user,id=network-0,ipv6=off,net=169.254.100.0/24,host=169.254.100.1,\
+             dhcpstart=169.254.100.2,dns=169.254.100.3,\
+             hostfwd=tcp:127.0.0.1:18080-169.254.100.2:80,\
+             hostfwd=tcp:127.0.0.1:2222-169.254.100.2:22"
+        )
+    );
+    assert!(a.contains(
+        &"virtio-net-pci,netdev=network-0,mac=02:5a:00:00:64:02,id=virtio-usernet0".to_string()
+    ));
+}
