@@ -9,6 +9,7 @@ pub mod image;
 pub mod lifecycle;
 pub mod list;
 pub mod run;
+pub mod stdio;
 pub mod supervise;
 
 /// What a subcommand returns: its exit code, or an error to print.
