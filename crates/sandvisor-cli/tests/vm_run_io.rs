@@ -343,6 +343,11 @@ fn vm_run_dash_t_gives_a_terminal_and_puts_the_host_one_back() {
     tmux.wait_for("guest-size 40 100", Duration::from_secs(30));
     tmux.type_line("exit");
     tmux.wait_for("run-exit=0", Duration::from_secs(60));
+    // A command that a signal ends puts the terminal back too.
+    tmux.type_line(&format!(
+        "{bin} run -t -- sh -c 'kill -KILL $$'; echo second-exit=$?"
+    ));
+    tmux.wait_for("second-exit=137", Duration::from_secs(120));
     // The host's terminal is cooked again (no guest needed for this).
     tmux.type_line("stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo | tr '\\n' ,; echo");
     tmux.wait_for("icanon,echo,", Duration::from_secs(10));
