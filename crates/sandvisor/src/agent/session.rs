@@ -9,7 +9,9 @@
 
 use std::collections::VecDeque;
 
-use sandvisor_proto::{ExecRequest, ExecStdinRequest, Request, Response, WindowSize};
+use sandvisor_proto::{
+    ExecRequest, ExecStdinRequest, Request, Response, WindowSize, FEATURE_EXEC_IO,
+};
 use tokio::sync::mpsc;
 
 use super::{AgentClient, ClientError, ExecEvent, ExecHandle, Route};
@@ -58,7 +60,9 @@ pub struct ExecSession<'a> {
 
 impl AgentClient {
     /// Starts `req` and returns a session that streams `input` to it while
-    /// its events are read. `req.stream_stdin` is set from `input.stdin`.
+    /// its events are read. `req.stream_stdin` is set from `input.stdin`;
+    /// an agent without [`FEATURE_EXEC_IO`] gets the stdin whole instead,
+    /// read to its end before the start, as before streaming.
     ///
     /// # Errors
     /// Those of [`AgentClient::exec_start`].
@@ -67,7 +71,20 @@ impl AgentClient {
         mut req: ExecRequest,
         input: ExecInput,
     ) -> Result<ExecSession<'_>, ClientError> {
-        req.stream_stdin = input.stdin.is_some();
+        let mut stdin = input.stdin;
+        req.stream_stdin = stdin.is_some();
+        if req.stream_stdin && !self.has_feature(FEATURE_EXEC_IO) {
+            // An agent from before streaming takes stdin whole, as it did:
+            // read it to its end first.
+            if let Some(mut rx) = stdin.take() {
+                let mut whole = Vec::new();
+                while let Some(chunk) = rx.recv().await {
+                    whole.extend_from_slice(&chunk);
+                }
+                req.stream_stdin = false;
+                req.stdin = Some(whole);
+            }
+        }
         let handle = self.exec_start(req).await?;
         if let Some(started) = input.started {
             let _ = started.send(handle.pid());
@@ -75,8 +92,8 @@ impl AgentClient {
         Ok(ExecSession {
             client: self,
             handle,
-            stdin_done: input.stdin.is_none(),
-            stdin: input.stdin,
+            stdin_done: stdin.is_none(),
+            stdin,
             in_flight: VecDeque::new(),
             control: input.control,
             signalled: false,

@@ -11,7 +11,8 @@ use sandvisor_proto::frame::read_frame;
 /// first request after such a hello gets `NoHandshake`. With `exec_io` it
 /// names [`FEATURE_EXEC_IO`]: an exec with streamed stdin echoes each chunk
 /// as output and exits with the number of chunks at the end of input; an
-/// exec of `wait` runs until signalled.
+/// exec of `wait` runs until signalled. Any other exec writes its whole
+/// stdin (else `out`) and `err`, and exits with 3.
 async fn fake_agent(stream: tokio::net::UnixStream, version: u32, forgetful: bool, exec_io: bool) {
     let std = stream.into_std().expect("std");
     std.set_nonblocking(false).expect("blocking");
@@ -103,7 +104,7 @@ async fn fake_agent(stream: tokio::net::UnixStream, version: u32, forgetful: boo
                         timed_out: false,
                     });
                 }
-                Request::Exec(_) => {
+                Request::Exec(req) => {
                     out.push(AgentMessage::Reply {
                         id,
                         result: Ok(Response::ExecStarted { pid: 42 }),
@@ -111,7 +112,8 @@ async fn fake_agent(stream: tokio::net::UnixStream, version: u32, forgetful: boo
                     out.push(AgentMessage::ExecOutput {
                         id: msg.id,
                         stream: OutputStream::Stdout,
-                        data: b"out".to_vec(),
+                        // Stdin given whole comes back as the output.
+                        data: req.stdin.unwrap_or_else(|| b"out".to_vec()),
                     });
                     out.push(AgentMessage::ExecOutput {
                         id: msg.id,
@@ -365,6 +367,27 @@ async fn an_old_agent_is_not_asked_for_what_it_would_ignore() {
         assert!(matches!(err, ClientError::AgentTooOld { .. }), "{err}");
         assert!(err.to_string().contains("image build"), "{err}");
     }
+    // Stdin goes whole to an agent that cannot take it streamed.
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(b"whole".to_vec()).await.expect("queued");
+    drop(tx);
+    let mut session = client
+        .exec_session(
+            ExecRequest {
+                argv: vec!["x".into()],
+                ..ExecRequest::default()
+            },
+            ExecInput {
+                stdin: Some(rx),
+                ..ExecInput::default()
+            },
+        )
+        .await
+        .expect("started without streaming");
+    assert_eq!(
+        session.next().await.expect("event"),
+        Some(ExecEvent::Output(OutputStream::Stdout, b"whole".to_vec()))
+    );
     // What version 1 did still works.
     let outcome = client
         .exec(
