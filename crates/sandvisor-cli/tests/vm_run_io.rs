@@ -171,14 +171,13 @@ fn vm_run_exits_as_the_shell_does() {
     assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
 }
 
-#[test]
-fn vm_run_passes_sigint_on_then_tears_down() {
-    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    require_assets();
-    let env = Env::new();
+/// Starts `run -- sh -c SCRIPT` (which prints `started` first), waits for
+/// that line, sends SIGINT to `run`, and returns how `run` ended, with the
+/// stdout after that line.
+fn interrupt_run(env: &Env, script: &str) -> Output {
     let mut child = env
         .command()
-        .args(["run", "--", "sh", "-c", "echo started; exec sleep 100"])
+        .args(["run", "--", "sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -188,11 +187,39 @@ fn vm_run_passes_sigint_on_then_tears_down() {
     let mut line = String::new();
     stdout.read_line(&mut line).expect("a line");
     assert_eq!(line, "started\n");
-    // The guest's sleep ends by the signal: 128 + SIGINT.
     lifecycle_support::kill(child.id(), "INT");
-    let out = child.wait_with_output().expect("sandvisor ends");
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).expect("the rest of stdout");
+    let mut out = child.wait_with_output().expect("sandvisor ends");
+    out.stdout = rest;
     assert_no_vm_left(env.runtime_dir());
+    out
+}
+
+#[test]
+fn vm_run_passes_sigint_on_then_tears_down() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_assets();
+    let env = Env::new();
+    // The guest's sleep ends by the signal: 128 + SIGINT.
+    let out = interrupt_run(&env, "echo started; exec sleep 100");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    // The guest command sees the signal and ends as it chooses.
+    let out = interrupt_run(
+        &env,
+        "trap 'echo got-int; exit 7' INT; echo started; while :; do sleep 1; done",
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got-int\n");
+    // A command that ignores it is torn down with its sandbox after the
+    // grace; `run` says so.
+    let out = interrupt_run(&env, "trap '' INT; echo started; sleep 100");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A tmux server of its own, killed when dropped.

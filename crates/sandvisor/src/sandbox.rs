@@ -476,29 +476,22 @@ where
         .exec_session(req, input)
         .await
         .map_err(agent_err("start the command"))?;
-    let mut grace_until: Option<Instant> = None;
+    session.set_signal_grace(SIGNAL_GRACE);
     loop {
-        if grace_until.is_none() && session.signalled() {
-            grace_until = Some(Instant::now() + SIGNAL_GRACE);
-        }
-        let event = match grace_until {
-            // Cancelling `next` may cut a frame short: the sandbox is torn
-            // down right after, so nothing reads the channel again.
-            Some(deadline) => {
-                match tokio::time::timeout_at(deadline.into(), session.next()).await {
-                    Ok(e) => e,
-                    Err(_) => {
-                        tracing::warn!(
-                            id = sandbox.id(),
-                            "the command did not end {SIGNAL_GRACE:?} after a signal"
-                        );
-                        return Err(SandboxError::Interrupted {
-                            id: sandbox.id().to_string(),
-                        });
-                    }
-                }
+        let event = match session.next().await {
+            Err(ClientError::Timeout {
+                op: "end after a signal",
+                ..
+            }) => {
+                tracing::warn!(
+                    id = sandbox.id(),
+                    "the command did not end {SIGNAL_GRACE:?} after a signal"
+                );
+                return Err(SandboxError::Interrupted {
+                    id: sandbox.id().to_string(),
+                });
             }
-            None => session.next().await,
+            other => other,
         };
         match event.map_err(agent_err("run the command"))? {
             Some(ExecEvent::Output(Stream::Stdout, data)) => {

@@ -56,6 +56,10 @@ pub struct ExecSession<'a> {
     stdin_done: bool,
     control: Option<mpsc::Receiver<Control>>,
     signalled: bool,
+    /// How long the process may run on after the first signal.
+    grace: Option<std::time::Duration>,
+    /// When that ends, once a signal was passed on.
+    grace_deadline: Option<tokio::time::Instant>,
 }
 
 impl AgentClient {
@@ -97,6 +101,8 @@ impl AgentClient {
             in_flight: VecDeque::new(),
             control: input.control,
             signalled: false,
+            grace: None,
+            grace_deadline: None,
         })
     }
 
@@ -150,20 +156,35 @@ impl ExecSession<'_> {
         self.signalled
     }
 
+    /// Makes [`ExecSession::next`] fail with [`ClientError::Timeout`] when
+    /// the process has not ended `grace` after the first signal passed on.
+    pub fn set_signal_grace(&mut self, grace: std::time::Duration) {
+        self.grace = Some(grace);
+    }
+
     /// The next output or the exit, passing stdin, signals and resizes on
     /// meanwhile; `Ok(None)` after the exit. Once the process has closed
     /// its stdin (or ended), the rest of the input is dropped.
     ///
     /// # Errors
-    /// Those of [`ExecHandle::next`], and a failure to send a signal or a
-    /// resize that is not the process having just ended.
+    /// Those of [`ExecHandle::next`], a failure to send a signal or a
+    /// resize that is not the process having just ended, and
+    /// [`ClientError::Timeout`] past the signal grace
+    /// ([`ExecSession::set_signal_grace`]).
     pub async fn next(&mut self) -> Result<Option<ExecEvent>, ClientError> {
         loop {
             let can_send = !self.stdin_done && self.in_flight.len() < STDIN_WINDOW;
+            let grace_deadline = self.grace_deadline;
             tokio::select! {
                 // Output first: it is what frees the process to go on.
                 biased;
                 event = self.handle.next() => return event,
+                () = sleep_until(grace_deadline), if grace_deadline.is_some() => {
+                    return Err(ClientError::Timeout {
+                        op: "end after a signal",
+                        after: self.grace.unwrap_or_default(),
+                    });
+                }
                 reply = next_reply(&mut self.in_flight), if !self.in_flight.is_empty() => {
                     self.in_flight.pop_front();
                     match reply {
@@ -232,6 +253,9 @@ impl ExecSession<'_> {
         let result = match control {
             Control::Signal(signal) => {
                 self.signalled = true;
+                if let (Some(grace), None) = (self.grace, self.grace_deadline) {
+                    self.grace_deadline = Some(tokio::time::Instant::now() + grace);
+                }
                 tracing::debug!(signal, pid = self.pid(), "passing a signal on");
                 self.client.exec_signal(exec_id, signal).await
             }
@@ -268,6 +292,13 @@ async fn next_reply(in_flight: &mut VecDeque<Route<'_>>) -> Result<(), ClientErr
             op: "write stdin",
             got: format!("{other:?}"),
         }),
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,7 +11,7 @@ use sandvisor_proto::frame::read_frame;
 /// first request after such a hello gets `NoHandshake`. With `exec_io` it
 /// names [`FEATURE_EXEC_IO`]: an exec with streamed stdin echoes each chunk
 /// as output and exits with the number of chunks at the end of input; an
-/// exec of `wait` runs until signalled. Any other exec writes its whole
+/// exec of `wait` runs until signalled, one of `ignore` for ever. Any other exec writes its whole
 /// stdin (else `out`) and `err`, and exits with 3.
 async fn fake_agent(stream: tokio::net::UnixStream, version: u32, forgetful: bool, exec_io: bool) {
     let std = stream.into_std().expect("std");
@@ -22,6 +22,7 @@ async fn fake_agent(stream: tokio::net::UnixStream, version: u32, forgetful: boo
         let mut hellos = 0u32;
         let mut chunks = 0;
         let mut waiting = None;
+        let mut ignoring = None;
         while let Ok(payload) = read_frame(&mut s) {
             let msg: HostMessage = frame::decode(&payload).expect("valid request");
             let id = Some(msg.id);
@@ -66,6 +67,19 @@ async fn fake_agent(stream: tokio::net::UnixStream, version: u32, forgetful: boo
                     id,
                     result: Ok(Response::Check),
                 }),
+                Request::Exec(req) if req.argv[0] == "ignore" => {
+                    ignoring = Some(msg.id);
+                    out.push(AgentMessage::Reply {
+                        id,
+                        result: Ok(Response::ExecStarted { pid: 44 }),
+                    });
+                }
+                Request::ExecSignal { exec_id, .. } if ignoring == Some(exec_id) => {
+                    out.push(AgentMessage::Reply {
+                        id,
+                        result: Ok(Response::Signalled),
+                    });
+                }
                 Request::Exec(req) if req.stream_stdin || req.argv[0] == "wait" => {
                     waiting = Some(msg.id);
                     out.push(AgentMessage::Reply {
@@ -401,4 +415,36 @@ async fn an_old_agent_is_not_asked_for_what_it_would_ignore() {
         .await
         .expect("plain exec");
     assert_eq!(outcome.status, ExitStatus::Code(3));
+}
+
+#[tokio::test]
+async fn a_session_gives_up_a_grace_after_an_ignored_signal() {
+    let client = connected(true).await;
+    let (ctl_tx, ctl_rx) = mpsc::channel(1);
+    let mut session = client
+        .exec_session(
+            ExecRequest {
+                argv: vec!["ignore".into()],
+                ..ExecRequest::default()
+            },
+            ExecInput {
+                control: Some(ctl_rx),
+                ..ExecInput::default()
+            },
+        )
+        .await
+        .expect("started");
+    session.set_signal_grace(Duration::from_millis(200));
+    ctl_tx.send(Control::Signal(15)).await.expect("sent");
+    let err = session.next().await.expect_err("the process ignores it");
+    assert!(
+        matches!(
+            err,
+            ClientError::Timeout {
+                op: "end after a signal",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
