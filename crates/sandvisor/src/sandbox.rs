@@ -406,9 +406,18 @@ where
             id: id.clone(),
             source: Box::new(source),
         })?;
+    let mut resized = None;
     let booted = tokio::select! {
         r = Sandbox::boot(&id, hv.as_mut(), &config, opts.boot_timeout) => Some(r),
-        () = next_signal(&mut control) => None,
+        () = next_signal(&mut control, &mut resized) => None,
+    };
+    // A terminal resized while the sandbox booted starts at its new size.
+    let req = match (req.tty, resized) {
+        (Some(_), Some(size)) => ExecRequest {
+            tty: Some(size),
+            ..req
+        },
+        _ => req,
     };
     let sandbox = match booted {
         Some(Ok(agent)) => Sandbox {
@@ -444,12 +453,16 @@ where
 }
 
 /// Resolves at the first signal on `control`; never when there is none.
-async fn next_signal(control: &mut Option<tokio::sync::mpsc::Receiver<Control>>) {
+/// Resizes meanwhile are kept in `resized`, the last one winning: there is
+/// no terminal to resize yet, so the size goes with the command.
+async fn next_signal(
+    control: &mut Option<tokio::sync::mpsc::Receiver<Control>>,
+    resized: &mut Option<sandvisor_proto::WindowSize>,
+) {
     while let Some(rx) = control.as_mut() {
         match rx.recv().await {
             Some(Control::Signal(_)) => return,
-            // No terminal to resize yet: the size goes with the command.
-            Some(Control::Resize(_)) => {}
+            Some(Control::Resize(size)) => *resized = Some(size),
             None => *control = None,
         }
     }
