@@ -133,10 +133,11 @@ install_vmms() {
 }
 
 # qemu-system-x86: the VMM. busybox-static: the guest's shell and tools.
-# e2fsprogs: mkfs.ext4 for disk images in tests. The guest kernel is NOT
+# e2fsprogs: mkfs.ext4 for disk images in tests. tmux: the terminal the
+# `run -t` tests type into and read back. The guest kernel is NOT
 # installed: `sandvisor image build` unpacks Debian's package into the asset
 # directory, never into the host's /boot.
-packages=(qemu-system-x86 busybox-static e2fsprogs)
+packages=(qemu-system-x86 busybox-static e2fsprogs tmux)
 
 if [ "${1:-}" = "--vmms" ]; then
   install_vmms

@@ -9,7 +9,9 @@ use std::thread;
 use std::time::Duration;
 
 use sandvisor_proto::frame::{self, FrameError};
-use sandvisor_proto::{AgentError, AgentMessage, HostMessage, Request, Response, PROTOCOL_VERSION};
+use sandvisor_proto::{
+    AgentError, AgentMessage, HostMessage, Request, Response, FEATURE_EXEC_IO, PROTOCOL_VERSION,
+};
 
 use crate::reaper::Reaper;
 use crate::{exec, log, modules, ops};
@@ -76,6 +78,7 @@ impl Agent {
         let open = Arc::new(AtomicBool::new(true));
         let out = start_writer(writer, Arc::clone(&open));
         let mut handshaken = false;
+        let running = exec::Registry::default();
         let reply = |id: Option<u64>, result: Result<Response, AgentError>| {
             let _ = out.send(Outbound::Msg(AgentMessage::Reply { id, result }));
         };
@@ -122,6 +125,7 @@ impl Agent {
                             Ok(Response::Hello {
                                 protocol_version: PROTOCOL_VERSION,
                                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                                features: vec![FEATURE_EXEC_IO.to_string()],
                             }),
                         );
                     } else {
@@ -142,10 +146,28 @@ impl Agent {
                 Request::Exec(req) => {
                     // Commands expect the guest's devices to have drivers.
                     modules::wait_loaded();
-                    if let Err(e) = exec::start(id, req, &self.reaper, &out) {
+                    if let Err(e) = exec::start(id, req, &self.reaper, &running, &out) {
                         reply(Some(id), Err(e));
                     }
                 }
+                // Answered by the stdin writer once written: the host keeps
+                // only a few chunks in flight, and a process that does not
+                // read its stdin holds up no other request.
+                Request::ExecStdin(req) => {
+                    if let Err(e) = running.stdin(id, req) {
+                        reply(Some(id), Err(e));
+                    }
+                }
+                Request::ExecSignal { exec_id, signal } => reply(
+                    Some(id),
+                    running
+                        .signal(exec_id, signal)
+                        .map(|()| Response::Signalled),
+                ),
+                Request::ExecResize { exec_id, size } => reply(
+                    Some(id),
+                    running.resize(exec_id, size).map(|()| Response::Resized),
+                ),
                 // These need drivers (virtio-mem, disks, file systems) that
                 // may still be loading.
                 Request::OnlineCpuMem(req) => {
@@ -217,7 +239,7 @@ impl Agent {
 mod tests {
     use std::os::unix::net::UnixStream;
 
-    use sandvisor_proto::{ExecRequest, ExitStatus, Stream};
+    use sandvisor_proto::{ExecRequest, ExecStdinRequest, ExitStatus, Stream, WindowSize};
 
     use super::*;
 
@@ -443,5 +465,196 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(host.call(Request::Check), Ok(Response::Check));
+    }
+
+    /// Everything that comes until exec `id` exits: its output, how it
+    /// ended, and the replies to other requests on the way.
+    struct Collected {
+        out: Vec<u8>,
+        status: ExitStatus,
+        replies: std::collections::HashMap<u64, Result<Response, AgentError>>,
+    }
+
+    fn collect(host: &mut Host, id: u64, mut on_output: impl FnMut(&mut Host, &[u8])) -> Collected {
+        let mut out = Vec::new();
+        let mut replies = std::collections::HashMap::new();
+        loop {
+            match host.recv() {
+                AgentMessage::Reply {
+                    id: Some(r),
+                    result,
+                } => {
+                    replies.insert(r, result);
+                }
+                AgentMessage::ExecOutput { id: r, data, .. } if r == id => {
+                    out.extend(&data);
+                    on_output(host, &out.clone());
+                }
+                AgentMessage::ExecExit { id: r, status, .. } if r == id => {
+                    return Collected {
+                        out,
+                        status,
+                        replies,
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[test]
+    fn streamed_stdin_is_written_in_order_and_each_chunk_answered() {
+        let mut host = session();
+        hello(&mut host);
+        let id = host.send(Request::Exec(ExecRequest {
+            argv: sh("cat; echo done"),
+            stream_stdin: true,
+            ..ExecRequest::default()
+        }));
+        let chunks: Vec<u64> = [&b"one\n"[..], b"two\n", b""]
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                host.send(Request::ExecStdin(ExecStdinRequest {
+                    exec_id: id,
+                    data: data.to_vec(),
+                    eof: i == 2,
+                }))
+            })
+            .collect();
+        let got = collect(&mut host, id, |_, _| {});
+        assert_eq!(got.out, b"one\ntwo\ndone\n");
+        assert_eq!(got.status, ExitStatus::Code(0));
+        assert!(matches!(
+            got.replies.get(&id),
+            Some(Ok(Response::ExecStarted { .. }))
+        ));
+        for c in chunks {
+            assert_eq!(
+                got.replies.get(&c),
+                Some(&Ok(Response::StdinWritten)),
+                "chunk {c}"
+            );
+        }
+        // The process has ended: more stdin is refused, not lost silently.
+        let late = host.call(Request::ExecStdin(ExecStdinRequest {
+            exec_id: id,
+            data: b"late".to_vec(),
+            eof: false,
+        }));
+        assert!(
+            matches!(late, Err(AgentError::InvalidRequest { .. })),
+            "{late:?}"
+        );
+    }
+
+    #[test]
+    fn a_signal_reaches_the_running_process() {
+        let mut host = session();
+        hello(&mut host);
+        let id = host.send(Request::Exec(ExecRequest {
+            argv: sh("echo up; exec sleep 30"),
+            ..ExecRequest::default()
+        }));
+        let mut signalled = None;
+        let got = collect(&mut host, id, |host, out| {
+            if out == b"up\n" && signalled.is_none() {
+                signalled = Some(host.send(Request::ExecSignal {
+                    exec_id: id,
+                    signal: 15,
+                }));
+            }
+        });
+        assert_eq!(got.status, ExitStatus::Signal(15));
+        let s = signalled.expect("the signal was sent");
+        assert_eq!(got.replies.get(&s), Some(&Ok(Response::Signalled)));
+        let bad = host.call(Request::ExecSignal {
+            exec_id: id,
+            signal: 15,
+        });
+        assert!(
+            matches!(bad, Err(AgentError::InvalidRequest { .. })),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn a_terminal_has_the_size_asked_and_follows_resizes() {
+        let mut host = session();
+        hello(&mut host);
+        let id = host.send(Request::Exec(ExecRequest {
+            argv: sh("trap 'stty size; exit 4' WINCH; tty; stty size; echo ready; while :; do sleep 0.1; done"),
+            tty: Some(WindowSize { rows: 30, cols: 120 }),
+            ..ExecRequest::default()
+        }));
+        let mut resized = None;
+        let got = collect(&mut host, id, |host, out| {
+            if String::from_utf8_lossy(out).contains("ready") && resized.is_none() {
+                resized = Some(host.send(Request::ExecResize {
+                    exec_id: id,
+                    size: WindowSize {
+                        rows: 40,
+                        cols: 100,
+                    },
+                }));
+            }
+        });
+        let text = String::from_utf8_lossy(&got.out);
+        assert!(text.contains("/dev/pts/"), "{text}");
+        // A terminal turns each newline into CR LF.
+        assert!(text.contains("30 120\r\n"), "{text}");
+        assert!(text.contains("40 100\r\n"), "{text}");
+        assert_eq!(got.status, ExitStatus::Code(4));
+        let r = resized.expect("resized");
+        assert_eq!(got.replies.get(&r), Some(&Ok(Response::Resized)));
+    }
+
+    #[test]
+    fn a_process_runs_as_the_user_and_group_asked() {
+        let mut host = session();
+        hello(&mut host);
+        let req = ExecRequest {
+            argv: sh("id -u; id -g; id -G"),
+            uid: Some(1000),
+            gid: Some(1001),
+            ..ExecRequest::default()
+        };
+        if !nix::unistd::geteuid().is_root() {
+            // Only root may change its user.
+            let r = host.call(Request::Exec(req));
+            assert!(
+                matches!(r, Err(AgentError::Failed { errno: Some(1), .. })),
+                "{r:?}"
+            );
+            return;
+        }
+        let (out, _, status, _) = run(&mut host, req);
+        assert_eq!(status, ExitStatus::Code(0));
+        assert_eq!(String::from_utf8_lossy(&out), "1000\n1001\n1001\n");
+    }
+
+    #[test]
+    fn a_missing_working_directory_is_an_invalid_request() {
+        let mut host = session();
+        hello(&mut host);
+        let r = host.call(Request::Exec(ExecRequest {
+            argv: vec!["pwd".into()],
+            cwd: Some("/no/such/dir".into()),
+            ..ExecRequest::default()
+        }));
+        assert!(matches!(r, Err(AgentError::InvalidRequest { .. })), "{r:?}");
+        let (out, _, _, _) = run(
+            &mut host,
+            ExecRequest {
+                argv: vec!["pwd".into()],
+                cwd: Some("/tmp".into()),
+                ..ExecRequest::default()
+            },
+        );
+        assert_eq!(out, b"/tmp\n");
     }
 }

@@ -266,6 +266,7 @@ mod tests {
             result: Ok(Response::Hello {
                 protocol_version: PROTOCOL_VERSION,
                 agent_version: "0.1.0".into(),
+                features: vec![crate::FEATURE_EXEC_IO.into()],
             }),
         };
         let buf = encode(&ok).expect("encodes");

@@ -32,6 +32,12 @@
 //!   follow a successful [`Request::Exec`] reply, carrying the request's id:
 //!   output chunks as they come, then how the process ended.
 //!
+//! While a process runs, the host may stream its stdin
+//! ([`Request::ExecStdin`], each chunk answered once written, so the host
+//! bounds what is in flight), signal it ([`Request::ExecSignal`]) and
+//! resize its terminal ([`Request::ExecResize`]), naming it by the exec
+//! request's id.
+//!
 //! A frame the agent cannot decode gets a reply with
 //! [`AgentError::Malformed`], with the request id when the payload still
 //! showed one; the agent then serves the next frame.
@@ -69,6 +75,14 @@ pub use message::*;
 /// The protocol version this crate speaks. Bump it on any change that an
 /// older peer would misread.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The feature an agent names in its hello when it takes
+/// [`ExecRequest`]'s `uid`, `gid`, `tty` and `stream_stdin`, and
+/// [`Request::ExecStdin`], [`Request::ExecSignal`] and
+/// [`Request::ExecResize`]. An older agent would ignore those fields (and
+/// run as root, without a terminal), so a host checks for it first instead
+/// of the protocol version changing.
+pub const FEATURE_EXEC_IO: &str = "exec_io";
 
 /// The vsock port the agent listens on.
 pub const VSOCK_PORT: u32 = 1024;

@@ -28,6 +28,26 @@ pub enum Request {
     GuestDetails,
     /// Runs a process.
     Exec(ExecRequest),
+    /// Bytes for the stdin of a running process started with
+    /// [`ExecRequest::stream_stdin`]; answered with
+    /// [`Response::StdinWritten`] once they are written, so the host keeps
+    /// only a few in flight.
+    ExecStdin(ExecStdinRequest),
+    /// Sends a signal to a running process's process group.
+    ExecSignal {
+        /// The exec request's id.
+        exec_id: u64,
+        /// The signal number, such as 2 for SIGINT.
+        signal: i32,
+    },
+    /// Sets the window size of a running process's terminal; the kernel
+    /// tells the process with SIGWINCH.
+    ExecResize {
+        /// The exec request's id.
+        exec_id: u64,
+        /// The new size.
+        size: WindowSize,
+    },
     /// Onlines hot-plugged CPUs and memory (Kata's `OnlineCPUMem`).
     OnlineCpuMem(OnlineCpuMemRequest),
     /// Lists the guest's block devices.
@@ -82,6 +102,45 @@ pub struct ExecRequest {
     /// milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Run as this user id; root when unset.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Run with this group id (and no supplementary groups); the user id's
+    /// number when unset.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Give the process a pseudo-terminal of this size as stdin, stdout and
+    /// stderr, as the controlling terminal of a new session. Its output
+    /// then comes as [`Stream::Stdout`] only.
+    #[serde(default)]
+    pub tty: Option<WindowSize>,
+    /// Stdin comes in [`Request::ExecStdin`] requests after the start,
+    /// ending with one whose `eof` is set; `stdin` must then be unset.
+    #[serde(default)]
+    pub stream_stdin: bool,
+}
+
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// A chunk of a running process's stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecStdinRequest {
+    /// The exec request's id.
+    pub exec_id: u64,
+    /// The bytes; may be empty.
+    #[serde(default, with = "crate::bytes")]
+    pub data: Vec<u8>,
+    /// Close stdin after these bytes (on a terminal: nothing more is
+    /// written).
+    #[serde(default)]
+    pub eof: bool,
 }
 
 /// Which output stream a chunk comes from.
@@ -212,6 +271,10 @@ pub enum Response {
         protocol_version: u32,
         /// The agent's version.
         agent_version: String,
+        /// What this agent can do beyond version 1's requests, such as
+        /// [`crate::FEATURE_EXEC_IO`]; empty from an older agent.
+        #[serde(default)]
+        features: Vec<String>,
     },
     /// The agent is alive.
     Check,
@@ -239,6 +302,12 @@ pub enum Response {
     RngReseeded,
     /// The session ends after this reply.
     Quiesced,
+    /// An [`Request::ExecStdin`] chunk was written (or stdin closed).
+    StdinWritten,
+    /// The signal was sent.
+    Signalled,
+    /// The terminal was resized.
+    Resized,
 }
 
 /// A message from the agent.
@@ -320,6 +389,31 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// The shell's exit code for a process that could not be started, as
+    /// `sh` and `docker run` give it: 127 when the program (or a directory
+    /// on its path) does not exist, 126 when it exists but cannot be run.
+    /// `None` for other errors.
+    pub fn not_runnable_code(&self) -> Option<i32> {
+        const ENOENT: i32 = 2;
+        const ENOEXEC: i32 = 8;
+        const EACCES: i32 = 13;
+        const ENOTDIR: i32 = 20;
+        const EISDIR: i32 = 21;
+        match self {
+            AgentError::Failed {
+                errno: Some(ENOENT | ENOTDIR),
+                ..
+            } => Some(127),
+            AgentError::Failed {
+                errno: Some(EACCES | ENOEXEC | EISDIR),
+                ..
+            } => Some(126),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +487,79 @@ mod tests {
         assert_eq!(back, msg);
         let q: HostMessage = serde_json::from_str(r#"{"id":2,"type":"quiesce"}"#).expect("valid");
         assert_eq!(q.request, Request::Quiesce);
+    }
+
+    #[test]
+    fn exec_io_requests_round_trip_and_default() {
+        for request in [
+            Request::ExecStdin(ExecStdinRequest {
+                exec_id: 4,
+                data: b"abc".to_vec(),
+                eof: true,
+            }),
+            Request::ExecSignal {
+                exec_id: 4,
+                signal: 15,
+            },
+            Request::ExecResize {
+                exec_id: 4,
+                size: WindowSize {
+                    rows: 30,
+                    cols: 120,
+                },
+            },
+            Request::Exec(ExecRequest {
+                argv: vec!["id".into()],
+                uid: Some(1000),
+                gid: Some(100),
+                tty: Some(WindowSize { rows: 1, cols: 2 }),
+                stream_stdin: true,
+                ..ExecRequest::default()
+            }),
+        ] {
+            let msg = HostMessage { id: 9, request };
+            let json = serde_json::to_string(&msg).expect("serialises");
+            assert_eq!(
+                serde_json::from_str::<HostMessage>(&json).expect("valid"),
+                msg
+            );
+        }
+        // An end of input alone needs no data.
+        let eof: HostMessage =
+            serde_json::from_str(r#"{"id":2,"type":"exec_stdin","exec_id":1,"eof":true}"#)
+                .expect("valid");
+        assert_eq!(
+            eof.request,
+            Request::ExecStdin(ExecStdinRequest {
+                exec_id: 1,
+                data: Vec::new(),
+                eof: true
+            })
+        );
+        // A version-1 agent's hello has no features.
+        let hello: AgentMessage = serde_json::from_str(
+            r#"{"type":"reply","id":1,"result":{"Ok":{"type":"hello","protocol_version":1,"agent_version":"0.1.0"}}}"#,
+        )
+        .expect("valid");
+        assert!(matches!(
+            hello,
+            AgentMessage::Reply { result: Ok(Response::Hello { features, .. }), .. } if features.is_empty()
+        ));
+    }
+
+    #[test]
+    fn not_runnable_codes_follow_the_shell() {
+        let failed = |errno| AgentError::Failed {
+            op: "exec".into(),
+            message: String::new(),
+            errno,
+        };
+        assert_eq!(failed(Some(2)).not_runnable_code(), Some(127));
+        assert_eq!(failed(Some(13)).not_runnable_code(), Some(126));
+        assert_eq!(failed(Some(8)).not_runnable_code(), Some(126));
+        assert_eq!(failed(Some(5)).not_runnable_code(), None);
+        assert_eq!(failed(None).not_runnable_code(), None);
+        assert_eq!(AgentError::NoHandshake.not_runnable_code(), None);
     }
 
     #[test]

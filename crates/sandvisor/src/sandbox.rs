@@ -10,7 +10,6 @@
 //! the error is returned; so does a cancellation (Ctrl-C) passed to
 //! [`run_command`].
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -18,8 +17,8 @@ use rand::Rng;
 use sandvisor_proto::{ExecRequest, ExitStatus, Stream};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::agent::{AgentAddress, AgentClient, ClientError, Control, ExecEvent, ExecInput};
 use crate::backends::new_hypervisor;
-use crate::agent::{AgentAddress, AgentClient, ClientError, ExecEvent};
 use crate::config::kata::{load_config, KataConfigError};
 use crate::config::{ConfigError, HypervisorConfig};
 use crate::hypervisor::{Error as HypervisorError, Hypervisor, NetworkNamespace};
@@ -421,22 +420,34 @@ pub struct RunOutcome {
     pub timed_out: bool,
 }
 
-/// Boots a sandbox as `opts` say, runs `argv` with `stdin`, streams its
-/// output to `stdout` and `stderr`, then shuts the sandbox down. The
-/// command is killed after `command_timeout`. When `cancel` completes first
-/// (Ctrl-C), the sandbox is torn down and [`SandboxError::Interrupted`]
-/// returned.
+/// How long a command may take to end after a signal was passed on to it,
+/// before `run` tears its sandbox down anyway.
+pub const SIGNAL_GRACE: Duration = Duration::from_secs(10);
+
+/// Boots a sandbox as `opts` say, runs `req` in it with `input` streamed
+/// to it (stdin as it comes; signals and terminal resizes), streams its
+/// output to `stdout` and `stderr`, then shuts the sandbox down.
+/// `req.timeout_ms` kills the command; `req.stream_stdin` is set from
+/// `input.stdin`.
+///
+/// A signal on `input.control` before the command starts (Ctrl-C while
+/// booting) tears the sandbox down and returns
+/// [`SandboxError::Interrupted`]. Once it runs, signals are passed on to
+/// the command, which ends as it chooses: its exit is returned as any
+/// other. When it has not ended [`SIGNAL_GRACE`] after the first signal,
+/// the sandbox is torn down and the result is
+/// [`SandboxError::Interrupted`].
 ///
 /// # Errors
-/// See [`SandboxError`]; in every case the VM is gone when this returns.
+/// See [`SandboxError`]; [`SandboxError::not_runnable_code`] tells a
+/// command that does not exist or cannot be executed. In every case the VM
+/// is gone when this returns.
 pub async fn run_command<O, E>(
     opts: &SandboxOptions,
-    argv: Vec<String>,
-    stdin: Option<Vec<u8>>,
-    command_timeout: Duration,
+    req: ExecRequest,
+    input: ExecInput,
     stdout: &mut O,
     stderr: &mut E,
-    cancel: impl Future<Output = ()>,
 ) -> Result<RunOutcome, SandboxError>
 where
     O: AsyncWrite + Unpin,
@@ -449,13 +460,18 @@ where
     let id = new_sandbox_id();
     // Dropped last, once the VM is gone: it owns host mounts.
     let attached = crate::attach::prepare(&opts.attach, kind, &mut config, &id)?;
-    tokio::pin!(cancel);
+    let ExecInput {
+        stdin,
+        mut control,
+        started,
+    } = input;
+    let mut resized = None;
     let sandbox = if attached.devices().is_empty() {
         // The factory boots the VM, or clones the template; a failed or
         // cancelled boot leaves nothing (dropping a VM handle kills it).
         let booted = tokio::select! {
             r = factory.get_vm(&id, &config, opts.boot_timeout) => Some(r),
-            () = &mut cancel => None,
+            () = next_signal(&mut control, &mut resized) => None,
         };
         match booted {
             Some(Ok(vm)) => Sandbox::from_factory(vm),
@@ -479,7 +495,7 @@ where
         }
         let booted = tokio::select! {
             r = Sandbox::boot(&id, hv.as_mut(), &config, opts.boot_timeout) => Some(r),
-            () = &mut cancel => None,
+            () = next_signal(&mut control, &mut resized) => None,
         };
         match booted {
             Some(Ok(agent)) => Sandbox {
@@ -497,19 +513,24 @@ where
             }
         }
     };
-    let req = ExecRequest {
-        argv,
+    // A terminal resized while the sandbox booted starts at its new size.
+    let req = match (req.tty, resized) {
+        (Some(_), Some(size)) => ExecRequest {
+            tty: Some(size),
+            ..req
+        },
+        _ => req,
+    };
+    if let Err(e) = attached.apply(sandbox.agent()).await {
+        sandbox.kill().await;
+        return Err(e.into());
+    }
+    let input = ExecInput {
         stdin,
-        timeout_ms: Some(u64::try_from(command_timeout.as_millis()).unwrap_or(u64::MAX)),
-        ..ExecRequest::default()
+        control,
+        started,
     };
-    let result = tokio::select! {
-        r = async {
-            attached.apply(sandbox.agent()).await?;
-            exec_streaming(&sandbox, req, stdout, stderr).await
-        } => r,
-        () = &mut cancel => Err(SandboxError::Interrupted { id: id.clone() }),
-    };
+    let result = exec_streaming(&sandbox, req, input, stdout, stderr).await;
     match result {
         Ok(outcome) => {
             sandbox.shutdown().await?;
@@ -541,9 +562,27 @@ fn check_guest_assets(config: &HypervisorConfig) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Resolves at the first signal on `control`; never when there is none.
+/// Resizes meanwhile are kept in `resized`, the last one winning: there is
+/// no terminal to resize yet, so the size goes with the command.
+async fn next_signal(
+    control: &mut Option<tokio::sync::mpsc::Receiver<Control>>,
+    resized: &mut Option<sandvisor_proto::WindowSize>,
+) {
+    while let Some(rx) = control.as_mut() {
+        match rx.recv().await {
+            Some(Control::Signal(_)) => return,
+            Some(Control::Resize(size)) => *resized = Some(size),
+            None => *control = None,
+        }
+    }
+    std::future::pending().await
+}
+
 async fn exec_streaming<O, E>(
     sandbox: &Sandbox,
     req: ExecRequest,
+    input: ExecInput,
     stdout: &mut O,
     stderr: &mut E,
 ) -> Result<RunOutcome, SandboxError>
@@ -555,13 +594,29 @@ where
         let id = sandbox.id().to_string();
         move |source| SandboxError::Agent { id, op, source }
     };
-    let mut handle = sandbox
+    let mut session = sandbox
         .agent()
-        .exec_start(req)
+        .exec_session(req, input)
         .await
         .map_err(agent_err("start the command"))?;
+    session.set_signal_grace(SIGNAL_GRACE);
     loop {
-        match handle.next().await.map_err(agent_err("run the command"))? {
+        let event = match session.next().await {
+            Err(ClientError::Timeout {
+                op: "end after a signal",
+                ..
+            }) => {
+                tracing::warn!(
+                    id = sandbox.id(),
+                    "the command did not end {SIGNAL_GRACE:?} after a signal"
+                );
+                return Err(SandboxError::Interrupted {
+                    id: sandbox.id().to_string(),
+                });
+            }
+            other => other,
+        };
+        match event.map_err(agent_err("run the command"))? {
             Some(ExecEvent::Output(Stream::Stdout, data)) => {
                 stdout
                     .write_all(&data)
@@ -589,6 +644,21 @@ where
                     source: ClientError::Disconnected,
                 })
             }
+        }
+    }
+}
+
+impl SandboxError {
+    /// The shell's exit code when the command could not be started: 127
+    /// when it does not exist, 126 when it is not executable.
+    pub fn not_runnable_code(&self) -> Option<i32> {
+        match self {
+            SandboxError::Agent {
+                op: "start the command",
+                source,
+                ..
+            } => source.agent_error().and_then(|e| e.not_runnable_code()),
+            _ => None,
         }
     }
 }
@@ -689,14 +759,23 @@ mod tests {
             ..SandboxOptions::default()
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = tx.send(Control::Signal(2)).await;
+        });
         let r = run_command(
             &opts,
-            vec!["true".into()],
-            None,
-            Duration::from_secs(1),
+            ExecRequest {
+                argv: vec!["true".into()],
+                ..ExecRequest::default()
+            },
+            ExecInput {
+                control: Some(rx),
+                ..ExecInput::default()
+            },
             &mut out,
             &mut err,
-            tokio::time::sleep(Duration::from_millis(100)),
         )
         .await;
         assert!(matches!(r, Err(SandboxError::Interrupted { .. })), "{r:?}");

@@ -1,13 +1,11 @@
 //! `sandvisor exec ID -- CMD...`: runs a command in a sandbox's guest,
 //! streaming its stdout and stderr, and exits with its exit code.
 
-use std::io::Read;
-use std::process::ExitCode;
-
 use clap::Args;
-use sandvisor::supervisor::{ExecSpec, SandboxId};
+use sandvisor::supervisor::{ExecSpec, RemoteError, SandboxId, SupervisorError};
 
 use super::lifecycle::{block_on, manager};
+use super::stdio::{exit_code, ProcessIo};
 use super::CmdResult;
 
 /// Arguments of `sandvisor exec`.
@@ -15,15 +13,9 @@ use super::CmdResult;
 pub struct ExecArgs {
     /// The sandbox.
     pub id: SandboxId,
-    /// Send this command's stdin (read to its end first) to the process.
-    #[arg(short, long)]
-    pub interactive: bool,
-    /// Environment of the process, `KEY=VALUE`; repeatable.
-    #[arg(short, long, value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Working directory in the guest.
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<String>,
+    /// Environment, directory, user, stdin and terminal of the process.
+    #[command(flatten)]
+    pub io: super::stdio::IoArgs,
     /// Kill the process after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -34,29 +26,41 @@ pub struct ExecArgs {
 
 /// Runs `sandvisor exec`.
 pub fn run(args: ExecArgs) -> CmdResult {
-    let stdin = if args.interactive {
-        let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf)?;
-        Some(buf)
-    } else {
-        None
-    };
-    let spec = ExecSpec {
-        argv: args.command,
-        env: args.env,
-        cwd: args.cwd,
-        timeout_ms: args.timeout.map(|s| s.saturating_mul(1000)),
-        stdin: false,
-    };
     let manager = manager()?;
-    let exit = block_on(async {
+    block_on(async {
+        let (uid, gid) = args.io.uid_gid();
+        // Without -i or -t the process's stdin is /dev/null, as docker exec
+        // has it.
+        let mut io = ProcessIo::setup(&args.io, false)?;
+        let spec = ExecSpec {
+            argv: args.command,
+            env: args.io.environment()?,
+            cwd: args.io.workdir.clone(),
+            timeout_ms: args.timeout.map(|s| s.saturating_mul(1000)),
+            uid,
+            gid,
+            tty: io.size,
+            ..ExecSpec::default()
+        };
         let mut stdout = tokio::io::stdout();
         let mut stderr = tokio::io::stderr();
-        manager
-            .exec(&args.id, spec, stdin, &mut stdout, &mut stderr)
-            .await
-    })??;
-    Ok(ExitCode::from(
-        u8::try_from(exit.shell_code().clamp(0, 255)).unwrap_or(u8::MAX),
-    ))
+        let exit = manager
+            .exec(
+                &args.id,
+                spec,
+                std::mem::take(&mut io.input),
+                &mut stdout,
+                &mut stderr,
+            )
+            .await;
+        io.finish();
+        match exit {
+            Ok(exit) => Ok(exit_code(exit.shell_code())),
+            Err(SupervisorError::Remote(e @ RemoteError::NotRunnable { code, .. })) => {
+                super::print_error(&e);
+                Ok(exit_code(code))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?
 }

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod list;
 pub mod run;
 pub mod run_env;
+pub mod stdio;
 pub mod supervise;
 
 /// What a subcommand returns: its exit code, or an error to print.

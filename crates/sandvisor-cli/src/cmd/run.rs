@@ -2,15 +2,15 @@
 //! [`sandvisor::sandbox::run_command`]; this file maps flags to options,
 //! Ctrl-C to cancellation and the outcome to an exit code.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use sandvisor::sandbox::{run_command, SandboxOptions};
-use tokio::io::AsyncReadExt as _;
+use sandvisor_proto::ExecRequest;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::stdio::{exit_code, ProcessIo};
 use super::CmdResult;
 use crate::ConfigArgs;
 
@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// Volumes, network, ports.
     #[command(flatten)]
     pub env: super::run_env::RunEnvArgs,
+    /// Environment, directory, user, stdin and terminal of the command.
+    #[command(flatten)]
+    pub io: super::stdio::IoArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -74,25 +77,32 @@ async fn run_async(args: RunArgs) -> CmdResult {
         boot_timeout: timeout,
         attach: args.env.attachments(),
     };
-    // Piped stdin goes to the command; a terminal's does not (the command
-    // would wait for an end of file that never comes).
-    let stdin = if std::io::stdin().is_terminal() {
-        None
-    } else {
-        let mut buf = Vec::new();
-        tokio::io::stdin().read_to_end(&mut buf).await?;
-        Some(buf)
+    let (uid, gid) = args.io.uid_gid();
+    let req = ExecRequest {
+        argv: args.command,
+        env: args.io.environment()?,
+        cwd: args.io.workdir.clone(),
+        timeout_ms: Some(timeout.as_millis().try_into().unwrap_or(u64::MAX)),
+        uid,
+        gid,
+        ..ExecRequest::default()
+    };
+    // Piped stdin goes to the command even without -i, as it always did; a
+    // terminal's only with -i or -t.
+    let mut io = ProcessIo::setup(&args.io, true)?;
+    let req = ExecRequest {
+        tty: io.size,
+        ..req
     };
     let outcome = run_command(
         &opts,
-        args.command,
-        stdin,
-        timeout,
+        req,
+        std::mem::take(&mut io.input),
         &mut tokio::io::stdout(),
         &mut tokio::io::stderr(),
-        interrupted(),
     )
     .await;
+    io.finish();
     match outcome {
         Ok(o) => {
             if o.timed_out {
@@ -101,14 +111,15 @@ async fn run_async(args: RunArgs) -> CmdResult {
                     args.timeout
                 );
             }
-            let code = o.status.shell_code().clamp(0, 255);
-            Ok(ExitCode::from(
-                u8::try_from(code).expect("clamped to 0..=255"),
-            ))
+            Ok(exit_code(o.status.shell_code()))
         }
         Err(e @ sandvisor::sandbox::SandboxError::Interrupted { .. }) => {
             super::print_error(&e);
             Ok(ExitCode::from(130))
+        }
+        Err(e) if e.not_runnable_code().is_some() => {
+            super::print_error(&e);
+            Ok(exit_code(e.not_runnable_code().unwrap_or(127)))
         }
         Err(e) => Err(e.into()),
     }

@@ -10,6 +10,7 @@
 //!
 //! The wire format is in the `sandvisor-proto` crate.
 
+mod session;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -21,12 +22,13 @@ use sandvisor_proto::frame::{self, FrameError, HEADER_LEN};
 use sandvisor_proto::{
     AgentError, AgentMessage, BlockDevice, ExecRequest, ExitStatus, GuestDetails, HostMessage,
     MountRequest, OnlineCpuMemRequest, OnlineCpuMemResult, Request, Response, SetTimeRequest,
-    Stream as OutputStream, PROTOCOL_VERSION,
+    Stream as OutputStream, FEATURE_EXEC_IO, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use session::{Control, ExecInput, ExecSession, STDIN_CHUNK, STDIN_WINDOW};
 pub use transport::AgentAddress;
 use transport::Stream;
 
@@ -79,6 +81,14 @@ pub enum ClientError {
         /// The agent's error.
         #[source]
         source: AgentError,
+    },
+    /// The request needs something the agent does not do: it predates it.
+    #[error("the guest agent (version {agent_version}) cannot {what}; rebuild the guest image with `sandvisor image build`")]
+    AgentTooOld {
+        /// The agent's version.
+        agent_version: String,
+        /// What was asked.
+        what: &'static str,
     },
     /// The agent answered something the call did not expect.
     #[error("{op}: unexpected reply {got}")]
@@ -168,6 +178,7 @@ pub struct AgentClient {
     next_id: AtomicU64,
     timeout: Duration,
     agent_version: String,
+    features: Vec<String>,
 }
 
 impl Drop for AgentClient {
@@ -206,6 +217,11 @@ pub struct ExecHandle<'a> {
 }
 
 impl ExecHandle<'_> {
+    /// The exec request's id, by which the agent knows the process.
+    pub fn id(&self) -> u64 {
+        self.route.id
+    }
+
     /// The guest pid.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -248,6 +264,19 @@ impl ExecHandle<'_> {
                 got: format!("{other:?}"),
             }),
         }
+    }
+}
+
+/// What of `req` only an agent with [`FEATURE_EXEC_IO`] does.
+fn needs_exec_io(req: &ExecRequest) -> Option<&'static str> {
+    if req.uid.is_some() || req.gid.is_some() {
+        Some("run a command as another user")
+    } else if req.tty.is_some() {
+        Some("give a command a terminal")
+    } else if req.stream_stdin {
+        Some("stream stdin")
+    } else {
+        None
     }
 }
 
@@ -316,8 +345,9 @@ impl AgentClient {
                 Ok(stream) => {
                     let mut client = AgentClient::from_stream(stream);
                     match client.handshake_until(deadline).await {
-                        Ok(version) => {
+                        Ok((version, features)) => {
                             client.agent_version = version;
+                            client.features = features;
                             return Ok(client);
                         }
                         Err(e @ ClientError::Agent { .. }) => return Err(e),
@@ -353,6 +383,7 @@ impl AgentClient {
             next_id: AtomicU64::new(1),
             timeout: DEFAULT_TIMEOUT,
             agent_version: String::new(),
+            features: Vec::new(),
         }
     }
 
@@ -366,8 +397,18 @@ impl AgentClient {
         &self.agent_version
     }
 
-    /// Sends hello until answered; returns the agent's version.
-    async fn handshake_until(&self, deadline: Instant) -> Result<String, ClientError> {
+    /// Whether the agent named `feature` (such as
+    /// [`sandvisor_proto::FEATURE_EXEC_IO`]) in its hello.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// Sends hello until answered; returns the agent's version and
+    /// features.
+    async fn handshake_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<(String, Vec<String>), ClientError> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -381,7 +422,11 @@ impl AgentClient {
                 protocol_version: PROTOCOL_VERSION,
             };
             match self.call_with("hello", hello, attempt).await {
-                Ok(Response::Hello { agent_version, .. }) => return Ok(agent_version),
+                Ok(Response::Hello {
+                    agent_version,
+                    features,
+                    ..
+                }) => return Ok((agent_version, features)),
                 Ok(other) => {
                     return Err(ClientError::UnexpectedReply {
                         op: "hello",
@@ -519,6 +564,14 @@ impl AgentClient {
     /// # Errors
     /// When the agent cannot start it.
     pub async fn exec_start(&self, req: ExecRequest) -> Result<ExecHandle<'_>, ClientError> {
+        if let Some(what) = needs_exec_io(&req).filter(|_| !self.has_feature(FEATURE_EXEC_IO)) {
+            // An older agent would ignore the fields and run the command
+            // differently from what was asked.
+            return Err(ClientError::AgentTooOld {
+                agent_version: self.agent_version.clone(),
+                what,
+            });
+        }
         let deadline = req
             .timeout_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms) + self.timeout);

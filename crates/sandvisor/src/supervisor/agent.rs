@@ -16,7 +16,7 @@ use sandvisor_proto::{ExecRequest, ExitStatus, OnlineCpuMemRequest, Stream as Ou
 
 use super::proto::{ExecExit, ExecSpec};
 pub use crate::agent::AgentAddress;
-use crate::agent::{AgentClient, ClientError, ExecEvent as ClientEvent};
+use crate::agent::{AgentClient, ClientError, ExecEvent as ClientEvent, ExecInput};
 use crate::hypervisor_type::HypervisorType;
 
 /// Errors from the guest agent.
@@ -26,6 +26,16 @@ pub enum AgentLinkError {
     /// failed.
     #[error(transparent)]
     Client(#[from] ClientError),
+}
+
+impl AgentLinkError {
+    /// The shell's exit code when a command could not be started because
+    /// it is missing (127) or not executable (126).
+    pub fn not_runnable_code(&self) -> Option<i32> {
+        match self {
+            AgentLinkError::Client(e) => e.agent_error().and_then(|a| a.not_runnable_code()),
+        }
+    }
 }
 
 /// Output of a guest process, as it comes.
@@ -42,12 +52,12 @@ pub enum ExecEvent {
 /// The guest agent calls the supervisor makes.
 #[async_trait]
 pub trait GuestAgent: Send + Sync + fmt::Debug {
-    /// Runs a process; sends its events to `events` as they come and
-    /// returns how it ended.
+    /// Runs a process, streaming `input` to it; sends its events to
+    /// `events` as they come and returns how it ended.
     async fn exec(
         &self,
         spec: &ExecSpec,
-        stdin: Option<Vec<u8>>,
+        input: ExecInput,
         events: mpsc::Sender<ExecEvent>,
     ) -> Result<ExecExit, AgentLinkError>;
 
@@ -103,17 +113,20 @@ impl GuestAgent for Client {
     async fn exec(
         &self,
         spec: &ExecSpec,
-        stdin: Option<Vec<u8>>,
+        input: ExecInput,
         events: mpsc::Sender<ExecEvent>,
     ) -> Result<ExecExit, AgentLinkError> {
         let request = ExecRequest {
             argv: spec.argv.clone(),
             env: spec.env.clone(),
             cwd: spec.cwd.clone(),
-            stdin,
             timeout_ms: spec.timeout_ms,
+            uid: spec.uid,
+            gid: spec.gid,
+            tty: spec.tty,
+            ..ExecRequest::default()
         };
-        let mut handle = self.0.exec_start(request).await?;
+        let mut handle = self.0.exec_session(request, input).await?;
         // A client that went away stops reading events; the process still
         // runs to its end, and its exit is still awaited.
         let _ = events.send(ExecEvent::Started(handle.pid())).await;

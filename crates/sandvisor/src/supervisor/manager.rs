@@ -8,17 +8,19 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 use super::id::SandboxId;
 use super::layout::{LayoutError, SandboxDir, SandboxLock};
 use super::proto::{
-    read_frame, write_frame, ClientMessage, ExecExit, ExecSpec, Frame, HotplugOutcome,
+    read_frame, write_frame, ClientMessage, ExecControl, ExecExit, ExecSpec, Frame, HotplugOutcome,
     HotplugTarget, Op, ProtoError, RemoteError, Reply, Request, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use super::server::LaunchMode;
 use super::state::{SandboxRecord, SandboxStatus};
 use super::SupervisorError;
+use crate::agent::{Control, ExecInput};
 use crate::backends::new_hypervisor;
 use crate::config::HypervisorConfig;
 use crate::hypervisor_type::HypervisorType;
@@ -584,18 +586,20 @@ impl Manager {
         Ok(())
     }
 
-    /// Runs a process in the guest of `id`; writes its stdout and stderr to
-    /// `stdout` and `stderr` as they come, and returns how it ended. It
-    /// waits as long as the process runs, unless `spec.timeout_ms` is set.
+    /// Runs a process in the guest of `id`, streaming `input` to it (stdin
+    /// as it comes, signals and terminal resizes); writes its stdout and
+    /// stderr to `stdout` and `stderr` as they come, and returns how it
+    /// ended. It waits as long as the process runs, unless
+    /// `spec.timeout_ms` is set. `spec.stdin` is set from `input.stdin`.
     ///
     /// # Errors
-    /// Unknown id, wrong state, a backend without a guest, or the agent's
-    /// failure.
+    /// Unknown id, wrong state, a backend without a guest, a command that
+    /// cannot start ([`RemoteError::NotRunnable`]), or the agent's failure.
     pub async fn exec<O, E>(
         &self,
         id: &SandboxId,
         mut spec: ExecSpec,
-        stdin: Option<Vec<u8>>,
+        input: ExecInput,
         stdout: &mut O,
         stderr: &mut E,
     ) -> Result<ExecExit, SupervisorError>
@@ -612,56 +616,136 @@ impl Manager {
                 Op::Exec.check(id, record.status)?;
             }
         }
-        spec.stdin = stdin.is_some();
+        spec.stdin = input.stdin.is_some();
+        let mut input = input;
+        let started = input.started.take();
         let proto = |source| SupervisorError::Proto {
             id: id.clone(),
             source,
         };
-        let mut stream = connect(&dir, STATUS_TIMEOUT).await.map_err(proto)?;
+        let stream = connect(&dir, STATUS_TIMEOUT).await.map_err(proto)?;
+        let (mut reader, mut writer) = stream.into_split();
         let hello = ClientMessage {
             version: PROTOCOL_VERSION,
             request: Request::Exec(spec),
         };
-        write_frame(&mut stream, &Frame::message(&hello).map_err(proto)?)
+        write_frame(&mut writer, &Frame::message(&hello).map_err(proto)?)
             .await
             .map_err(proto)?;
-        if let Some(input) = stdin {
-            for chunk in input.chunks(MAX_PAYLOAD) {
-                write_frame(&mut stream, &Frame::Stdin(chunk.to_vec()))
-                    .await
-                    .map_err(proto)?;
-            }
-            write_frame(&mut stream, &Frame::Stdin(Vec::new()))
-                .await
-                .map_err(proto)?;
-        }
-        let io = |source| SupervisorError::Io {
-            op: "write output of",
-            path: PathBuf::from(id.as_str()),
-            source,
+        // Input goes out while output comes in. When the supervisor stops
+        // reading (the process ended, or it refused the request), writing
+        // fails and the reply below says why.
+        let sender = tokio::spawn(send_exec_input(writer, input));
+        let result = read_exec_output(&mut reader, stdout, stderr, id, started).await;
+        sender.abort();
+        result
+    }
+}
+
+/// Sends stdin frames (an empty one at its end) and control messages as
+/// they come, until both sources end or the supervisor stops reading.
+async fn send_exec_input(mut writer: OwnedWriteHalf, input: ExecInput) {
+    let ExecInput {
+        mut stdin,
+        mut control,
+        ..
+    } = input;
+    while stdin.is_some() || control.is_some() {
+        let frame = tokio::select! {
+            chunk = recv_some(&mut stdin) => match chunk {
+                Some(data) if data.is_empty() => continue,
+                Some(data) => Frame::Stdin(data),
+                None => {
+                    stdin = None;
+                    Frame::Stdin(Vec::new())
+                }
+            },
+            c = recv_some(&mut control) => match c {
+                Some(c) => {
+                    let msg = match c {
+                        Control::Signal(signal) => ExecControl::Signal { signal },
+                        Control::Resize(size) => ExecControl::Resize { size },
+                    };
+                    match Frame::message(&msg) {
+                        Ok(f) => f,
+                        Err(_) => continue,
+                    }
+                }
+                None => {
+                    control = None;
+                    continue;
+                }
+            },
         };
-        loop {
-            let frame = read_frame(&mut stream)
-                .await
-                .map_err(proto)?
-                .ok_or_else(|| proto(ProtoError::Closed))?;
-            match frame {
-                Frame::Stdout(b) => {
-                    stdout.write_all(&b).await.map_err(io)?;
-                    stdout.flush().await.map_err(io)?;
-                }
-                Frame::Stderr(b) => {
-                    stderr.write_all(&b).await.map_err(io)?;
-                    stderr.flush().await.map_err(io)?;
-                }
-                Frame::Stdin(_) => return Err(proto(ProtoError::Unexpected("stdin"))),
-                msg @ Frame::Message(_) => match msg.decode::<Reply>().map_err(proto)? {
-                    Reply::ExecStarted { pid } => tracing::debug!(pid, "guest process started"),
-                    Reply::ExecExited { exit } => return Ok(exit),
-                    Reply::Error(e) => return Err(e.into()),
-                    _ => return Err(proto(ProtoError::Unexpected("reply"))),
-                },
+        let frames = match frame {
+            Frame::Stdin(data) if data.len() > MAX_PAYLOAD => data
+                .chunks(MAX_PAYLOAD)
+                .map(|c| Frame::Stdin(c.to_vec()))
+                .collect(),
+            f => vec![f],
+        };
+        for f in frames {
+            if let Err(e) = write_frame(&mut writer, &f).await {
+                tracing::debug!("exec input not taken: {e}");
+                return;
             }
+        }
+    }
+}
+
+async fn recv_some<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_exec_output<O, E>(
+    reader: &mut OwnedReadHalf,
+    stdout: &mut O,
+    stderr: &mut E,
+    id: &SandboxId,
+    mut started: Option<tokio::sync::oneshot::Sender<u32>>,
+) -> Result<ExecExit, SupervisorError>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let proto = |source| SupervisorError::Proto {
+        id: id.clone(),
+        source,
+    };
+    let io = |source| SupervisorError::Io {
+        op: "write output of",
+        path: PathBuf::from(id.as_str()),
+        source,
+    };
+    loop {
+        let frame = read_frame(reader)
+            .await
+            .map_err(proto)?
+            .ok_or_else(|| proto(ProtoError::Closed))?;
+        match frame {
+            Frame::Stdout(b) => {
+                stdout.write_all(&b).await.map_err(io)?;
+                stdout.flush().await.map_err(io)?;
+            }
+            Frame::Stderr(b) => {
+                stderr.write_all(&b).await.map_err(io)?;
+                stderr.flush().await.map_err(io)?;
+            }
+            Frame::Stdin(_) => return Err(proto(ProtoError::Unexpected("stdin"))),
+            msg @ Frame::Message(_) => match msg.decode::<Reply>().map_err(proto)? {
+                Reply::ExecStarted { pid } => {
+                    tracing::debug!(pid, "guest process started");
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(pid);
+                    }
+                }
+                Reply::ExecExited { exit } => return Ok(exit),
+                Reply::Error(e) => return Err(e.into()),
+                _ => return Err(proto(ProtoError::Unexpected("reply"))),
+            },
         }
     }
 }

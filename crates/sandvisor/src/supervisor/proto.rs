@@ -20,10 +20,12 @@
 //!
 //! One request per connection. The client sends a [`ClientMessage`] (the
 //! protocol version and a [`Request`]); the supervisor answers one
-//! [`Reply`], except for [`Request::Exec`]: when it asked for stdin the
-//! client sends [`Frame::Stdin`] frames ending with an empty one, then the
-//! supervisor sends [`Reply::ExecStarted`], output frames as they come, and
-//! one [`Reply::ExecExited`] (or [`Reply::Error`]).
+//! [`Reply`], except for [`Request::Exec`]: the supervisor sends
+//! [`Reply::ExecStarted`], output frames as they come, and one
+//! [`Reply::ExecExited`] (or [`Reply::Error`]). Meanwhile the client may
+//! send, as they come, [`Frame::Stdin`] frames (when it asked for stdin),
+//! ending with an empty one, and [`ExecControl`] messages: signals and
+//! terminal resizes for the process.
 
 use std::fmt;
 use std::io;
@@ -38,7 +40,12 @@ use crate::hypervisor_type::HypervisorType;
 
 /// The protocol version. A supervisor answers only clients of its version:
 /// after an upgrade, an old supervisor says so instead of misreading.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2: `exec` streams stdin while the process runs (version 1 read
+/// it whole first), takes [`ExecControl`] messages, and runs as a user or
+/// on a terminal; a version-1 supervisor would run such a command as root
+/// without one.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest payload of one frame: 1 MiB.
 pub const MAX_PAYLOAD: usize = 1 << 20;
@@ -255,6 +262,31 @@ pub struct ExecSpec {
     /// `/dev/null`.
     #[serde(default)]
     pub stdin: bool,
+    /// Run as this user id; root when unset.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Run with this group id; the user id's number when unset.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// A terminal of this size for the process.
+    #[serde(default)]
+    pub tty: Option<sandvisor_proto::WindowSize>,
+}
+
+/// What a client sends while its `exec` runs, besides stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "control", rename_all = "snake_case")]
+pub enum ExecControl {
+    /// Send this signal to the process's group.
+    Signal {
+        /// The signal number.
+        signal: i32,
+    },
+    /// The process's terminal has a new size.
+    Resize {
+        /// The size.
+        size: sandvisor_proto::WindowSize,
+    },
 }
 
 /// How a guest process ended.
@@ -459,6 +491,17 @@ pub enum RemoteError {
         op: Op,
         /// Why.
         reason: String,
+    },
+    /// The command could not be started: it does not exist or is not
+    /// executable. `code` is the shell's exit code for that (127, 126).
+    #[error("cannot run the command in sandbox {id}: {message}")]
+    NotRunnable {
+        /// The sandbox.
+        id: SandboxId,
+        /// The guest's reason.
+        message: String,
+        /// 127 when the program is missing, 126 when it cannot be run.
+        code: i32,
     },
     /// The client speaks another protocol version.
     #[error("the supervisor of sandbox {id} speaks control protocol {supervisor}, this sandvisor {client}; restart it with `sandvisor stop` and `start`, or use the matching binary")]

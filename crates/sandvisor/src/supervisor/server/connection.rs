@@ -6,12 +6,13 @@ use std::sync::Arc;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use super::{Event, MAX_STDIN};
+use super::{Event, STDIN_QUEUE};
+use crate::agent::{Control, ExecInput};
 use crate::supervisor::agent::ExecEvent;
 use crate::supervisor::id::SandboxId;
 use crate::supervisor::proto::{
-    read_frame, write_frame, ClientMessage, ExecSpec, Frame, Op, RemoteError, Reply, Request,
-    MAX_PAYLOAD, PROTOCOL_VERSION,
+    read_frame, write_frame, ClientMessage, ExecControl, ExecSpec, Frame, Op, RemoteError, Reply,
+    Request, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use crate::supervisor::state::SandboxRecord;
 
@@ -74,37 +75,10 @@ impl Connection {
 
     async fn exec(
         &self,
-        mut stream: UnixStream,
+        stream: UnixStream,
         spec: ExecSpec,
     ) -> Result<(), crate::supervisor::proto::ProtoError> {
-        let stdin = if spec.stdin {
-            let mut buf = Vec::new();
-            loop {
-                match read_frame(&mut stream).await? {
-                    Some(Frame::Stdin(chunk)) if chunk.is_empty() => break,
-                    Some(Frame::Stdin(chunk)) => {
-                        if buf.len() + chunk.len() > MAX_STDIN {
-                            let reply = Reply::Error(RemoteError::BadRequest {
-                                id: self.id.clone(),
-                                op: Op::Exec,
-                                reason: format!("stdin is over the limit of {MAX_STDIN} bytes"),
-                            });
-                            return write_frame(&mut stream, &Frame::message(&reply)?).await;
-                        }
-                        buf.extend_from_slice(&chunk);
-                    }
-                    Some(other) => {
-                        return Err(crate::supervisor::proto::ProtoError::Unexpected(
-                            other.kind_name(),
-                        ))
-                    }
-                    None => return Ok(()),
-                }
-            }
-            Some(buf)
-        } else {
-            None
-        };
+        let (mut reader, mut stream) = stream.into_split();
         let (tx, rx) = oneshot::channel();
         if self.events.send(Event::Agent(tx)).await.is_err() {
             return Ok(());
@@ -116,10 +90,56 @@ impl Connection {
             }
             Err(_) => return Ok(()),
         };
+        // The client's stdin and control messages, passed on as they come.
+        // A full stdin queue stops the reading, and so the client: the
+        // process reads no faster than that.
+        let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
+        let (control_tx, control_rx) = mpsc::channel::<Control>(8);
+        let input = ExecInput {
+            stdin: spec.stdin.then_some(stdin_rx),
+            control: Some(control_rx),
+            started: None,
+        };
+        let mut stdin_tx = spec.stdin.then_some(stdin_tx);
+        let client_input = tokio::spawn(async move {
+            loop {
+                let frame = match read_frame(&mut reader).await {
+                    Ok(Some(frame)) => frame,
+                    // The client went away: the process runs on, with the
+                    // end of its input.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!("exec client input ended: {e}");
+                        return;
+                    }
+                };
+                match frame {
+                    Frame::Stdin(chunk) if chunk.is_empty() => stdin_tx = None,
+                    Frame::Stdin(chunk) => {
+                        if let Some(tx) = &stdin_tx {
+                            if tx.send(chunk).await.is_err() {
+                                stdin_tx = None;
+                            }
+                        }
+                    }
+                    msg @ Frame::Message(_) => match msg.decode::<ExecControl>() {
+                        Ok(c) => {
+                            let c = match c {
+                                ExecControl::Signal { signal } => Control::Signal(signal),
+                                ExecControl::Resize { size } => Control::Resize(size),
+                            };
+                            let _ = control_tx.send(c).await;
+                        }
+                        Err(e) => tracing::debug!("bad exec control message: {e}"),
+                    },
+                    other => tracing::debug!("unexpected {} frame during exec", other.kind_name()),
+                }
+            }
+        });
         let (ev_tx, mut ev_rx) = mpsc::channel(64);
         let run = {
             let spec = spec.clone();
-            tokio::spawn(async move { agent.exec(&spec, stdin, ev_tx).await })
+            tokio::spawn(async move { agent.exec(&spec, input, ev_tx).await })
         };
         // The agent task ends the stream by dropping its sender.
         let mut client_gone = false;
@@ -139,9 +159,17 @@ impl Connection {
                 }
             }
         }
+        client_input.abort();
         let reply = match run.await {
             Ok(Ok(exit)) => Reply::ExecExited { exit },
-            Ok(Err(e)) => Reply::Error(RemoteError::failed(&self.id, Op::Exec, &e)),
+            Ok(Err(e)) => Reply::Error(match e.not_runnable_code() {
+                Some(code) => RemoteError::NotRunnable {
+                    id: self.id.clone(),
+                    message: error_chain(&e),
+                    code,
+                },
+                None => RemoteError::failed(&self.id, Op::Exec, &e),
+            }),
             Err(e) => Reply::Error(RemoteError::failed(&self.id, Op::Exec, &e)),
         };
         if client_gone {
@@ -149,6 +177,16 @@ impl Connection {
         }
         write_frame(&mut stream, &Frame::message(&reply)?).await
     }
+}
+
+/// The innermost message of an error chain: for a command that cannot
+/// start, the guest's reason.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut last = err;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 /// Splits an output frame whose payload is over the frame limit.

@@ -40,8 +40,9 @@ const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ONLINE_SLACK: Duration = Duration::from_secs(20);
 /// The guest's memory block size, which memory resizes are aligned to.
 const MEMORY_BLOCK_MIB: u32 = 128;
-/// The most stdin an `exec` may send.
-const MAX_STDIN: usize = 16 << 20;
+/// How many stdin frames of an `exec` wait for the agent before the
+/// supervisor stops reading its client.
+const STDIN_QUEUE: usize = 4;
 
 /// How the supervisor comes to own its sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -691,7 +692,7 @@ impl RemoteError {
                 op: new_op,
                 reason,
             },
-            v @ RemoteError::Version { .. } => v,
+            v @ (RemoteError::Version { .. } | RemoteError::NotRunnable { .. }) => v,
         }
     }
 }
