@@ -29,6 +29,7 @@ pub mod check;
 pub mod config;
 pub mod defaults;
 pub mod device;
+pub mod factory;
 pub mod hypervisor;
 pub mod hypervisor_type;
 pub mod image;

@@ -62,6 +62,12 @@ pub struct CreateSpec {
     pub config: HypervisorConfig,
 }
 
+/// A VM that runs already, for a new sandbox to adopt.
+struct Adopted {
+    state: crate::hypervisor::HypervisorState,
+    agent: super::agent::AgentAddress,
+}
+
 /// The sandboxes under one runtime directory.
 #[derive(Debug, Clone)]
 pub struct Manager {
@@ -117,6 +123,43 @@ impl Manager {
     /// # Errors
     /// An invalid config, an id in use, or the supervisor's failure.
     pub async fn create(&self, spec: CreateSpec) -> Result<SandboxRecord, SupervisorError> {
+        self.create_with(spec, None).await
+    }
+
+    /// [`Manager::create`] of a sandbox around `vm`, a VM from the cache:
+    /// the supervisor adopts the running (paused) VM instead of creating
+    /// one, and `start` resumes it. The sandbox takes the VM's id when
+    /// `spec` names none. A failed create stops the VM.
+    ///
+    /// # Errors
+    /// As [`Manager::create`].
+    pub async fn create_from_cache(
+        &self,
+        mut spec: CreateSpec,
+        vm: crate::factory::cache::CachedVm,
+    ) -> Result<SandboxRecord, SupervisorError> {
+        if spec.id.is_none() {
+            spec.id = vm.id.parse::<SandboxId>().ok();
+        }
+        spec.config.clone_from(&vm.config);
+        let adopted = Adopted {
+            state: vm.state(),
+            agent: vm.agent.clone(),
+        };
+        let created = self.create_with(spec, Some(adopted)).await;
+        if created.is_ok() {
+            // The supervisor owns it now.
+            vm.release().await;
+        }
+        // On failure `vm` drops here, which stops the VM.
+        created
+    }
+
+    async fn create_with(
+        &self,
+        spec: CreateSpec,
+        adopted: Option<Adopted>,
+    ) -> Result<SandboxRecord, SupervisorError> {
         let mut config = spec.config;
         config.validate()?;
         let dir = match spec.id {
@@ -144,12 +187,17 @@ impl Manager {
         if config.devices_state_path.is_none() {
             config.devices_state_path = Some(dir.path().join(DEVICES_STATE_FILE));
         }
-        let record = SandboxRecord::new(
+        let mut record = SandboxRecord::new(
             dir.id().clone(),
             spec.hypervisor,
             config,
             dir.control_socket(),
         );
+        if let Some(vm) = adopted {
+            record.vmm = Some(crate::process::ProcessRef::of(vm.state.pid));
+            record.hypervisor_state = Some(vm.state);
+            record.agent = Some(vm.agent);
+        }
         let created = async {
             record.store(&dir.state_file()).await?;
             self.launch(&dir, LaunchMode::Create).await
