@@ -12,7 +12,7 @@ use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 use sandvisor_proto::{
     AgentError, BlockDevice, GuestDetails, MountRequest, OnlineCpuMemRequest, OnlineCpuMemResult,
-    SetTimeRequest,
+    ReseedRngRequest, SetTimeRequest,
 };
 
 const CPU_DIR: &str = "/sys/devices/system/cpu";
@@ -321,6 +321,31 @@ pub fn set_time(req: &SetTimeRequest) -> Result<(), AgentError> {
     }
     let ts = TimeSpec::new(req.secs, i64::from(req.nanos));
     clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(|e| nix_failed("set the clock", e))
+}
+
+/// Adds the host's entropy to the guest's pool and reseeds the CRNG, as
+/// Kata's agent does for a VM from a template.
+///
+/// # Errors
+/// [`AgentError::InvalidRequest`] for no bytes or too many; the ioctl's
+/// failure otherwise.
+pub fn reseed_rng(req: &ReseedRngRequest) -> Result<(), AgentError> {
+    if req.data.is_empty() || req.data.len() > sandvisor_proto::MAX_RESEED_BYTES {
+        return Err(AgentError::InvalidRequest {
+            reason: format!(
+                "{} bytes of entropy: send 1 to {}",
+                req.data.len(),
+                sandvisor_proto::MAX_RESEED_BYTES
+            ),
+        });
+    }
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/random")
+        .map_err(|e| failed("open /dev/random", &e))?;
+    crate::sys::add_entropy(&random, &req.data)
+        .map_err(|e| nix_failed("add entropy (RNDADDENTROPY)", e))?;
+    crate::sys::reseed_crng(&random).map_err(|e| nix_failed("reseed the CRNG (RNDRESEEDCRNG)", e))
 }
 
 #[cfg(test)]

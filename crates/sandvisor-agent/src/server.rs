@@ -169,6 +169,20 @@ impl Agent {
                 Request::SetTime(req) => {
                     reply(Some(id), ops::set_time(&req).map(|()| Response::TimeSet))
                 }
+                Request::ReseedRng(req) => reply(
+                    Some(id),
+                    ops::reseed_rng(&req).map(|()| Response::RngReseeded),
+                ),
+                Request::Quiesce => {
+                    // Everything queued before the reply goes out; then
+                    // the session ends, with nothing of it left in flight.
+                    reply(Some(id), Ok(Response::Quiesced));
+                    let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+                    let _ = out.send(Outbound::Flush(ack_tx));
+                    let _ = ack_rx.recv_timeout(Duration::from_secs(2));
+                    log!("quiesced: session closed for a template");
+                    break;
+                }
                 Request::Shutdown => {
                     reply(Some(id), Ok(Response::ShuttingDown));
                     let (ack_tx, ack_rx) = mpsc::sync_channel(1);
@@ -384,6 +398,32 @@ mod tests {
         );
         assert_eq!(status, ExitStatus::Signal(9));
         assert!(timed_out);
+    }
+
+    #[test]
+    fn quiesce_replies_then_ends_the_session() {
+        let mut host = session();
+        hello(&mut host);
+        assert_eq!(host.call(Request::Quiesce), Ok(Response::Quiesced));
+        // The agent closed its end: the next read is end of file.
+        let mut rest = Vec::new();
+        host.stream.read_to_end(&mut rest).expect("end of file");
+        assert!(rest.is_empty(), "nothing after the reply: {rest:?}");
+    }
+
+    #[test]
+    fn reseed_refuses_empty_and_oversized_entropy() {
+        let mut host = session();
+        hello(&mut host);
+        for len in [0, sandvisor_proto::MAX_RESEED_BYTES + 1] {
+            let r = host.call(Request::ReseedRng(sandvisor_proto::ReseedRngRequest {
+                data: vec![7; len],
+            }));
+            assert!(
+                matches!(r, Err(AgentError::InvalidRequest { .. })),
+                "{len} bytes: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@ enum Command {
     /// density on this machine, against raw QEMU; print a table and write
     /// JSON and an SVG chart.
     Bench(cmd::bench::BenchArgs),
+    /// Make, show or remove the VM factory's template (Kata's
+    /// `kata-runtime factory`).
+    Factory(cmd::factory::FactoryArgs),
     /// Run a command in a fresh VM and exit with its exit code.
     Run(cmd::run::RunArgs),
     /// Create a sandbox, kept by a supervisor process, and print its id.
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
         Command::Check { config, json } => cmd::check::run(&config, json),
         Command::Image { command } => cmd::image::run(command),
         Command::Run(args) => cmd::run::run(args),
+        Command::Factory(args) => cmd::factory::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Create(args) => cmd::lifecycle::create(args),
         Command::Start { id, timeout } => cmd::lifecycle::start(id, timeout),

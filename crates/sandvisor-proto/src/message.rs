@@ -38,7 +38,27 @@ pub enum Request {
     SetTime(SetTimeRequest),
     /// Syncs and powers the guest off. The reply comes before the power-off.
     Shutdown,
+    /// Adds host entropy to the guest's random pool and reseeds its CRNG
+    /// (Kata's `ReseedRandomDev`): a VM restored from a template would
+    /// otherwise share its random state with every other clone.
+    ReseedRng(ReseedRngRequest),
+    /// Ends this session once the reply is written, so that the VM can be
+    /// paused and saved as a template with no session open: a clone's host
+    /// then connects afresh and opens its own. Other sessions go on; the
+    /// agent keeps serving new connections as before.
+    Quiesce,
 }
+
+/// Host entropy for [`Request::ReseedRng`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReseedRngRequest {
+    /// Random bytes from the host; at most [`MAX_RESEED_BYTES`].
+    #[serde(with = "crate::bytes")]
+    pub data: Vec<u8>,
+}
+
+/// The most entropy one [`Request::ReseedRng`] carries.
+pub const MAX_RESEED_BYTES: usize = 4096;
 
 /// A process to run in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -213,6 +233,10 @@ pub enum Response {
     TimeSet,
     /// The guest powers off next.
     ShuttingDown,
+    /// The entropy was added and the CRNG reseeded.
+    RngReseeded,
+    /// The session ends after this reply.
+    Quiesced,
 }
 
 /// A message from the agent.
@@ -350,6 +374,23 @@ mod tests {
                 msg
             );
         }
+    }
+
+    #[test]
+    fn reseed_and_quiesce_wire_shape() {
+        let msg = HostMessage {
+            id: 9,
+            request: Request::ReseedRng(ReseedRngRequest {
+                data: vec![1, 2, 3],
+            }),
+        };
+        let json = serde_json::to_value(&msg).expect("serialises");
+        assert_eq!(json["type"], "reseed_rng");
+        assert_eq!(json["data"], "AQID");
+        let back: HostMessage = serde_json::from_value(json).expect("deserialises");
+        assert_eq!(back, msg);
+        let q: HostMessage = serde_json::from_str(r#"{"id":2,"type":"quiesce"}"#).expect("valid");
+        assert_eq!(q.request, Request::Quiesce);
     }
 
     #[test]

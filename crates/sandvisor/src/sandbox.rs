@@ -19,7 +19,6 @@ use sandvisor_proto::{ExecRequest, ExitStatus, Stream};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::agent::{AgentAddress, AgentClient, ClientError, ExecEvent};
-use crate::backends::new_hypervisor;
 use crate::config::kata::{load_config, KataConfigError};
 use crate::config::{ConfigError, HypervisorConfig};
 use crate::hypervisor::{Error as HypervisorError, Hypervisor, NetworkNamespace};
@@ -92,6 +91,9 @@ pub enum SandboxError {
     /// Writing the command's output failed.
     #[error("cannot write the command's output")]
     Output(#[source] std::io::Error),
+    /// The VM factory could not give a VM.
+    #[error("VM factory")]
+    Factory(#[source] Box<crate::factory::FactoryError>),
     /// The run was cancelled (Ctrl-C); the sandbox was torn down.
     #[error("interrupted; sandbox {id} was torn down")]
     Interrupted {
@@ -133,8 +135,37 @@ impl SandboxOptions {
     /// # Errors
     /// When the file cannot be loaded or the result is invalid.
     pub fn resolve(&self) -> Result<(HypervisorType, HypervisorConfig), SandboxError> {
+        self.resolve_runtime()
+            .map(|(kind, config, _)| (kind, config))
+    }
+
+    /// The validated config, as [`SandboxOptions::resolve`], and the VM
+    /// factory of its `[factory]` section (for the built-in default: the
+    /// template `sandvisor factory init` made, when there is one).
+    ///
+    /// # Errors
+    /// As [`SandboxOptions::resolve`], and [`SandboxError::Factory`].
+    pub fn resolve_with_factory(
+        &self,
+    ) -> Result<(HypervisorType, HypervisorConfig, crate::factory::Factory), SandboxError> {
+        let (kind, config, rc) = self.resolve_runtime()?;
+        let factory = crate::factory::Factory::for_runtime(&rc)
+            .map_err(|e| SandboxError::Factory(Box::new(e)))?;
+        Ok((kind, config, factory))
+    }
+
+    fn resolve_runtime(
+        &self,
+    ) -> Result<
+        (
+            HypervisorType,
+            HypervisorConfig,
+            crate::config::kata::RuntimeConfig,
+        ),
+        SandboxError,
+    > {
         let rc = load_config(self.config.as_deref(), self.hypervisor)?;
-        let mut config = rc.config;
+        let mut config = rc.config.clone();
         for w in &rc.warnings {
             tracing::warn!("{w}");
         }
@@ -163,7 +194,7 @@ impl SandboxOptions {
             config.memory_size = m;
         }
         config.validate()?;
-        Ok((rc.hypervisor, config))
+        Ok((rc.hypervisor, config, rc))
     }
 }
 
@@ -273,6 +304,20 @@ impl Sandbox {
         Ok(agent)
     }
 
+    /// The VM and its agent, for a caller that keeps them otherwise.
+    pub fn into_parts(self) -> (Box<dyn Hypervisor>, AgentClient) {
+        (self.hypervisor, self.agent)
+    }
+
+    /// The sandbox of a VM from the factory.
+    pub fn from_factory(vm: crate::factory::FactoryVm) -> Sandbox {
+        Sandbox {
+            id: vm.id,
+            hypervisor: vm.hypervisor,
+            agent: vm.agent,
+        }
+    }
+
     /// The sandbox id.
     pub fn id(&self) -> &str {
         &self.id
@@ -380,35 +425,19 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let (kind, config) = opts.resolve()?;
+    let (_, config, factory) = opts.resolve_with_factory()?;
     let id = new_sandbox_id();
     tokio::pin!(cancel);
-    let mut hv = new_hypervisor(kind);
-    hv.create_sandbox(&id, &NetworkNamespace::default(), &config, false)
-        .await
-        .map_err(|source| SandboxError::Hypervisor {
-            op: "create",
-            id: id.clone(),
-            source: Box::new(source),
-        })?;
+    // The factory boots the VM, or clones the template; a failed or
+    // cancelled boot leaves nothing (dropping a VM handle kills it).
     let booted = tokio::select! {
-        r = Sandbox::boot(&id, hv.as_mut(), &config, opts.boot_timeout) => Some(r),
+        r = factory.get_vm(&id, &config, opts.boot_timeout) => Some(r),
         () = &mut cancel => None,
     };
     let sandbox = match booted {
-        Some(Ok(agent)) => Sandbox {
-            id: id.clone(),
-            hypervisor: hv,
-            agent,
-        },
-        Some(Err(e)) => {
-            teardown(&id, hv.as_mut()).await;
-            return Err(e);
-        }
-        None => {
-            teardown(&id, hv.as_mut()).await;
-            return Err(SandboxError::Interrupted { id });
-        }
+        Some(Ok(vm)) => Sandbox::from_factory(vm),
+        Some(Err(e)) => return Err(SandboxError::Factory(Box::new(e))),
+        None => return Err(SandboxError::Interrupted { id }),
     };
     let req = ExecRequest {
         argv,
@@ -487,6 +516,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::new_hypervisor;
 
     #[test]
     fn ids_are_distinct_and_short() {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod console;
 pub mod env;
 pub mod exec;
+pub mod factory;
 pub mod image;
 pub mod lifecycle;
 pub mod list;

@@ -168,6 +168,8 @@ pub struct AgentClient {
     next_id: AtomicU64,
     timeout: Duration,
     agent_version: String,
+    /// Where it connected, when [`AgentClient::connect`] made it.
+    address: Option<AgentAddress>,
 }
 
 impl Drop for AgentClient {
@@ -318,6 +320,7 @@ impl AgentClient {
                     match client.handshake_until(deadline).await {
                         Ok(version) => {
                             client.agent_version = version;
+                            client.address = Some(addr.clone());
                             return Ok(client);
                         }
                         Err(e @ ClientError::Agent { .. }) => return Err(e),
@@ -353,7 +356,14 @@ impl AgentClient {
             next_id: AtomicU64::new(1),
             timeout: DEFAULT_TIMEOUT,
             agent_version: String::new(),
+            address: None,
         }
+    }
+
+    /// Where the agent listens, when this client connected to it by
+    /// address (the VM cache passes it on to a VM's next owner).
+    pub fn address(&self) -> Option<&AgentAddress> {
+        self.address.as_ref()
     }
 
     /// Sets the timeout of each call (default [`DEFAULT_TIMEOUT`]).
@@ -618,6 +628,32 @@ impl AgentClient {
         match self.call("set time", Request::SetTime(req)).await? {
             Response::TimeSet => Ok(()),
             other => Self::unexpected("set time", other),
+        }
+    }
+
+    /// Adds `entropy` (host random bytes) to the guest's random pool and
+    /// reseeds its CRNG.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn reseed_rng(&self, entropy: Vec<u8>) -> Result<(), ClientError> {
+        let req = sandvisor_proto::ReseedRngRequest { data: entropy };
+        match self.call("reseed rng", Request::ReseedRng(req)).await? {
+            Response::RngReseeded => Ok(()),
+            other => Self::unexpected("reseed rng", other),
+        }
+    }
+
+    /// Asks the agent to end this session once it has replied, so that
+    /// the VM can be saved as a template with no session open. The client
+    /// is of no further use.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn quiesce(&self) -> Result<(), ClientError> {
+        match self.call("quiesce", Request::Quiesce).await? {
+            Response::Quiesced => Ok(()),
+            other => Self::unexpected("quiesce", other),
         }
     }
 

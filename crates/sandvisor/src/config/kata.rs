@@ -61,6 +61,10 @@
 //!   silently replaces it with 2048.
 //! - A key that is not in the vocabulary is an error; Kata's TOML decoder
 //!   ignores it, so a typo silently does nothing there.
+//! - `enable_template` is refused with virtio-fs, `file_mem_backend`, a
+//!   hybrid vsock, vhost-user storage or a hypervisor other than QEMU,
+//!   where Kata's loader checks only the initrd (see
+//!   [`check_template_rules`]).
 //!
 //! # sandvisor additions
 //!
@@ -221,8 +225,13 @@ impl RuntimeConfig {
                 file: file.clone(),
                 source,
             })?;
-        if self.factory.enable_template && self.config.initrd_path.is_none() {
-            return Err(KataConfigError::TemplateNeedsInitrd { file });
+        if self.factory.enable_template {
+            check_template_rules(self.hypervisor, &self.config).map_err(|rule| {
+                KataConfigError::Template {
+                    file: file.clone(),
+                    rule,
+                }
+            })?;
         }
         if self.factory.vm_cache_number > 0 && self.hypervisor != HypervisorType::Qemu {
             return Err(KataConfigError::VmCacheNeedsQemu {
@@ -352,11 +361,14 @@ pub enum KataConfigError {
         #[source]
         source: ConfigError,
     },
-    /// `enable_template` without an initrd.
-    #[error("[factory] enable_template in {file} needs an initrd: set `initrd`, not `image`")]
-    TemplateNeedsInitrd {
+    /// `enable_template` with a hypervisor config that templates cannot
+    /// use.
+    #[error("[factory] enable_template in {file}: {rule}")]
+    Template {
         /// The file.
         file: String,
+        /// The rule broken.
+        rule: TemplateRule,
     },
     /// `use_vsock` on QEMU, with neither vhost-vsock nor vhost-device-vsock.
     #[error("use_vsock = true in [hypervisor.qemu] of {file} needs /dev/vhost-vsock or vhost-device-vsock, and neither is usable: {no_vhost_vsock}; {no_daemon}. Load the vhost_vsock module, install the daemon (scripts/setup.sh, or cargo install --locked vhost-device-vsock), or set use_vsock = false")]
@@ -376,6 +388,72 @@ pub enum KataConfigError {
         /// The hypervisor configured.
         hypervisor: HypervisorType,
     },
+}
+
+/// A rule of VM templates that a hypervisor config breaks (see
+/// [`check_template_rules`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateRule {
+    /// No initrd: the guest boots from an image (Kata's rule).
+    #[error("templates need an initrd: set `initrd`, not `image`")]
+    NeedsInitrd,
+    /// `shared_fs` is a virtio-fs flavour, whose vhost-user daemon maps
+    /// guest memory shared.
+    #[error("templates cannot use shared_fs = \"{0}\": virtio-fs needs shared guest memory and clones map the template's memory private; set shared_fs = \"virtio-9p\" or \"none\"")]
+    VirtioFs(&'static str),
+    /// `file_mem_backend` is set: guest memory is already a shared file.
+    #[error("templates cannot use file_mem_backend: the template's memory file is the backend; unset file_mem_backend")]
+    FileBackedMemory,
+    /// A hybrid vsock (vhost-device-vsock), which needs shared memory and
+    /// which QEMU cannot migrate.
+    #[error("templates cannot use a hybrid vsock (vhost-device-vsock): it needs shared guest memory and does not migrate; set use_vsock = false")]
+    HybridVsock,
+    /// vhost-user storage, which needs shared memory.
+    #[error("templates cannot use enable_vhost_user_store: vhost-user needs shared guest memory")]
+    VhostUserStore,
+    /// A hypervisor without templates in this build.
+    #[error("templates need hypervisor qemu, not {0}")]
+    NeedsQemu(HypervisorType),
+}
+
+/// Kata's `checkFactoryConfig` for `enable_template`, and the rules Kata
+/// leaves to its QEMU driver, checked here at load time.
+///
+/// Kata's loader checks only that an initrd is set. Its QEMU driver backs
+/// a template's memory with the template file and ignores virtio-fs or
+/// `file_mem_backend` where they conflict, so the clone comes up without
+/// a working shared file system; sandvisor refuses those configs instead,
+/// naming the rule. A vhost-vsock is allowed (on restore the guest gets a
+/// transport reset and reads its new CID), as in current Kata; Kata 1.x
+/// refused vsock with a factory. A hybrid vsock is refused: it needs
+/// shared memory and cannot be migrated. Templates run on QEMU only, as
+/// in Kata (whose Cloud Hypervisor and Firecracker drivers have none).
+///
+/// # Errors
+/// The first [`TemplateRule`] `config` breaks.
+pub fn check_template_rules(
+    hypervisor: HypervisorType,
+    config: &HypervisorConfig,
+) -> Result<(), TemplateRule> {
+    if hypervisor != HypervisorType::Qemu {
+        return Err(TemplateRule::NeedsQemu(hypervisor));
+    }
+    if config.initrd_path.is_none() {
+        return Err(TemplateRule::NeedsInitrd);
+    }
+    if config.shared_fs.is_virtio_fs() {
+        return Err(TemplateRule::VirtioFs(config.shared_fs.as_str()));
+    }
+    if config.file_backed_mem_root_dir.is_some() {
+        return Err(TemplateRule::FileBackedMemory);
+    }
+    if config.use_vsock && config.vhost_user_vsock_daemon.is_some() {
+        return Err(TemplateRule::HybridVsock);
+    }
+    if config.enable_vhost_user_store {
+        return Err(TemplateRule::VhostUserStore);
+    }
+    Ok(())
 }
 
 /// What the loader knows about the host's vsock: whether the kernel's
@@ -749,5 +827,100 @@ pub fn default_config(hypervisor: HypervisorType) -> RuntimeConfig {
         config,
         factory: FactoryConfig::default().with_defaults(),
         ..RuntimeConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SharedFs;
+
+    #[test]
+    fn template_rules_name_what_breaks_them() {
+        let ok = HypervisorConfig {
+            kernel_path: Some("/k".into()),
+            initrd_path: Some("/i".into()),
+            shared_fs: SharedFs::Virtio9p,
+            ..HypervisorConfig::default()
+        };
+        let q = HypervisorType::Qemu;
+        let cases: Vec<(HypervisorType, HypervisorConfig, Result<(), TemplateRule>)> = vec![
+            (q, ok.clone(), Ok(())),
+            (
+                q,
+                HypervisorConfig {
+                    shared_fs: SharedFs::None,
+                    ..ok.clone()
+                },
+                Ok(()),
+            ),
+            (
+                q,
+                HypervisorConfig {
+                    initrd_path: None,
+                    image_path: Some("/img".into()),
+                    ..ok.clone()
+                },
+                Err(TemplateRule::NeedsInitrd),
+            ),
+            (
+                q,
+                HypervisorConfig {
+                    shared_fs: SharedFs::VirtioFs,
+                    ..ok.clone()
+                },
+                Err(TemplateRule::VirtioFs("virtio-fs")),
+            ),
+            (
+                q,
+                HypervisorConfig {
+                    file_backed_mem_root_dir: Some("/dev/shm".into()),
+                    ..ok.clone()
+                },
+                Err(TemplateRule::FileBackedMemory),
+            ),
+            (
+                q,
+                HypervisorConfig {
+                    use_vsock: true,
+                    vhost_user_vsock_daemon: Some("/bin/vhost-device-vsock".into()),
+                    ..ok.clone()
+                },
+                Err(TemplateRule::HybridVsock),
+            ),
+            (
+                HypervisorType::Clh,
+                ok.clone(),
+                Err(TemplateRule::NeedsQemu(HypervisorType::Clh)),
+            ),
+        ];
+        for (kind, config, want) in cases {
+            assert_eq!(
+                check_template_rules(kind, &config),
+                want,
+                "{kind} {config:?}"
+            );
+        }
+        let msg = TemplateRule::VirtioFs("virtio-fs").to_string();
+        assert!(msg.contains("shared_fs = \"virtio-fs\""), "{msg}");
+    }
+
+    #[test]
+    fn a_virtio_fs_template_is_refused_at_validation_naming_the_rule() {
+        let mut rc = default_config(HypervisorType::Qemu);
+        rc.factory.enable_template = true;
+        rc.config.shared_fs = crate::config::SharedFs::VirtioFs;
+        let err = rc.validate().expect_err("virtio-fs template");
+        assert!(
+            matches!(
+                err,
+                KataConfigError::Template {
+                    rule: TemplateRule::VirtioFs(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("virtio-fs"), "{err}");
     }
 }

@@ -126,32 +126,51 @@ impl Manager {
         self.create_with(spec, None).await
     }
 
-    /// [`Manager::create`] of a sandbox around `vm`, a VM from the cache:
-    /// the supervisor adopts the running (paused) VM instead of creating
-    /// one, and `start` resumes it. The sandbox takes the VM's id when
-    /// `spec` names none. A failed create stops the VM.
+    /// [`Manager::create`] of a sandbox around `vm`, a VM from the cache
+    /// that runs already, finished for `spec.config`: its supervisor adopts
+    /// the VM instead of creating one, and `start` only connects to its
+    /// agent. The sandbox takes the VM's id when `spec` names none. A
+    /// failed create stops the VM.
     ///
     /// # Errors
-    /// As [`Manager::create`].
+    /// As [`Manager::create`]; also a VM whose agent has no address.
     pub async fn create_from_cache(
         &self,
         mut spec: CreateSpec,
-        vm: crate::factory::cache::CachedVm,
+        vm: crate::factory::FactoryVm,
     ) -> Result<SandboxRecord, SupervisorError> {
         if spec.id.is_none() {
             spec.id = vm.id.parse::<SandboxId>().ok();
         }
-        spec.config.clone_from(&vm.config);
+        let crate::factory::FactoryVm {
+            id,
+            mut hypervisor,
+            agent,
+            ..
+        } = vm;
+        let Some(address) = agent.address().cloned() else {
+            let _ = hypervisor.stop_sandbox().await;
+            let _ = hypervisor.cleanup().await;
+            return Err(SupervisorError::Io {
+                op: "find the agent address of cached VM",
+                path: PathBuf::from(id),
+                source: std::io::Error::other("the agent client has no address"),
+            });
+        };
+        // The supervisor opens the agent's one connection.
+        drop(agent);
         let adopted = Adopted {
-            state: vm.state(),
-            agent: vm.agent.clone(),
+            state: hypervisor.save(),
+            agent: address,
         };
         let created = self.create_with(spec, Some(adopted)).await;
         if created.is_ok() {
-            // The supervisor owns it now.
-            vm.release().await;
+            // The supervisor owns the VM now.
+            hypervisor.disconnect().await;
+        } else {
+            let _ = hypervisor.stop_sandbox().await;
+            let _ = hypervisor.cleanup().await;
         }
-        // On failure `vm` drops here, which stops the VM.
         created
     }
 

@@ -142,6 +142,15 @@ pub enum QemuError {
         /// QEMU's description, or why it was abandoned.
         desc: String,
     },
+    /// The device state file cannot be opened or created.
+    #[error("cannot open device state file {path}")]
+    StateFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Saving needs `devices_state_path`.
     #[error("save_sandbox needs devices_state_path in the config")]
     NoDevicesStatePath,

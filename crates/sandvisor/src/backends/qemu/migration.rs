@@ -1,6 +1,14 @@
 //! Migration: saving a VM's device state to a file (`save_sandbox`, and
 //! the template a VM cache boots from) and restoring a template at start.
+//!
+//! The state file is opened here and handed to QEMU over QMP (`getfd`,
+//! the descriptor as `SCM_RIGHTS`), and the migration URI names it
+//! (`fd:<name>`). QEMU runs no shell or `cat` for it, so its seccomp
+//! filter denies `spawn` (see the `-sandbox` option of the command line).
 
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::qmp::{self, Qmp};
@@ -17,8 +25,13 @@ impl Qemu {
             .devices_state_path
             .clone()
             .ok_or(QemuError::NoDevicesStatePath)?;
-        let uri = format!("exec:cat {}", shell_quote(&state_file.to_string_lossy()));
+        let file = File::open(&state_file).map_err(|source| QemuError::StateFile {
+            path: state_file.clone(),
+            source,
+        })?;
         let qmp = self.qmp().await?;
+        let uri = pass_fd(&qmp, &file).await?;
+        drop(file);
         qmp.execute(&qmp::MigrateSetCapabilities {
             capabilities: vec![qmp::MigrationCapability {
                 capability: "x-ignore-shared",
@@ -53,7 +66,7 @@ impl Qemu {
             self.pause_sandbox().await?;
         }
         let template = self.config.boot_to_be_template;
-        let uri = format!("exec:cat > {}", shell_quote(&path.to_string_lossy()));
+        let file = create_state_file(&path)?;
         let qmp = self.qmp().await?;
         if template {
             // The memory is the template's shared file: skip it.
@@ -66,6 +79,8 @@ impl Qemu {
             .await
             .map_err(QemuError::from)?;
         }
+        let uri = pass_fd(&qmp, &file).await?;
+        drop(file);
         qmp.execute(&qmp::Migrate { uri: uri.clone() })
             .await
             .map_err(QemuError::from)?;
@@ -75,9 +90,43 @@ impl Qemu {
     }
 }
 
-/// Single-quotes `s` for `/bin/sh`, which runs `exec:` migration commands.
-pub(super) fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+/// The name the migration's descriptor gets in QEMU's monitor.
+pub const MIGRATION_FD_NAME: &str = "sv-migration";
+
+/// The migration URI of a descriptor `getfd` named `name`.
+pub fn fd_uri(name: &str) -> String {
+    format!("fd:{name}")
+}
+
+/// Hands QEMU a copy of `file` under [`MIGRATION_FD_NAME`] and returns the
+/// URI naming it. QEMU keeps its copy until the migration ends; ours can
+/// be closed at once.
+async fn pass_fd(qmp: &Qmp, file: &File) -> Result<String, QemuError> {
+    qmp.execute_with_fd(
+        &qmp::GetFd {
+            fdname: MIGRATION_FD_NAME.to_string(),
+        },
+        file.as_fd(),
+        qmp::DEFAULT_TIMEOUT,
+    )
+    .await?;
+    Ok(fd_uri(MIGRATION_FD_NAME))
+}
+
+/// Creates (or truncates) the device state file, readable by its owner
+/// only: it holds the guest's device state.
+fn create_state_file(path: &Path) -> Result<File, QemuError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| QemuError::StateFile {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Polls `query-migrate` until the migration completes, fails, or

@@ -93,7 +93,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 pub use self::error::QemuError;
 #[cfg(test)]
-use self::migration::shell_quote;
+use self::migration::fd_uri;
 pub use self::spec::QemuSpec;
 /// The QEMU backend.
 #[derive(Debug)]

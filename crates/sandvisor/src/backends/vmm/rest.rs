@@ -21,6 +21,7 @@
 
 mod error;
 mod fdpass;
+pub(crate) use self::fdpass::send_with_fds;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The client of a VM cache server, and a VM taken from it.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -9,10 +9,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::proto::cache_service_client::CacheServiceClient;
 use super::proto::GrpcVm;
-use super::{check_compatible, CacheError, VmConfig};
+use super::{CacheError, VmConfig};
 use crate::agent::{AgentAddress, AgentClient};
 use crate::backends::new_hypervisor;
 use crate::config::HypervisorConfig;
+use crate::factory::{boot_direct, finish, FactoryError, FactoryVm, Origin};
 use crate::hypervisor::{Hypervisor, HypervisorState};
 use crate::hypervisor_type::HypervisorType;
 
@@ -153,16 +154,33 @@ impl CacheClient {
             .into_inner())
     }
 
-    /// A VM for `wanted`: checks that the cache's VMs were booted from a
-    /// compatible config first, then takes one and rebuilds its handle
+    /// A VM for `request` of backend `kind`: checks that the cache's VMs
+    /// were booted from a config that differs from `request` in no more
+    /// than vCPUs and memory beyond the cache's (the factory's rule for
+    /// templates), then takes one and rebuilds its handle
     /// ([`CachedVm::from_grpc`]).
     ///
     /// # Errors
     /// [`CacheError::Mismatch`] before anything is taken; a failed call or
     /// a handle that cannot be rebuilt.
-    pub async fn get_base_vm(&mut self, wanted: &VmConfig) -> Result<CachedVm, CacheError> {
+    pub async fn get_base_vm(
+        &mut self,
+        kind: HypervisorType,
+        request: &HypervisorConfig,
+    ) -> Result<CachedVm, CacheError> {
         let cached = self.config().await?;
-        check_compatible(&cached, wanted)?;
+        if cached.hypervisor != kind {
+            return Err(CacheError::Mismatch {
+                keys: vec![format!(
+                    "hypervisor ({} here, {kind} asked)",
+                    cached.hypervisor
+                )],
+            });
+        }
+        let keys = crate::factory::template::differences(&cached.config, request);
+        if !keys.is_empty() {
+            return Err(CacheError::Mismatch { keys });
+        }
         let vm = self.get_base_vm_raw().await?;
         CachedVm::from_grpc(cached.hypervisor, &cached.config, vm).await
     }
@@ -261,19 +279,14 @@ pub fn parse_agent_url(url: &str) -> Result<AgentAddress, CacheError> {
 }
 
 impl CachedVm {
-    /// Makes the VM ready for its receiver: resumes it, connects its
-    /// agent (the server closed its own connection) and sets the guest's
-    /// clock to the host's, which stood still while the VM was paused.
-    /// Returns the id, the handle and the agent, for the caller to make a
-    /// sandbox of.
+    /// Makes the VM ready for its receiver: resumes it and connects its
+    /// agent (the server closed its own connection). The factory's
+    /// `finish` does the rest (entropy, clock, vCPUs and memory).
     ///
     /// # Errors
     /// When the VM does not resume or its agent does not answer; the VM is
     /// then stopped and its files removed.
-    pub async fn resume(
-        mut self,
-        timeout: Duration,
-    ) -> Result<(String, Box<dyn Hypervisor>, AgentClient), CacheError> {
+    pub async fn resume(mut self, timeout: Duration) -> Result<FactoryVm, CacheError> {
         let id = self.id.clone();
         let resumed = async {
             self.hypervisor
@@ -290,14 +303,16 @@ impl CachedVm {
                     id: id.clone(),
                     source,
                 })?;
-            if let Err(e) = agent.set_time(SystemTime::now()).await {
-                tracing::warn!(id, "cannot set the guest clock of a cached VM: {e}");
-            }
             Ok::<_, CacheError>(agent)
         }
         .await;
         match resumed {
-            Ok(agent) => Ok((self.id, self.hypervisor, agent)),
+            Ok(agent) => Ok(FactoryVm {
+                id: self.id,
+                hypervisor: self.hypervisor,
+                agent,
+                origin: Origin::Cache,
+            }),
             Err(e) => {
                 if let Err(e) = self.hypervisor.stop_sandbox().await {
                     tracing::warn!(id, "stopping a cached VM: {e}");
@@ -314,28 +329,44 @@ impl CachedVm {
 /// How long the cache may take to answer before a direct boot is chosen.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A VM from the cache at `endpoint` for `config`, or `None` when the
-/// cache does not answer, serves another config or fails: the caller boots
-/// directly, and the reason is logged once.
-pub async fn take_vm(
+/// A VM from the cache at `endpoint` for `request`, resumed, its agent
+/// connected and finished as the factory finishes a VM (entropy, clock,
+/// vCPUs and memory beyond the cache's).
+///
+/// # Errors
+/// Why the cache could not serve; nothing taken is left running.
+pub async fn take(
     endpoint: &Path,
     kind: HypervisorType,
-    config: &HypervisorConfig,
-) -> Option<CachedVm> {
-    let wanted = VmConfig {
-        hypervisor: kind,
-        config: config.clone(),
-    };
-    let taken = async {
-        let mut client = CacheClient::connect(endpoint, CONNECT_TIMEOUT).await?;
-        client.get_base_vm(&wanted).await
-    }
-    .await;
-    match taken {
-        Ok(vm) => {
-            tracing::info!(id = vm.id, endpoint = %endpoint.display(), "VM taken from the cache");
-            Some(vm)
+    request: &HypervisorConfig,
+    timeout: Duration,
+) -> Result<FactoryVm, CacheError> {
+    let started = std::time::Instant::now();
+    let mut client = CacheClient::connect(endpoint, CONNECT_TIMEOUT).await?;
+    let cached = client.get_base_vm(kind, request).await?;
+    let base = cached.config.clone();
+    tracing::info!(id = cached.id, endpoint = %endpoint.display(), "VM taken from the cache");
+    let mut vm = cached.resume(timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
+    match finish(&mut vm, &base, request, left).await {
+        Ok(()) => Ok(vm),
+        Err(e) => {
+            vm.discard().await;
+            Err(CacheError::Factory(Box::new(e)))
         }
+    }
+}
+
+/// [`take`], or `None` with one log line saying why, for a caller that
+/// then boots directly.
+pub async fn try_take(
+    endpoint: &Path,
+    kind: HypervisorType,
+    request: &HypervisorConfig,
+    timeout: Duration,
+) -> Option<FactoryVm> {
+    match take(endpoint, kind, request, timeout).await {
+        Ok(vm) => Some(vm),
         Err(e) => {
             tracing::info!(
                 "not using the VM cache: {}; booting directly",
@@ -344,4 +375,22 @@ pub async fn take_vm(
             None
         }
     }
+}
+
+/// The factory's `get_vm` with a cache: a VM from the cache at `endpoint`,
+/// else one booted directly.
+///
+/// # Errors
+/// As [`crate::factory::boot_direct`].
+pub async fn get_vm(
+    endpoint: &Path,
+    kind: HypervisorType,
+    id: &str,
+    request: &HypervisorConfig,
+    timeout: Duration,
+) -> Result<FactoryVm, FactoryError> {
+    if let Some(vm) = try_take(endpoint, kind, request, timeout).await {
+        return Ok(vm);
+    }
+    boot_direct(id, kind, request, timeout).await
 }

@@ -8,6 +8,7 @@
 //! | the server: the pool, its refill, the service, the socket | [`server`] |
 //! | the client, and a VM taken from the cache | [`client`] |
 //! | what the server holds, on disk, for `destroy` after a crash | [`ledger`] |
+//! | `factory status` and `destroy` of a cache | [`admin`] |
 //!
 //! # Ownership
 //!
@@ -27,6 +28,7 @@
 //! [`Hypervisor::to_grpc`]: crate::Hypervisor::to_grpc
 //! [`Hypervisor::from_grpc`]: crate::Hypervisor::from_grpc
 
+pub mod admin;
 pub mod client;
 pub mod ledger;
 pub mod server;
@@ -39,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::HypervisorConfig;
 use crate::hypervisor_type::HypervisorType;
 
-pub use client::{take_vm, CacheClient, CacheStatus, CachedVm};
+pub use client::{get_vm, take, try_take, CacheClient, CacheStatus, CachedVm};
 pub use ledger::Ledger;
 pub use server::CacheServer;
 
@@ -121,15 +123,14 @@ pub enum CacheError {
     #[error("bad agent address {0:?} from the VM cache: expected unix:PATH, vsock:CID:PORT or hvsock:PATH:PORT")]
     AgentUrl(String),
     /// The cached VMs were booted from another config.
-    #[error("the VM cache's VMs differ from the requested config in {key}: cache {cached}, wanted {wanted}")]
+    #[error("the VM cache's VMs differ from the requested config in {}", keys.join(", "))]
     Mismatch {
-        /// The first key that differs.
-        key: String,
-        /// The cache's value.
-        cached: String,
-        /// The requested value.
-        wanted: String,
+        /// The keys that differ.
+        keys: Vec<String>,
     },
+    /// Finishing a VM from the cache, or booting one for it, failed.
+    #[error("VM factory")]
+    Factory(#[source] Box<crate::factory::FactoryError>),
     /// A hypervisor operation failed.
     #[error("cannot {op} cached VM {id}")]
     Hypervisor {
@@ -181,48 +182,13 @@ pub struct VmConfig {
     pub config: HypervisorConfig,
 }
 
-/// Keys that may differ between the cache's config and a request: the
-/// sandbox's own paths.
-const PER_SANDBOX_KEYS: &[&str] = &["devices_state_path"];
-
-/// Whether a VM booted from `cached` can serve a request for `wanted`:
-/// the same backend and config, up to [`PER_SANDBOX_KEYS`] (vCPUs and
-/// memory included: a cached VM is not resized).
-///
-/// # Errors
-/// [`CacheError::Mismatch`] naming the first key that differs.
-pub fn check_compatible(cached: &VmConfig, wanted: &VmConfig) -> Result<(), CacheError> {
-    let mismatch = |key: &str, a: String, b: String| CacheError::Mismatch {
-        key: key.to_string(),
-        cached: a,
-        wanted: b,
-    };
-    if cached.hypervisor != wanted.hypervisor {
-        return Err(mismatch(
-            "hypervisor",
-            cached.hypervisor.to_string(),
-            wanted.hypervisor.to_string(),
-        ));
-    }
-    let as_map = |config: &HypervisorConfig| match serde_json::to_value(config) {
-        Ok(serde_json::Value::Object(map)) => Ok(map),
-        Ok(_) => Ok(serde_json::Map::new()),
-        Err(source) => Err(CacheError::Decode {
-            what: "config",
-            source,
-        }),
-    };
-    let (cm, wm) = (as_map(&cached.config)?, as_map(&wanted.config)?);
-    for (key, cv) in &cm {
-        if PER_SANDBOX_KEYS.contains(&key.as_str()) {
-            continue;
-        }
-        let wv = wm.get(key).unwrap_or(&serde_json::Value::Null);
-        if cv != wv {
-            return Err(mismatch(key, cv.to_string(), wv.to_string()));
-        }
-    }
-    Ok(())
+/// The endpoint of a `[factory]` section: `vm_cache_endpoint`, or Kata's
+/// default.
+pub fn endpoint(factory: &crate::config::kata::FactoryConfig) -> PathBuf {
+    factory
+        .vm_cache_endpoint
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ENDPOINT))
 }
 
 #[cfg(test)]

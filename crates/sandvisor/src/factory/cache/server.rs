@@ -23,9 +23,10 @@ use super::ledger::{Ledger, VmEntry};
 use super::proto::cache_service_server::{CacheService, CacheServiceServer};
 use super::proto::{GrpcStatus, GrpcVm, GrpcVmConfig, GrpcVmStatus};
 use super::{CacheClient, CacheConfig, CacheError, VmConfig};
-use crate::agent::{AgentAddress, AgentClient};
+use crate::agent::AgentAddress;
 use crate::backends::new_hypervisor;
-use crate::hypervisor::{Hypervisor, NetworkNamespace};
+use crate::factory::{Factory, FactoryVm};
+use crate::hypervisor::Hypervisor;
 use crate::process::ProcessRef;
 use crate::supervisor::SandboxId;
 
@@ -52,6 +53,8 @@ struct ReadyVm {
 #[derive(Debug)]
 struct Pool {
     config: CacheConfig,
+    /// Where the pool's VMs come from: direct boots or the template.
+    base: Factory,
     ledger: Ledger,
     ready: Mutex<VecDeque<ReadyVm>>,
     added: Notify,
@@ -85,43 +88,65 @@ impl Pool {
         *self.quit.borrow()
     }
 
-    /// Boots one VM for the pool as a sandbox boots (create, the agent
-    /// channel as a device, start, the agent's handshake), then closes the
-    /// agent connection, so the receiver can open its own, and pauses the
-    /// guest. A failure stops what was started.
+    /// Makes one VM for the pool with the base factory (a direct boot, or
+    /// a clone of the template, finished), then closes the agent
+    /// connection, so the receiver can open its own, and pauses the guest.
+    /// A failure stops what was started.
     async fn boot(&self) -> Result<ReadyVm, CacheError> {
         let kind = self.config.hypervisor;
         let id = SandboxId::generate().as_str().to_string();
-        let mut hv = new_hypervisor(kind);
-        let booted = boot_paused(&id, hv.as_mut(), &self.config).await;
-        let agent = match booted {
-            Ok(agent) => agent,
-            Err(e) => {
-                let _ = hv.stop_sandbox().await;
-                let _ = hv.cleanup().await;
-                return Err(e);
-            }
-        };
-        let pid = hv.pids().first().copied().unwrap_or(0);
-        let entry = VmEntry {
-            hypervisor: kind,
-            vmm: ProcessRef::of(pid),
-            state: hv.save(),
-        };
-        if let Err(e) = self.ledger.record_vm(&id, &entry) {
-            // A VM the ledger does not know could outlive a crash unseen.
-            let _ = hv.stop_sandbox().await;
-            let _ = hv.cleanup().await;
-            return Err(e);
-        }
-        tracing::info!(id, pid, "cached VM ready");
-        Ok(ReadyVm {
+        let vm = self
+            .base
+            .get_vm(&id, &self.config.config, self.config.boot_timeout)
+            .await
+            .map_err(|e| CacheError::Factory(Box::new(e)))?;
+        let FactoryVm {
             id,
-            hv,
+            mut hypervisor,
             agent,
-            pid,
-            permit: None,
-        })
+            origin,
+        } = vm;
+        let address = agent.address().cloned();
+        drop(agent);
+        let paused = match address {
+            Some(address) => hypervisor
+                .pause_sandbox()
+                .await
+                .map(|()| address)
+                .map_err(|source| CacheError::Hypervisor {
+                    op: "pause",
+                    id: id.clone(),
+                    source: Box::new(source),
+                }),
+            None => Err(CacheError::AgentUrl(String::new())),
+        };
+        let recorded = paused.and_then(|address| {
+            let pid = hypervisor.pids().first().copied().unwrap_or(0);
+            let entry = VmEntry {
+                hypervisor: kind,
+                vmm: ProcessRef::of(pid),
+                state: hypervisor.save(),
+            };
+            // A VM the ledger does not know could outlive a crash unseen.
+            self.ledger.record_vm(&id, &entry).map(|()| (address, pid))
+        });
+        match recorded {
+            Ok((agent, pid)) => {
+                tracing::info!(id, pid, %origin, "cached VM ready");
+                Ok(ReadyVm {
+                    id,
+                    hv: hypervisor,
+                    agent,
+                    pid,
+                    permit: None,
+                })
+            }
+            Err(e) => {
+                let _ = hypervisor.stop_sandbox().await;
+                let _ = hypervisor.cleanup().await;
+                Err(e)
+            }
+        }
     }
 
     /// Stops a VM the pool holds and forgets it.
@@ -162,50 +187,6 @@ impl Pool {
         // `vm` drops here: its handle is detached and kills nothing; its
         // permit goes back to the refill.
     }
-}
-
-/// The steps of [`Pool::boot`]; returns where the agent listens.
-async fn boot_paused(
-    id: &str,
-    hv: &mut dyn Hypervisor,
-    cache: &CacheConfig,
-) -> Result<AgentAddress, CacheError> {
-    let hv_err = |op: &'static str| {
-        move |e: crate::Error| CacheError::Hypervisor {
-            op,
-            id: id.to_string(),
-            source: Box::new(e),
-        }
-    };
-    let config = &cache.config;
-    hv.create_sandbox(id, &NetworkNamespace::default(), config, false)
-        .await
-        .map_err(hv_err("create"))?;
-    let socket = hv
-        .generate_socket(id, config.use_vsock)
-        .map_err(hv_err("make the agent socket of"))?;
-    let address = AgentAddress::from_socket(&socket).map_err(|source| CacheError::Io {
-        op: "reach the agent socket of",
-        path: id.into(),
-        source,
-    })?;
-    hv.add_device(socket.into_device())
-        .await
-        .map_err(hv_err("add the agent channel to"))?;
-    let started = std::time::Instant::now();
-    hv.start_sandbox(cache.boot_timeout)
-        .await
-        .map_err(hv_err("start"))?;
-    let left = cache.boot_timeout.saturating_sub(started.elapsed());
-    let agent = AgentClient::connect(&address, left)
-        .await
-        .map_err(|source| CacheError::Agent {
-            id: id.to_string(),
-            source,
-        })?;
-    drop(agent);
-    hv.pause_sandbox().await.map_err(hv_err("pause"))?;
-    Ok(address)
 }
 
 /// Keeps the pool full until the server quits.
@@ -368,7 +349,9 @@ pub async fn bind(endpoint: &Path) -> Result<UnixListener, CacheError> {
 }
 
 impl CacheServer {
-    /// Serves `config.endpoint` until `Quit` or `shutdown` completes, then
+    /// Serves `config.endpoint` with VMs from `base` (a factory without a
+    /// cache: direct boots or the template) until `Quit` or `shutdown`
+    /// completes, then
     /// stops every VM the pool still holds and removes the socket and the
     /// ledger. VMs handed out run on.
     ///
@@ -377,6 +360,7 @@ impl CacheServer {
     /// (or another server on it), or a failure of the gRPC server.
     pub async fn serve(
         config: CacheConfig,
+        base: Factory,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), CacheError> {
         if !new_hypervisor(config.hypervisor).capabilities().vm_cache {
@@ -395,6 +379,7 @@ impl CacheServer {
         let pool = Arc::new(Pool {
             permits: Arc::new(Semaphore::new(config.number as usize)),
             config,
+            base,
             ledger,
             ready: Mutex::new(VecDeque::new()),
             added: Notify::new(),

@@ -22,6 +22,16 @@ fn qemu_config() -> VmConfig {
     }
 }
 
+fn direct() -> crate::factory::Factory {
+    let vm = qemu_config();
+    crate::factory::Factory::new(
+        &crate::config::kata::FactoryConfig::default(),
+        &vm.config,
+        vm.hypervisor,
+    )
+    .expect("a factory without template or cache")
+}
+
 fn cache_config(dir: &Path, number: u32) -> CacheConfig {
     let vm = qemu_config();
     CacheConfig {
@@ -61,35 +71,12 @@ fn agent_urls_round_trip_and_bad_ones_are_refused() {
     }
 }
 
-#[test]
-fn configs_must_match_except_per_sandbox_paths() {
-    let cached = qemu_config();
-    let mut wanted = cached.clone();
-    wanted.config.devices_state_path = Some("/run/sv/x/devices.state".into());
-    check_compatible(&cached, &wanted).expect("a sandbox path may differ");
-
-    wanted.config.memory_size += 512;
-    let err = check_compatible(&cached, &wanted).expect_err("more memory");
-    assert!(
-        matches!(&err, CacheError::Mismatch { key, .. } if key == "default_memory"),
-        "{err}"
-    );
-
-    let mut other = cached.clone();
-    other.hypervisor = HypervisorType::Firecracker;
-    let err = check_compatible(&cached, &other).expect_err("another backend");
-    assert!(
-        matches!(&err, CacheError::Mismatch { key, .. } if key == "hypervisor"),
-        "{err}"
-    );
-}
-
 #[tokio::test]
 async fn a_backend_without_vm_cache_support_cannot_serve() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = cache_config(dir.path(), 1);
     config.hypervisor = HypervisorType::Mock;
-    let err = CacheServer::serve(config.clone(), std::future::pending())
+    let err = CacheServer::serve(config.clone(), direct(), std::future::pending())
         .await
         .expect_err("the mock cannot hand VMs over");
     assert!(matches!(err, CacheError::Unsupported(HypervisorType::Mock)));
@@ -108,7 +95,11 @@ async fn the_service_answers_on_a_private_socket_and_quit_removes_it() {
     drop(std::os::unix::net::UnixListener::bind(&endpoint).expect("bind"));
     assert!(endpoint.exists());
 
-    let server = tokio::spawn(CacheServer::serve(config.clone(), std::future::pending()));
+    let server = tokio::spawn(CacheServer::serve(
+        config.clone(),
+        direct(),
+        std::future::pending(),
+    ));
     let mut client = connect_soon(&endpoint).await;
     let mode = std::fs::metadata(&endpoint)
         .expect("socket")
@@ -128,7 +119,7 @@ async fn the_service_answers_on_a_private_socket_and_quit_removes_it() {
     );
 
     // A second server on the same endpoint is refused, naming the first.
-    let err = CacheServer::serve(config.clone(), std::future::pending())
+    let err = CacheServer::serve(config.clone(), direct(), std::future::pending())
         .await
         .expect_err("in use");
     assert!(
@@ -155,7 +146,7 @@ async fn the_shutdown_future_stops_the_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = cache_config(dir.path(), 0);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(CacheServer::serve(config.clone(), async move {
+    let server = tokio::spawn(CacheServer::serve(config.clone(), direct(), async move {
         let _ = rx.await;
     }));
     connect_soon(&config.endpoint).await;

@@ -192,7 +192,7 @@ impl Owner {
         let id = dir.id().clone();
         let mut hv = new_hypervisor(record.hypervisor);
         let agent_address = match (mode, record.status) {
-            // A VM from the cache: it runs, paused; `start` resumes it.
+            // A VM from the cache: it runs; `start` connects to its agent.
             (LaunchMode::Create, status) if record.hypervisor_state.is_some() => {
                 Op::Create.check(&id, status)?;
                 let state = record.hypervisor_state.clone().unwrap_or_default();
@@ -208,7 +208,7 @@ impl Owner {
                 record.status = SandboxStatus::Created;
                 address
             }
-            // Created around a VM from the cache, which runs paused.
+            // Created around a VM from the cache, which runs.
             (LaunchMode::Reattach, SandboxStatus::Created)
                 if record.vmm.is_some() && record.hypervisor_state.is_some() =>
             {
@@ -432,9 +432,13 @@ impl Owner {
     async fn start(&mut self, timeout: Duration) -> Result<(), RemoteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let id = self.id().clone();
-        // A VM adopted from the cache runs already: it is resumed.
-        let started = if self.adopted_paused() {
-            self.hv.resume_sandbox().await
+        // A VM adopted from the cache runs already (paused, if someone
+        // paused it): it is resumed.
+        let started = if self.adopted() {
+            match self.hv.save().state {
+                crate::hypervisor::VmState::Paused => self.hv.resume_sandbox().await,
+                _ => Ok(()),
+            }
         } else {
             self.hv.start_sandbox(timeout).await
         };
@@ -510,14 +514,14 @@ impl Owner {
         saved
     }
 
-    /// Whether the sandbox is created around a VM from the cache, which
-    /// runs paused until `start`.
-    fn adopted_paused(&self) -> bool {
+    /// Whether the sandbox is created around a VM from the cache, whose
+    /// VMM runs before `start`.
+    fn adopted(&self) -> bool {
         self.record.status == SandboxStatus::Created && self.record.vmm.is_some()
     }
 
     async fn stop(&mut self) -> Result<(), RemoteError> {
-        if self.record.status == SandboxStatus::Created && !self.adopted_paused() {
+        if self.record.status == SandboxStatus::Created && !self.adopted() {
             // Nothing runs yet.
             self.record.status = SandboxStatus::Stopped;
             self.persist().await;

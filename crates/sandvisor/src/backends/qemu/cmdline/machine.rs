@@ -277,7 +277,7 @@ pub(super) fn platform(p: &Plan<'_>) -> Args {
     a.push("--no-reboot");
     a.push2(
         "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     );
     if c.boot_from_template {
         a.push2("-incoming", "defer");

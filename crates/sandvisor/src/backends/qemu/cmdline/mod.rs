@@ -13,8 +13,9 @@
 //!   virtio-console: it works before any module is loaded, so early boot
 //!   and panics are visible;
 //! - QEMU is supervised, not `-daemonize`d (see [`super::process`]);
-//! - `-sandbox on` keeps `spawn` allowed, because saving a VM uses an
-//!   `exec:` migration URI;
+//! - `-sandbox on` denies `spawn` as well: QEMU never runs a program,
+//!   since a migration's state file is passed to it as a descriptor
+//!   (`getfd`, an `fd:` URI) and taps are opened by sandvisor;
 //! - the guest memory of a VM that needs shared memory (virtio-fs,
 //!   vhost-user) and has no `file_mem_backend` is a `memory-backend-memfd`,
 //!   which leaves no file behind, instead of a file in `/dev/shm`.

@@ -2,6 +2,7 @@
 //! their callers and events to subscribers, and a deadline on every call.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::backends::vmm::rest::send_with_fds;
 
 use super::{
     Command, ErrorClass, Event, QmpCapabilities, QmpError, VersionInfo, VersionTriple,
@@ -177,6 +180,35 @@ impl Qmp {
         cmd: &C,
         timeout: Duration,
     ) -> Result<C::Returns, QmpError> {
+        self.execute_inner(cmd, timeout, None).await
+    }
+
+    /// Runs `cmd` with a copy of `fd` passed alongside it as
+    /// `SCM_RIGHTS`, as `getfd` and `add-fd` expect; waits at most
+    /// `timeout`.
+    ///
+    /// # Errors
+    /// As [`Qmp::execute_with`]; a descriptor that cannot be duplicated
+    /// is [`QmpError::Send`].
+    pub async fn execute_with_fd<C: Command>(
+        &self,
+        cmd: &C,
+        fd: BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<C::Returns, QmpError> {
+        let fd = fd.try_clone_to_owned().map_err(|source| QmpError::Send {
+            command: C::NAME,
+            source,
+        })?;
+        self.execute_inner(cmd, timeout, Some(fd)).await
+    }
+
+    async fn execute_inner<C: Command>(
+        &self,
+        cmd: &C,
+        timeout: Duration,
+        fd: Option<OwnedFd>,
+    ) -> Result<C::Returns, QmpError> {
         let command = C::NAME;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut line = serde_json::to_vec(&Request {
@@ -208,7 +240,24 @@ impl Qmp {
         tracing::trace!(command, id, "qmp send");
         let sent = tokio::time::timeout(timeout, async {
             let mut w = self.writer.lock().await;
-            w.write_all(&line).await?;
+            let mut start = 0;
+            if let Some(fd) = fd {
+                // The descriptor travels with the first bytes of the
+                // command; QEMU's monitor keeps it for that command.
+                let stream: &UnixStream = w.as_ref();
+                let fds = [fd];
+                start = loop {
+                    stream.writable().await?;
+                    match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                        send_with_fds(stream.as_fd(), &[std::io::IoSlice::new(&line)], &fds)
+                    }) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                };
+            }
+            w.write_all(&line[start..]).await?;
             w.flush().await
         })
         .await;

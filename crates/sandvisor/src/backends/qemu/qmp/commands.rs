@@ -509,7 +509,7 @@ pub struct MigrationCapability {
 /// `migrate`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Migrate {
-    /// Where to, such as `exec:cat > file`.
+    /// Where to, such as `fd:<name>` for a descriptor `getfd` named.
     pub uri: String,
 }
 
@@ -518,10 +518,35 @@ impl Command for Migrate {
     type Returns = Empty;
 }
 
+/// `getfd`: names the descriptor passed with this command (SCM_RIGHTS),
+/// for a later `fd:<fdname>` migration URI.
+#[derive(Debug, Clone, Serialize)]
+pub struct GetFd {
+    /// The name to give it.
+    pub fdname: String,
+}
+
+impl Command for GetFd {
+    const NAME: &'static str = "getfd";
+    type Returns = Empty;
+}
+
+/// `closefd`: closes a descriptor `getfd` named and nothing took.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloseFd {
+    /// Its name.
+    pub fdname: String,
+}
+
+impl Command for CloseFd {
+    const NAME: &'static str = "closefd";
+    type Returns = Empty;
+}
+
 /// `migrate-incoming`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrateIncoming {
-    /// Where from, such as `exec:cat file`.
+    /// Where from, such as `fd:<name>` for a descriptor `getfd` named.
     pub uri: String,
 }
 

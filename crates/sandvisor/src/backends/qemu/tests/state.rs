@@ -110,7 +110,7 @@ fn helpers() {
     assert_eq!(cmdline::truncate_id(&"x".repeat(40)).len(), 31);
     assert_eq!(cmdline::scsi_id_lun(0), (0, 0));
     assert_eq!(cmdline::scsi_id_lun(257), (1, 1));
-    assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    assert_eq!(fd_uri("sv-migration"), "fd:sv-migration");
     let u = new_uuid();
     assert_eq!(u.len(), 36);
     assert_eq!(&u[14..15], "4", "version 4: {u}");

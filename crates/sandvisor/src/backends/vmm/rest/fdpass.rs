@@ -72,8 +72,9 @@ impl FdStream {
     }
 }
 
-/// One `sendmsg` of `bufs` with `fds` as `SCM_RIGHTS`.
-fn send_with_fds(
+/// One `sendmsg` of `bufs` with `fds` as `SCM_RIGHTS` (also QMP's
+/// `getfd`).
+pub(crate) fn send_with_fds(
     socket: BorrowedFd<'_>,
     bufs: &[IoSlice<'_>],
     fds: &[OwnedFd],
