@@ -163,11 +163,12 @@ impl Manager {
             state: hypervisor.save(),
             agent: address,
         };
+        // QEMU serves one QMP client at a time: this handle lets go before
+        // the supervisor connects. It can still stop the VM if the create
+        // fails.
+        hypervisor.disconnect().await;
         let created = self.create_with(spec, Some(adopted)).await;
-        if created.is_ok() {
-            // The supervisor owns the VM now.
-            hypervisor.disconnect().await;
-        } else {
+        if created.is_err() {
             let _ = hypervisor.stop_sandbox().await;
             let _ = hypervisor.cleanup().await;
         }

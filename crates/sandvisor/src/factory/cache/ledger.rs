@@ -4,12 +4,15 @@
 //! ```text
 //! <ledger dir>/            (default <runtime>/factory/cache, mode 0700)
 //!     server.json          the server: pid and start time, endpoint
+//!     boot-<id>.json       one VM being booted: its backend and directory
 //!     vm-<id>.json         one VM the server holds: its backend's save()
 //! ```
 //!
-//! A VM's file is written once the VM is booted and paused, and removed
-//! when the VM is handed out (it is the receiver's from then on) or
-//! stopped by the server.
+//! A VM's `boot-` file is written before its VMM starts and replaced by
+//! its `vm-` file once the VM is booted and paused; that is removed when
+//! the VM is handed out (it is the receiver's from then on) or stopped by
+//! the server. A server killed mid-boot leaves a `boot-` file: `destroy`
+//! tells that VM's QEMU to quit on its QMP socket.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -53,6 +56,15 @@ pub struct VmEntry {
     pub state: HypervisorState,
 }
 
+/// `boot-<id>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootEntry {
+    /// The backend.
+    pub hypervisor: HypervisorType,
+    /// The VM directory the backend will make.
+    pub vm_dir: PathBuf,
+}
+
 /// The files of one cache server.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -89,6 +101,28 @@ impl Ledger {
 
     fn vm_file(&self, id: &str) -> PathBuf {
         self.dir.join(format!("vm-{id}.json"))
+    }
+
+    fn boot_file(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("boot-{id}.json"))
+    }
+
+    /// Records a VM about to boot.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn record_boot(&self, id: &str, entry: &BootEntry) -> Result<(), CacheError> {
+        self.write(&self.boot_file(id), entry)
+    }
+
+    /// Forgets a VM that booted (its `vm-` file follows) or failed to.
+    pub fn forget_boot(&self, id: &str) {
+        remove(&self.boot_file(id));
+    }
+
+    /// The VMs recorded as booting, by id.
+    pub fn boots(&self) -> Vec<(String, BootEntry)> {
+        self.entries("boot-")
     }
 
     fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), CacheError> {
@@ -134,16 +168,15 @@ impl Ledger {
 
     /// Forgets VM `id`: handed out, or stopped.
     pub fn forget_vm(&self, id: &str) {
-        let path = self.vm_file(id);
-        if let Err(e) = std::fs::remove_file(&path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove {path:?}: {e}");
-            }
-        }
+        remove(&self.vm_file(id));
     }
 
     /// The VMs recorded, by id.
     pub fn vms(&self) -> Vec<(String, VmEntry)> {
+        self.entries("vm-")
+    }
+
+    fn entries<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Vec<(String, T)> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -151,9 +184,12 @@ impl Ledger {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let id = name.strip_prefix("vm-")?.strip_suffix(".json")?.to_string();
+                let id = name
+                    .strip_prefix(prefix)?
+                    .strip_suffix(".json")?
+                    .to_string();
                 let bytes = std::fs::read(e.path()).ok()?;
-                match serde_json::from_slice::<VmEntry>(&bytes) {
+                match serde_json::from_slice::<T>(&bytes) {
                     Ok(entry) => Some((id, entry)),
                     Err(err) => {
                         tracing::warn!("skipping {:?}: {err}", e.path());
@@ -166,10 +202,15 @@ impl Ledger {
         vms
     }
 
-    /// Removes the server's file and the directory, when empty.
+    /// Removes the server's file and the directory (and its parent, the
+    /// runtime directory's `factory`), when empty.
     pub fn close(&self) {
         let _ = std::fs::remove_file(self.dir.join(SERVER_FILE));
-        let _ = std::fs::remove_dir(&self.dir);
+        if std::fs::remove_dir(&self.dir).is_ok() {
+            if let Some(parent) = self.dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
     }
 
     /// Kills a recorded server that still runs (SIGTERM, then SIGKILL),
@@ -190,9 +231,58 @@ impl Ledger {
             done.vms_stopped.push(entry.vmm.pid);
             self.forget_vm(&id);
         }
+        for (id, entry) in self.boots() {
+            if let Some(pid) = quit_booting(&id, &entry).await {
+                done.vms_stopped.push(pid);
+            }
+            self.forget_boot(&id);
+        }
         self.close();
         done
     }
+}
+
+fn remove(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("cannot remove {path:?}: {e}");
+        }
+    }
+}
+
+/// Tells the QEMU of a VM a server left mid-boot to quit, on the QMP
+/// socket in its directory, and removes the directory. Returns the
+/// QEMU's pid when one answered.
+async fn quit_booting(id: &str, entry: &BootEntry) -> Option<u32> {
+    use crate::backends::qemu::qmp;
+    let mut pid = None;
+    if entry.hypervisor == HypervisorType::Qemu {
+        let storage = entry.vm_dir.parent().unwrap_or(Path::new("/"));
+        let paths = crate::backends::qemu::cmdline::VmPaths::new(storage, id);
+        if let Ok(q) = qmp::Qmp::connect(&paths.qmp, KILL_GRACE).await {
+            pid = qemu_pid(&paths.qmp);
+            if let Err(e) = q.execute_with(&qmp::Quit {}, KILL_GRACE).await {
+                tracing::debug!(id, "quit of a VM left mid-boot: {e}");
+            }
+            if let Some(p) = pid.map(ProcessRef::of) {
+                p.terminate(KILL_GRACE).await;
+            }
+        }
+    }
+    if entry.vm_dir.file_name().and_then(|n| n.to_str()) == Some(id) && entry.vm_dir.is_dir() {
+        if let Err(e) = std::fs::remove_dir_all(&entry.vm_dir) {
+            tracing::warn!("cannot remove {:?}: {e}", entry.vm_dir);
+        }
+    }
+    pid
+}
+
+/// The pid of the process that listens on the unix socket `path`, from
+/// its peer credentials.
+fn qemu_pid(path: &Path) -> Option<u32> {
+    let stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+    let cred = rustix::net::sockopt::socket_peercred(&stream).ok()?;
+    u32::try_from(cred.pid.as_raw_nonzero().get()).ok()
 }
 
 /// Stops a VM a server left behind and removes its files.

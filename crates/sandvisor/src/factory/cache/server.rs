@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-use super::ledger::{Ledger, VmEntry};
+use super::ledger::{BootEntry, Ledger, VmEntry};
 use super::proto::cache_service_server::{CacheService, CacheServiceServer};
 use super::proto::{GrpcStatus, GrpcVm, GrpcVmConfig, GrpcVmStatus};
 use super::{CacheClient, CacheConfig, CacheError, VmConfig};
@@ -95,11 +95,22 @@ impl Pool {
     async fn boot(&self) -> Result<ReadyVm, CacheError> {
         let kind = self.config.hypervisor;
         let id = SandboxId::generate().as_str().to_string();
+        let boot = BootEntry {
+            hypervisor: kind,
+            vm_dir: crate::paths::vm_storage_dir().join(&id),
+        };
+        self.ledger.record_boot(&id, &boot)?;
         let vm = self
             .base
             .get_vm(&id, &self.config.config, self.config.boot_timeout)
-            .await
-            .map_err(|e| CacheError::Factory(Box::new(e)))?;
+            .await;
+        let vm = match vm {
+            Ok(vm) => vm,
+            Err(e) => {
+                self.ledger.forget_boot(&id);
+                return Err(CacheError::Factory(Box::new(e)));
+            }
+        };
         let FactoryVm {
             id,
             mut hypervisor,
@@ -130,6 +141,7 @@ impl Pool {
             // A VM the ledger does not know could outlive a crash unseen.
             self.ledger.record_vm(&id, &entry).map(|()| (address, pid))
         });
+        self.ledger.forget_boot(&id);
         match recorded {
             Ok((agent, pid)) => {
                 tracing::info!(id, pid, %origin, "cached VM ready");
@@ -414,7 +426,9 @@ impl CacheServer {
             pool.discard(vm).await;
         }
         let _ = std::fs::remove_file(&endpoint);
-        pool.ledger.close();
+        // Boots cancelled by the quit killed their VMs; their entries go
+        // with the ledger.
+        pool.ledger.destroy().await;
         tracing::info!(endpoint = %endpoint.display(), "VM cache server stop");
         served.map_err(|source| CacheError::Serve {
             endpoint: endpoint.clone(),
