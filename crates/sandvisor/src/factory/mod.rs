@@ -235,7 +235,7 @@ enum Source {
     /// Boot every VM.
     Direct,
     /// Clone the template.
-    Template(Template),
+    Template(Box<Template>),
     /// Take a VM from the cache server on this endpoint; boot directly
     /// when it does not answer.
     Cache(PathBuf),
@@ -297,7 +297,7 @@ impl Factory {
                     what,
                     config: init_hint(config_file),
                 })?;
-            Source::Template(template)
+            Source::Template(Box::new(template))
         } else {
             Source::Direct
         };

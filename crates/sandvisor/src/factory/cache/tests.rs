@@ -216,3 +216,27 @@ async fn connect_soon(endpoint: &Path) -> CacheClient {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn destroy_removes_a_vm_left_mid_boot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Ledger::new(dir.path().join("ledger"));
+    let vm_dir = dir.path().join("vm").join("0123456789abcdef");
+    std::fs::create_dir_all(&vm_dir).expect("vm dir");
+    ledger
+        .record_boot(
+            "0123456789abcdef",
+            &ledger::BootEntry {
+                hypervisor: HypervisorType::Qemu,
+                vm_dir: vm_dir.clone(),
+            },
+        )
+        .expect("record");
+    assert_eq!(ledger.boots().len(), 1);
+    // No QEMU answers on its QMP socket: nothing to stop, the files go.
+    let done = ledger.destroy().await;
+    assert!(done.vms_stopped.is_empty());
+    assert!(!vm_dir.exists(), "the VM directory is removed");
+    assert!(ledger.boots().is_empty());
+    assert!(!ledger.dir().exists());
+}
