@@ -174,6 +174,10 @@ impl Agent {
                     ops::reseed_rng(&req).map(|()| Response::RngReseeded),
                 ),
                 Request::Quiesce => {
+                    // What the agent would otherwise do at a first exec or
+                    // mount (load the boot-time drivers, scan the SCSI
+                    // buses) is done here, once for every clone.
+                    modules::storage_ready();
                     // Everything queued before the reply goes out; then
                     // the session ends, with nothing of it left in flight.
                     reply(Some(id), Ok(Response::Quiesced));

@@ -44,8 +44,10 @@ pub enum Request {
     ReseedRng(ReseedRngRequest),
     /// Ends this session once the reply is written, so that the VM can be
     /// paused and saved as a template with no session open: a clone's host
-    /// then connects afresh and opens its own. Other sessions go on; the
-    /// agent keeps serving new connections as before.
+    /// then connects afresh and opens its own. The agent first finishes
+    /// what it does lazily (loading the boot-time drivers, scanning for
+    /// disks), so that clones need not. Other sessions go on; the agent
+    /// keeps serving new connections as before.
     Quiesce,
 }
 

@@ -30,7 +30,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = BenchOptions::default().density)]
     pub density: usize,
     /// Only these sections (comma-separated): cold, lifecycle, hotplug,
-    /// memory, density; and firecracker and clh, run only when named.
+    /// memory, density; and firecracker, clh and factory, run only when
+    /// named.
     #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
     pub only: Vec<Section>,
     /// Where `bench.json` and `bench.svg` go.

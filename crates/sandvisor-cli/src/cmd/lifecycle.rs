@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use sandvisor::config::kata::load_config;
+use sandvisor::factory::Factory;
 use sandvisor::supervisor::{CreateSpec, HotplugTarget, Launcher, Manager, SandboxId};
 
 use super::CmdResult;
@@ -69,10 +70,13 @@ pub fn create(args: CreateArgs) -> CmdResult {
     }
     // Checked here, naming the file, before anything is made.
     runtime.validate()?;
+    // The VM factory: a clone of the template when the config has one.
+    let placement = Factory::for_runtime(&runtime)?.place(&runtime.config);
     let spec = CreateSpec {
         id: args.id,
         hypervisor: runtime.hypervisor,
-        config: runtime.config.clone(),
+        config: placement.config,
+        from_template: placement.from_template,
     };
     let manager = manager()?;
     let record = block_on(async {

@@ -27,6 +27,11 @@
 //!   the tiny PVH guest: spawn to `vmm.ping`, `vm.create` + `vm.boot`,
 //!   pause and resume, hot-plug acknowledgements.
 //!
+//! - **factory** (only with `--only factory`): VMs from a template in a
+//!   temporary directory against cold boots of the same config: `run --
+//!   true` as a process, the agent answering, PSS of 10 clones against a
+//!   cold VM's (see `factory.rs`).
+//!
 //! - **firecracker** (only with `--only firecracker`): the Firecracker
 //!   backend with the tiny PVH guest: API boot (also jailed), pause and
 //!   resume, snapshot create, restore to running, hot-plug ack.
@@ -42,6 +47,7 @@ mod clh;
 mod cli;
 mod cold;
 mod density;
+mod factory;
 mod firecracker;
 mod host;
 mod hotplug;
@@ -96,6 +102,9 @@ pub enum BenchError {
     /// Booting or running a sandbox failed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The VM factory failed.
+    #[error(transparent)]
+    Factory(#[from] crate::factory::FactoryError),
     /// A backend call failed.
     #[error("{op}")]
     Hypervisor {
@@ -386,6 +395,7 @@ pub async fn run(
             Section::Memory => memory::memory_and_cpu(opts, &mut rec, progress).await,
             Section::Density => density::density(opts, &mut rec, progress).await,
             Section::Firecracker => firecracker::section(opts, &mut rec, progress).await,
+            Section::Factory => factory::section(opts, &mut rec, progress).await,
             Section::Clh => match clh::binary() {
                 Some(bin) => clh::measure(opts, &bin, &mut rec, progress).await,
                 None => Err(BenchError::Unexpected(format!(

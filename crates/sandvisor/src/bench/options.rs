@@ -26,6 +26,10 @@ pub enum Section {
     /// The Cloud Hypervisor backend with the tiny guest: create+boot,
     /// pause and resume, hot-plug ack. Not run by default.
     Clh,
+    /// VMs from a template against cold boots: `run -- true`, agent
+    /// answering, PSS of 10 clones. Not run by default (it mounts a tmpfs,
+    /// so it needs root).
+    Factory,
 }
 
 impl Section {
@@ -39,7 +43,7 @@ impl Section {
     ];
 
     /// Sections run only when asked for (`--only`).
-    pub const OPTIONAL: [Section; 2] = [Section::Firecracker, Section::Clh];
+    pub const OPTIONAL: [Section; 3] = [Section::Firecracker, Section::Clh, Section::Factory];
 
     /// Its name.
     pub fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Section {
             Section::Density => "density",
             Section::Firecracker => "firecracker",
             Section::Clh => "clh",
+            Section::Factory => "factory",
         }
     }
 }
@@ -71,7 +76,7 @@ impl FromStr for Section {
             .find(|x| x.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown section {s:?}: expected cold, lifecycle, hotplug, memory, density, firecracker or clh"
+                    "unknown section {s:?}: expected cold, lifecycle, hotplug, memory, density, firecracker, clh or factory"
                 )
             })
     }

@@ -381,12 +381,10 @@ impl Factory {
                     );
                     return boot_direct(id, self.kind, request, boot_timeout).await;
                 }
-                let started = Instant::now();
                 let mut vm = t
                     .clone_vm(&self.config, self.kind, id, boot_timeout)
                     .await?;
-                let left = boot_timeout.saturating_sub(started.elapsed());
-                match finish(&mut vm, &t.record().config, request, left).await {
+                match finish(&mut vm, &t.record().config, request).await {
                     Ok(()) => Ok(vm),
                     Err(e) => {
                         vm.discard().await;
@@ -394,6 +392,52 @@ impl Factory {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Where a VM that a supervisor boots in two steps (`create`, `start`)
+/// comes from: see [`Factory::place`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// The config to create the VM with: a clone of the template's, or the
+    /// request itself.
+    pub config: HypervisorConfig,
+    /// The request, when the VM is a clone: what [`finish_parts`] makes
+    /// it into after the start.
+    pub from_template: Option<HypervisorConfig>,
+}
+
+impl Factory {
+    /// The config a VM for `request` is created with, for callers that
+    /// create and start it themselves (the supervisor): the template's
+    /// clone config when `request` can come from the template, else
+    /// `request`. After the start, a clone goes through
+    /// [`finish_parts`] with the request this returns.
+    pub fn place(&self, request: &HypervisorConfig) -> Placement {
+        let direct = Placement {
+            config: request.clone(),
+            from_template: None,
+        };
+        let Source::Template(t) = &self.source else {
+            return direct;
+        };
+        let differences = template::differences(&t.record().config, request);
+        if !differences.is_empty() {
+            tracing::info!(
+                template = %t.dir().display(),
+                keys = differences.join(", "),
+                "the request differs from the template in more than vCPUs and memory: booting directly"
+            );
+            return direct;
+        }
+        let factory = FactoryConfig {
+            template_path: Some(t.dir().to_path_buf()),
+            ..self.config.clone()
+        };
+        Placement {
+            config: factory.from_template_vm_config(&t.record().config),
+            from_template: Some(request.clone()),
         }
     }
 }
@@ -457,48 +501,68 @@ pub async fn finish(
     vm: &mut FactoryVm,
     template: &HypervisorConfig,
     request: &HypervisorConfig,
-    timeout: Duration,
 ) -> Result<(), FactoryError> {
     if vm.origin == Origin::Direct {
         return Ok(());
     }
+    finish_parts(
+        vm.hypervisor.as_mut(),
+        &vm.agent,
+        &vm.id,
+        vm.origin,
+        template,
+        request,
+    )
+    .await
+}
+
+/// [`finish`] on a VM and agent held apart, as a supervisor holds them.
+///
+/// # Errors
+/// As [`finish`].
+pub async fn finish_parts(
+    hypervisor: &mut dyn Hypervisor,
+    agent: &AgentClient,
+    id: &str,
+    origin: Origin,
+    template: &HypervisorConfig,
+    request: &HypervisorConfig,
+) -> Result<(), FactoryError> {
     let started = Instant::now();
-    let id = vm.id.clone();
-    if vm.hypervisor.save().state == VmState::Paused {
-        vm.hypervisor
+    if hypervisor.save().state == VmState::Paused {
+        hypervisor
             .resume_sandbox()
             .await
-            .map_err(FactoryError::hv("resume", &id))?;
+            .map_err(FactoryError::hv("resume", id))?;
     }
     let mut entropy = vec![0u8; RESEED_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut entropy);
-    vm.agent
+    agent
         .reseed_rng(entropy)
         .await
-        .map_err(FactoryError::agent("reseed rng", &id))?;
-    vm.agent
+        .map_err(FactoryError::agent("reseed rng", id))?;
+    agent
         .set_time(SystemTime::now())
         .await
-        .map_err(FactoryError::agent("set time", &id))?;
+        .map_err(FactoryError::agent("set time", id))?;
     let more_cpus = request.num_vcpus.saturating_sub(template.num_vcpus);
     let more_mib = request.memory_size.saturating_sub(template.memory_size);
     if more_cpus > 0 {
-        vm.hypervisor
+        hypervisor
             .resize_vcpus(request.num_vcpus)
             .await
-            .map_err(FactoryError::hv("hot-add vCPUs to", &id))?;
+            .map_err(FactoryError::hv("hot-add vCPUs to", id))?;
     }
     let mut added_mib = 0;
     if more_mib > 0 {
-        let (now, _) = vm
-            .hypervisor
+        let (now, _) = hypervisor
             .resize_memory(request.memory_size, MEMORY_BLOCK_MIB, false)
             .await
-            .map_err(FactoryError::hv("hot-add memory to", &id))?;
+            .map_err(FactoryError::hv("hot-add memory to", id))?;
         added_mib = now.saturating_sub(template.memory_size);
     }
     if more_cpus > 0 || added_mib > 0 {
-        vm.agent
+        agent
             .online_cpu_mem(OnlineCpuMemRequest {
                 nb_cpus: more_cpus,
                 cpu_only: added_mib == 0,
@@ -507,15 +571,14 @@ pub async fn finish(
                 ..OnlineCpuMemRequest::default()
             })
             .await
-            .map_err(FactoryError::agent("online cpu/mem", &id))?;
+            .map_err(FactoryError::agent("online cpu/mem", id))?;
     }
     tracing::info!(
         id,
-        origin = %vm.origin,
+        %origin,
         more_cpus,
         added_mib,
         elapsed = ?started.elapsed(),
-        left = ?timeout.saturating_sub(started.elapsed()),
         "VM from the factory finished"
     );
     Ok(())

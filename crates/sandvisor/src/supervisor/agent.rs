@@ -89,6 +89,11 @@ pub async fn connect(
     Ok(Arc::new(Client(client)))
 }
 
+/// The supervisor's view of a connected agent client.
+pub fn from_client(client: AgentClient) -> Arc<dyn GuestAgent> {
+    Arc::new(Client(client))
+}
+
 /// The agent client, as the supervisor uses it.
 #[derive(Debug)]
 struct Client(AgentClient);

@@ -60,6 +60,9 @@ pub struct CreateSpec {
     pub hypervisor: HypervisorType,
     /// Its config, validated by `create`.
     pub config: HypervisorConfig,
+    /// For a clone of a VM template: the config asked for (see
+    /// [`crate::factory::Factory::place`]).
+    pub from_template: Option<HypervisorConfig>,
 }
 
 /// A VM that runs already, for a new sandbox to adopt.
@@ -213,6 +216,7 @@ impl Manager {
             config,
             dir.control_socket(),
         );
+        record.from_template = spec.from_template;
         if let Some(vm) = adopted {
             record.vmm = Some(crate::process::ProcessRef::of(vm.state.pid));
             record.hypervisor_state = Some(vm.state);

@@ -184,6 +184,10 @@ pub struct SandboxRecord {
     /// The backend's [`Hypervisor::save`](crate::Hypervisor::save) output,
     /// once the backend created the VM.
     pub hypervisor_state: Option<HypervisorState>,
+    /// For a VM cloned from a template: the config it was asked for, which
+    /// the start makes it into ([`crate::factory::finish_parts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_template: Option<HypervisorConfig>,
 }
 
 impl SandboxRecord {
@@ -212,6 +216,7 @@ impl SandboxRecord {
             last_error: None,
             config,
             hypervisor_state: None,
+            from_template: None,
         }
     }
 

@@ -341,14 +341,12 @@ pub async fn take(
     request: &HypervisorConfig,
     timeout: Duration,
 ) -> Result<FactoryVm, CacheError> {
-    let started = std::time::Instant::now();
     let mut client = CacheClient::connect(endpoint, CONNECT_TIMEOUT).await?;
     let cached = client.get_base_vm(kind, request).await?;
     let base = cached.config.clone();
     tracing::info!(id = cached.id, endpoint = %endpoint.display(), "VM taken from the cache");
     let mut vm = cached.resume(timeout).await?;
-    let left = timeout.saturating_sub(started.elapsed());
-    match finish(&mut vm, &base, request, left).await {
+    match finish(&mut vm, &base, request).await {
         Ok(()) => Ok(vm),
         Err(e) => {
             vm.discard().await;

@@ -456,12 +456,15 @@ impl Owner {
         self.persist().await;
         if let Some(address) = self.agent_address.clone() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match agent::connect(&address, left.max(Duration::from_secs(1))).await {
+            match self
+                .connect_agent(&address, left.max(Duration::from_secs(1)))
+                .await
+            {
                 Ok(a) => self.agent = Some(a),
                 Err(e) => {
                     // A VM whose agent never answers is of no use: stop it, as
                     // Kata does when the agent check after boot fails.
-                    let err = RemoteError::failed(&id, Op::Start, &e);
+                    let err = RemoteError::failed(&id, Op::Start, &*e);
                     tracing::error!("{err}; stopping the VM");
                     if let Err(e) = self.hv.stop_sandbox().await {
                         tracing::error!("stopping after a failed start: {e}");
@@ -474,6 +477,34 @@ impl Owner {
             }
         }
         Ok(())
+    }
+
+    /// Connects the agent; a VM cloned from a template is then made into
+    /// the one asked for (reseeded, its clock set, CPUs and memory added).
+    async fn connect_agent(
+        &mut self,
+        address: &AgentAddress,
+        wait: Duration,
+    ) -> Result<Arc<dyn GuestAgent>, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(request) = self.record.from_template.clone() else {
+            return Ok(agent::connect(address, wait).await?);
+        };
+        let client = crate::agent::AgentClient::connect(address, wait).await?;
+        let template = crate::factory::template::base_config(&self.record.config);
+        let id = self.id().clone();
+        crate::factory::finish_parts(
+            self.hv.as_mut(),
+            &client,
+            id.as_str(),
+            crate::factory::Origin::Template,
+            &template,
+            &request,
+        )
+        .await?;
+        self.record.vcpus = request.num_vcpus.max(template.num_vcpus);
+        self.record.memory_mib = request.memory_size.max(template.memory_size);
+        self.persist().await;
+        Ok(agent::from_client(client))
     }
 
     async fn pause_resume(&mut self, pause: bool) -> Result<(), RemoteError> {
