@@ -123,8 +123,9 @@ impl Cache {
         std::fs::read_to_string(self.env.runtime_dir().join("server.log")).unwrap_or_default()
     }
 
+    /// Where servers keep their ledgers.
     fn ledger_dir(&self) -> PathBuf {
-        self.env.runtime_dir().join("factory").join("cache")
+        self.env.runtime_dir().join("factory")
     }
 }
 

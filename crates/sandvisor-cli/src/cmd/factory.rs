@@ -131,7 +131,7 @@ async fn serve_cache(rc: &RuntimeConfig, timeout: Duration) -> CmdResult {
         hypervisor: rc.hypervisor,
         config: rc.config.clone(),
         boot_timeout: timeout,
-        ledger_dir: cache_ledger_dir(),
+        ledger_dir: cache_ledger_dir(&rc.factory),
     };
     emit(&format!(
         "VM cache server (pid {}) keeping {} VM(s) on {}\n",
@@ -144,9 +144,10 @@ async fn serve_cache(rc: &RuntimeConfig, timeout: Duration) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where a cache server keeps its ledger: under the runtime directory.
-fn cache_ledger_dir() -> std::path::PathBuf {
-    cache::ledger::default_dir(&sandvisor::paths::runtime_dir())
+/// Where the cache server of `factory` keeps its ledger: under the
+/// runtime directory.
+fn cache_ledger_dir(factory: &FactoryConfig) -> std::path::PathBuf {
+    cache::ledger::default_dir(&sandvisor::paths::runtime_dir(), &cache::endpoint(factory))
 }
 
 fn status(args: &ConfigArgs, json: bool) -> CmdResult {
@@ -158,7 +159,7 @@ fn status(args: &ConfigArgs, json: bool) -> CmdResult {
             .build()?;
         Some(rt.block_on(cache::admin::status(
             &cache::endpoint(&rc.factory),
-            &cache_ledger_dir(),
+            &cache_ledger_dir(&rc.factory),
         )))
     } else {
         None
@@ -231,7 +232,7 @@ fn destroy(args: &ConfigArgs) -> CmdResult {
             .enable_all()
             .build()?;
         let endpoint = cache::endpoint(factory);
-        let done = rt.block_on(cache::admin::destroy(&endpoint, &cache_ledger_dir()));
+        let done = rt.block_on(cache::admin::destroy(&endpoint, &cache_ledger_dir(factory)));
         let how = match (done.quit, done.killed) {
             (true, _) => "stopped".to_string(),
             (false, Some(pid)) => format!("killed (pid {pid})"),

@@ -156,7 +156,8 @@ pub(super) async fn rows(
     first_exec(opts, rec, progress, &cache_file, &endpoint, &mut server).await?;
     drop(server);
     // What the server recorded is gone with it.
-    let left = ledger::Ledger::new(ledger::default_dir(&crate::paths::runtime_dir())).vms();
+    let left =
+        ledger::Ledger::new(ledger::default_dir(&crate::paths::runtime_dir(), &endpoint)).vms();
     if !left.is_empty() {
         return Err(BenchError::Unexpected(format!(
             "{} cached VM(s) left after destroy",

@@ -2,7 +2,7 @@
 //! can stop it and its VMs even after the server was killed.
 //!
 //! ```text
-//! <ledger dir>/            (default <runtime>/factory/cache, mode 0700)
+//! <ledger dir>/            (<runtime>/factory/cache-<endpoint hash>, mode 0700)
 //!     server.json          the server: pid and start time, endpoint
 //!     boot-<id>.json       one VM being booted: its backend and directory
 //!     vm-<id>.json         one VM the server holds: its backend's save()
@@ -31,9 +31,15 @@ const SERVER_FILE: &str = "server.json";
 /// How long a VM left behind may take to go after SIGTERM.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// The ledger's default directory under the runtime directory.
-pub fn default_dir(runtime_dir: &Path) -> PathBuf {
-    runtime_dir.join("factory").join("cache")
+/// The ledger's directory for the server of `endpoint`, under the
+/// runtime directory: `factory/cache-<hash of the endpoint>`, so that
+/// servers on two endpoints never take each other's VMs for their own.
+pub fn default_dir(runtime_dir: &Path, endpoint: &Path) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(endpoint.as_os_str().as_encoded_bytes());
+    runtime_dir
+        .join("factory")
+        .join(format!("cache-{}", &hex::encode(digest)[..12]))
 }
 
 /// `server.json`.
