@@ -14,7 +14,7 @@ use crate::agent::{AgentAddress, AgentClient};
 use crate::backends::new_hypervisor;
 use crate::config::HypervisorConfig;
 use crate::factory::{boot_direct, finish, FactoryError, FactoryVm, Origin};
-use crate::hypervisor::{Hypervisor, HypervisorState};
+use crate::hypervisor::Hypervisor;
 use crate::hypervisor_type::HypervisorType;
 
 /// How long one call may take, `GetBaseVM` aside (it may wait for a boot).
@@ -229,19 +229,6 @@ impl CachedVm {
             agent,
             config: config.clone(),
         })
-    }
-
-    /// The backend's state, for a record that another process loads.
-    pub fn state(&self) -> HypervisorState {
-        self.hypervisor.save()
-    }
-
-    /// Hands the VM to another process: the handle lets go (the VM runs
-    /// on) and its state is returned, for that process to `load`.
-    pub async fn release(mut self) -> HypervisorState {
-        let state = self.hypervisor.save();
-        self.hypervisor.disconnect().await;
-        state
     }
 }
 

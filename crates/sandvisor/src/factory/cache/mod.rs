@@ -119,6 +119,12 @@ pub enum CacheError {
         #[source]
         source: serde_json::Error,
     },
+    /// The factory gave a VM whose agent client has no address to pass on.
+    #[error("VM {id} has no agent address to hand out with it")]
+    NoAgentAddress {
+        /// The VM.
+        id: String,
+    },
     /// `proxyURL` names no agent channel this side knows.
     #[error("bad agent address {0:?} from the VM cache: expected unix:PATH, vsock:CID:PORT or hvsock:PATH:PORT")]
     AgentUrl(String),

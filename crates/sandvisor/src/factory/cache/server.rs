@@ -89,8 +89,10 @@ impl Pool {
     }
 
     /// Makes one VM for the pool with the base factory (a direct boot, or
-    /// a clone of the template, finished), then closes the agent
-    /// connection, so the receiver can open its own, and pauses the guest.
+    /// a clone of the template, finished), tells its agent to finish its
+    /// boot work and end the session (`quiesce`), so the receiver finds
+    /// the drivers loaded and can open its own session, and pauses the
+    /// guest.
     /// A failure stops what was started.
     async fn boot(&self) -> Result<ReadyVm, CacheError> {
         let kind = self.config.hypervisor;
@@ -118,7 +120,15 @@ impl Pool {
             origin,
         } = vm;
         let address = agent.address().cloned();
+        // The agent finishes its lazy boot work (drivers, bus scans) and
+        // ends the session, so that neither waits for the receiver.
+        let quiesced = agent.quiesce().await;
         drop(agent);
+        if let Err(source) = quiesced {
+            let _ = hypervisor.stop_sandbox().await;
+            let _ = hypervisor.cleanup().await;
+            return Err(CacheError::Agent { id, source });
+        }
         let paused = match address {
             Some(address) => hypervisor
                 .pause_sandbox()
@@ -129,7 +139,7 @@ impl Pool {
                     id: id.clone(),
                     source: Box::new(source),
                 }),
-            None => Err(CacheError::AgentUrl(String::new())),
+            None => Err(CacheError::NoAgentAddress { id: id.clone() }),
         };
         let recorded = paused.and_then(|address| {
             let pid = hypervisor.pids().first().copied().unwrap_or(0);
