@@ -190,6 +190,16 @@ pub enum FactoryError {
         #[source]
         source: Box<HypervisorError>,
     },
+    /// The guest agent predates the factory's requests.
+    #[error("the guest agent of VM {id} (version {agent_version}) does not know `{request}`: rebuild the initrd with this sandvisor (`sandvisor image build`)")]
+    AgentTooOld {
+        /// The VM.
+        id: String,
+        /// The request it refused.
+        request: &'static str,
+        /// The agent's version.
+        agent_version: String,
+    },
     /// The guest agent of a VM from the factory failed a request.
     #[error("guest agent of VM {id}: {op}")]
     Agent {
@@ -216,6 +226,37 @@ impl FactoryError {
     fn agent(op: &'static str, id: &str) -> impl FnOnce(ClientError) -> FactoryError {
         let id = id.to_string();
         move |source| FactoryError::Agent { op, id, source }
+    }
+
+    /// The error of `request` (one the factory added to the protocol),
+    /// which an older agent answers `malformed`: then it says so.
+    fn new_request(
+        request: &'static str,
+        id: &str,
+        agent: &AgentClient,
+    ) -> impl FnOnce(ClientError) -> FactoryError {
+        Self::new_request_of(request, id, agent.agent_version())
+    }
+
+    fn new_request_of(
+        request: &'static str,
+        id: &str,
+        agent_version: &str,
+    ) -> impl FnOnce(ClientError) -> FactoryError {
+        let id = id.to_string();
+        let agent_version = agent_version.to_string();
+        move |source| match source.agent_error() {
+            Some(sandvisor_proto::AgentError::Malformed { .. }) => FactoryError::AgentTooOld {
+                id,
+                request,
+                agent_version,
+            },
+            _ => FactoryError::Agent {
+                op: request,
+                id,
+                source,
+            },
+        }
     }
 }
 
@@ -540,7 +581,7 @@ pub async fn finish_parts(
     agent
         .reseed_rng(entropy)
         .await
-        .map_err(FactoryError::agent("reseed rng", id))?;
+        .map_err(FactoryError::new_request("reseed_rng", id, agent))?;
     agent
         .set_time(SystemTime::now())
         .await
@@ -582,4 +623,43 @@ pub async fn finish_parts(
         "VM from the factory finished"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandvisor_proto::AgentError;
+
+    #[test]
+    fn an_agent_that_does_not_know_a_factory_request_is_called_too_old() {
+        let malformed = ClientError::Agent {
+            op: "quiesce",
+            source: AgentError::Malformed {
+                reason: "unknown variant `quiesce`".into(),
+            },
+        };
+        let e = FactoryError::new_request_of("quiesce", "vm1", "0.0.9")(malformed);
+        assert!(
+            matches!(&e, FactoryError::AgentTooOld { request: "quiesce", agent_version, .. } if agent_version == "0.0.9"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("sandvisor image build"), "{e}");
+        let other =
+            FactoryError::new_request_of("quiesce", "vm1", "0.1.0")(ClientError::Disconnected);
+        assert!(matches!(other, FactoryError::Agent { .. }), "{other}");
+    }
+
+    #[test]
+    fn no_vm_cache_in_this_build_is_a_typed_error() {
+        let fc = FactoryConfig {
+            vm_cache_number: 2,
+            ..FactoryConfig::default()
+        };
+        let e = Factory::new(&fc, &HypervisorConfig::default(), HypervisorType::Qemu)
+            .expect_err("no cache");
+        assert!(
+            matches!(e, FactoryError::CacheNotInBuild { number: 2 }),
+            "{e}"
+        );
+    }
 }

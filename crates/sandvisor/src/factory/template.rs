@@ -473,7 +473,7 @@ async fn make(
         agent
             .quiesce()
             .await
-            .map_err(FactoryError::agent("quiesce", &id))?;
+            .map_err(FactoryError::new_request("quiesce", &id, &agent))?;
         drop(agent);
         hypervisor
             .pause_sandbox()
@@ -704,6 +704,77 @@ mod tests {
         assert!(Template::open(&dir.path().join("none"))
             .expect("ok")
             .is_none());
+    }
+
+    #[test]
+    fn the_builtin_config_uses_a_template_only_when_one_was_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tpl = dir.path().join("template");
+        let asset = dir.path().join("initrd.img");
+        std::fs::write(&asset, b"initrd").expect("write");
+        let mut c = base();
+        c.kernel_path = None;
+        c.initrd_path = Some(asset);
+        let fc = FactoryConfig {
+            template_path: Some(tpl.clone()),
+            ..FactoryConfig::default()
+        };
+        let kind = HypervisorType::Qemu;
+        let f = crate::factory::Factory::for_builtin(&fc, &c, kind).expect("direct");
+        assert!(!f.uses_template(), "no template made: direct boots");
+
+        std::fs::create_dir(&tpl).expect("mkdir");
+        for name in ["memory", "state"] {
+            std::fs::write(tpl.join(name), b"").expect("write");
+        }
+        let assets = stamps(&c).expect("stamps");
+        let record = TemplateRecord {
+            format: RECORD_FORMAT,
+            hypervisor: kind,
+            config_hash: config_hash(kind, &c, &assets),
+            config: c.clone(),
+            assets,
+            created_unix_secs: 0,
+        };
+        write_record(&tpl, &record).expect("record");
+        let f = crate::factory::Factory::for_builtin(&fc, &c, kind).expect("template");
+        assert!(f.uses_template(), "a template made: clones");
+        let placed = f.place(&c);
+        assert!(placed.config.boot_from_template);
+        assert_eq!(placed.config.memory_path, Some(tpl.join("memory")));
+        assert_eq!(placed.from_template.as_ref(), Some(&c));
+
+        // Made for another hypervisor: refused as stale, never booted.
+        let f = crate::factory::Factory::new(
+            &FactoryConfig {
+                enable_template: true,
+                ..fc.clone()
+            },
+            &c,
+            kind,
+        );
+        assert!(f.is_ok());
+        let mut other = record.clone();
+        other.hypervisor = HypervisorType::Clh;
+        write_record(&tpl, &other).expect("record");
+        let err = crate::factory::Factory::for_builtin(&fc, &c, kind).expect_err("stale");
+        assert!(err.to_string().contains("sandvisor factory init"), "{err}");
+
+        let removed = destroy(&fc).expect("destroy");
+        assert!(removed && !tpl.exists());
+    }
+
+    #[test]
+    fn destroy_leaves_a_directory_with_other_files_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("memory"), b"").expect("write");
+        std::fs::write(dir.path().join("precious"), b"keep").expect("write");
+        let fc = FactoryConfig {
+            template_path: Some(dir.path().to_path_buf()),
+            ..FactoryConfig::default()
+        };
+        assert!(destroy(&fc).is_err(), "not only a template's files");
+        assert!(dir.path().join("precious").is_file());
     }
 
     #[test]
