@@ -650,16 +650,23 @@ mod tests {
     }
 
     #[test]
-    fn no_vm_cache_in_this_build_is_a_typed_error() {
+    fn a_vm_cache_number_makes_a_client_of_the_cache() {
         let fc = FactoryConfig {
             vm_cache_number: 2,
             ..FactoryConfig::default()
         };
-        let e = Factory::new(&fc, &HypervisorConfig::default(), HypervisorType::Qemu)
-            .expect_err("no cache");
+        let f = Factory::new(&fc, &HypervisorConfig::default(), HypervisorType::Qemu)
+            .expect("a cache client");
         assert!(
-            matches!(e, FactoryError::CacheNotInBuild { number: 2 }),
-            "{e}"
+            matches!(&f.source, Source::Cache(p) if p.as_os_str() == cache::DEFAULT_ENDPOINT),
+            "{f:?}"
         );
+        let fc = FactoryConfig {
+            vm_cache_endpoint: Some("/tmp/x/cache.sock".into()),
+            ..fc
+        };
+        let f = Factory::new(&fc, &HypervisorConfig::default(), HypervisorType::Qemu)
+            .expect("a cache client");
+        assert!(matches!(&f.source, Source::Cache(p) if p.as_os_str() == "/tmp/x/cache.sock"));
     }
 }
