@@ -6,14 +6,19 @@
 //! - `status` says what exists: the template's path, size, age and config
 //!   hash, and whether it is current.
 //! - `destroy` unmounts and removes the template.
+//! - With `vm_cache_number > 0`: `init` runs the VM cache server in the
+//!   foreground until `destroy` or SIGINT/SIGTERM; `status` shows its VMs
+//!   ready and handed out; `destroy` stops it (`Quit`, or by its pid when
+//!   it does not answer) and every VM it still holds.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use sandvisor::config::kata::{load_config, FactoryConfig, RuntimeConfig};
+use sandvisor::factory::cache::{self, CacheConfig, CacheServer};
 use sandvisor::factory::template::{self, InitOutcome, TemplateStatus};
-use sandvisor::factory::{FactoryError, FactoryStatus};
+use sandvisor::factory::{Factory, FactoryError, FactoryStatus};
 
 use super::env::emit;
 use super::CmdResult;
@@ -86,14 +91,10 @@ fn source_name(rc: &RuntimeConfig) -> String {
 
 async fn init(args: &ConfigArgs, timeout: Duration) -> CmdResult {
     let rc = load(args)?;
-    // VM CACHE: with vm_cache_number > 0, `init` runs the cache server
-    // (`sandvisor::factory::cache`) in the foreground until `destroy` or a
-    // signal. This build has no cache.
+    // With vm_cache_number > 0, `init` runs the cache server in the
+    // foreground until `destroy` or a signal.
     if rc.factory.vm_cache_number > 0 {
-        return Err(FactoryError::CacheNotInBuild {
-            number: rc.factory.vm_cache_number,
-        }
-        .into());
+        return serve_cache(&rc, timeout).await;
     }
     if !rc.factory.enable_template {
         return Err(FactoryError::NotEnabled {
@@ -112,15 +113,68 @@ async fn init(args: &ConfigArgs, timeout: Duration) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs the VM cache server of `rc` until `destroy` (its `Quit`), SIGINT
+/// or SIGTERM. With `enable_template`, the template is made first (or
+/// kept) and the cached VMs are its clones.
+async fn serve_cache(rc: &RuntimeConfig, timeout: Duration) -> CmdResult {
+    if rc.factory.enable_template {
+        template::init(&rc.factory, &rc.config, rc.hypervisor, timeout).await?;
+    }
+    let base_factory = FactoryConfig {
+        vm_cache_number: 0,
+        ..rc.factory.clone()
+    };
+    let base = Factory::new(&base_factory, &rc.config, rc.hypervisor)?;
+    let config = CacheConfig {
+        number: rc.factory.vm_cache_number,
+        endpoint: cache::endpoint(&rc.factory),
+        hypervisor: rc.hypervisor,
+        config: rc.config.clone(),
+        boot_timeout: timeout,
+        ledger_dir: cache_ledger_dir(&rc.factory),
+    };
+    emit(&format!(
+        "VM cache server (pid {}) keeping {} VM(s) on {}\n",
+        std::process::id(),
+        config.number,
+        config.endpoint.display()
+    ))?;
+    CacheServer::serve(config, base, super::run::interrupted()).await?;
+    emit("VM cache server stopped\n")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the cache server of `factory` keeps its ledger: under the
+/// runtime directory.
+fn cache_ledger_dir(factory: &FactoryConfig) -> std::path::PathBuf {
+    cache::ledger::default_dir(&sandvisor::paths::runtime_dir(), &cache::endpoint(factory))
+}
+
 fn status(args: &ConfigArgs, json: bool) -> CmdResult {
     let rc = load(args)?;
     let tpl = template::status(&rc.factory)?;
+    let cache = if rc.factory.vm_cache_number > 0 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Some(rt.block_on(cache::admin::status(
+            &cache::endpoint(&rc.factory),
+            &cache_ledger_dir(&rc.factory),
+        )))
+    } else {
+        None
+    };
     if json {
-        let all = FactoryStatus { template: tpl };
+        let all = FactoryStatus {
+            template: tpl,
+            cache,
+        };
         emit(&(serde_json::to_string_pretty(&all)? + "\n"))?;
     } else {
         emit(&render_template(&tpl))?;
-        // VM CACHE: the cache's section (VMs ready, in use) goes here.
+        if let Some(c) = &cache {
+            emit(&c.render())?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -172,8 +226,29 @@ fn human_age(secs: u64) -> String {
 fn destroy(args: &ConfigArgs) -> CmdResult {
     let rc = load(args)?;
     let factory: &FactoryConfig = &rc.factory;
-    // VM CACHE: `destroy` also stops the cache server and every VM it
-    // still holds.
+    // The cache server and every VM it still holds go first.
+    if factory.vm_cache_number > 0 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let endpoint = cache::endpoint(factory);
+        let done = rt.block_on(cache::admin::destroy(&endpoint, &cache_ledger_dir(factory)));
+        let how = match (done.quit, done.killed) {
+            (true, _) => "stopped".to_string(),
+            (false, Some(pid)) => format!("killed (pid {pid})"),
+            (false, None) => "not running".to_string(),
+        };
+        emit(&format!(
+            "VM cache server on {} {how}\n",
+            endpoint.display()
+        ))?;
+        if !done.stopped.is_empty() {
+            emit(&format!(
+                "stopped {} VM(s) it had left\n",
+                done.stopped.len()
+            ))?;
+        }
+    }
     let removed = template::destroy(factory)?;
     let dir = factory.template_dir();
     let line = if removed {

@@ -39,6 +39,9 @@ pub fn block_on<F: Future>(fut: F) -> Result<F::Output, Box<dyn std::error::Erro
     Ok(out)
 }
 
+/// How long a VM taken from the cache may take to answer after resuming.
+const CACHE_TAKE_TIMEOUT_SECS: u64 = 30;
+
 /// Arguments of `sandvisor create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -76,7 +79,25 @@ pub fn create(args: CreateArgs) -> CmdResult {
         from_template: placement.from_template,
     };
     let manager = manager()?;
-    let record = block_on(manager.create(spec))??;
+    let record = block_on(async {
+        // With a VM cache, the sandbox adopts one of its VMs; when it does
+        // not answer (logged), the VM is created as usual.
+        if runtime.factory.vm_cache_number > 0 {
+            let endpoint = sandvisor::factory::cache::endpoint(&runtime.factory);
+            let timeout = Duration::from_secs(CACHE_TAKE_TIMEOUT_SECS);
+            if let Some(vm) = sandvisor::factory::cache::try_take(
+                &endpoint,
+                runtime.hypervisor,
+                &runtime.config,
+                timeout,
+            )
+            .await
+            {
+                return manager.create_from_cache(spec, vm).await;
+            }
+        }
+        manager.create(spec).await
+    })??;
     println!("{}", record.id);
     Ok(ExitCode::SUCCESS)
 }

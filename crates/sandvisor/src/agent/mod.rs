@@ -179,6 +179,8 @@ pub struct AgentClient {
     timeout: Duration,
     agent_version: String,
     features: Vec<String>,
+    /// Where it connected, when [`AgentClient::connect`] made it.
+    address: Option<AgentAddress>,
 }
 
 impl Drop for AgentClient {
@@ -348,6 +350,7 @@ impl AgentClient {
                         Ok((version, features)) => {
                             client.agent_version = version;
                             client.features = features;
+                            client.address = Some(addr.clone());
                             return Ok(client);
                         }
                         Err(e @ ClientError::Agent { .. }) => return Err(e),
@@ -384,7 +387,14 @@ impl AgentClient {
             timeout: DEFAULT_TIMEOUT,
             agent_version: String::new(),
             features: Vec::new(),
+            address: None,
         }
+    }
+
+    /// Where the agent listens, when this client connected to it by
+    /// address (the VM cache passes it on to a VM's next owner).
+    pub fn address(&self) -> Option<&AgentAddress> {
+        self.address.as_ref()
     }
 
     /// Sets the timeout of each call (default [`DEFAULT_TIMEOUT`]).

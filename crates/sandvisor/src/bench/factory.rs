@@ -155,7 +155,8 @@ pub(super) async fn section(
 
     run_true(opts, rec, progress, &cold_file, &tpl_file)?;
     agent_ready(opts, rec, progress, &fc, &base, kind).await?;
-    pss(opts, rec, progress, &fc, &base, kind).await
+    pss(opts, rec, progress, &fc, &base, kind).await?;
+    super::cache::rows(opts, rec, progress, &cold_file, dir.path()).await
 }
 
 /// `run -- true` as a process, cold against the template.

@@ -30,7 +30,9 @@
 //! - **factory** (only with `--only factory`): VMs from a template in a
 //!   temporary directory against cold boots of the same config: `run --
 //!   true` as a process, the agent answering, PSS of 10 clones against a
-//!   cold VM's (see `factory.rs`).
+//!   cold VM's (see `factory.rs`); and a VM cache of two against cold
+//!   boots: `run -- true`, and a handout to its first exec result (see
+//!   `cache.rs`).
 //!
 //! - **firecracker** (only with `--only firecracker`): the Firecracker
 //!   backend with the tiny PVH guest: API boot (also jailed), pause and
@@ -43,6 +45,7 @@ pub mod chart;
 pub mod report;
 pub mod stats;
 
+mod cache;
 mod clh;
 mod cli;
 mod cold;

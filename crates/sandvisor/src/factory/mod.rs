@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | direct | boots the VM from its kernel and initrd | [`Factory::get_vm`] |
 //! | template | restores a clone of a VM saved once by `sandvisor factory init` | [`template`] |
-//! | cache | hands out a VM a cache server keeps booted and paused | `cache` (`vm_cache_number > 0`) |
+//! | cache | hands out a VM a cache server keeps booted and paused | [`cache`] (`vm_cache_number > 0`) |
 //!
 //! [`Factory::new`] picks the source from the `[factory]` section;
 //! [`Factory::get_vm`] returns a [`FactoryVm`] whose agent answers. A VM
@@ -28,6 +28,7 @@
 //! remakes it, and `run` refuses it, saying to run `sandvisor factory
 //! init`.
 
+pub mod cache;
 pub mod template;
 
 use std::path::PathBuf;
@@ -166,12 +167,9 @@ pub enum FactoryError {
         /// The file.
         file: String,
     },
-    /// `vm_cache_number > 0`, and this build has no VM cache.
-    #[error("vm_cache_number = {number} asks for a VM cache, which is not in this build; set vm_cache_number = 0")]
-    CacheNotInBuild {
-        /// The configured number.
-        number: u32,
-    },
+    /// The VM cache failed.
+    #[error("VM cache")]
+    Cache(#[source] Box<cache::CacheError>),
     /// Booting a VM (the template, or one directly) failed.
     #[error("cannot boot VM {id}")]
     Boot {
@@ -267,6 +265,9 @@ impl FactoryError {
 pub struct FactoryStatus {
     /// The template.
     pub template: TemplateStatus,
+    /// The VM cache, when `vm_cache_number > 0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<cache::admin::CacheReport>,
 }
 
 /// Where VMs come from.
@@ -276,6 +277,9 @@ enum Source {
     Direct,
     /// Clone the template.
     Template(Box<Template>),
+    /// Take a VM from the cache server on this endpoint; boot directly
+    /// when it does not answer.
+    Cache(PathBuf),
 }
 
 /// A factory: the `[factory]` section, the base config, and what it found
@@ -294,8 +298,7 @@ impl Factory {
     ///
     /// # Errors
     /// [`FactoryError::Rule`] for a config templates cannot use,
-    /// [`FactoryError::NoTemplate`] or [`FactoryError::StaleTemplate`],
-    /// [`FactoryError::CacheNotInBuild`].
+    /// [`FactoryError::NoTemplate`] or [`FactoryError::StaleTemplate`].
     pub fn new(
         factory: &FactoryConfig,
         base: &HypervisorConfig,
@@ -315,14 +318,11 @@ impl Factory {
         kind: HypervisorType,
         config_file: Option<&std::path::Path>,
     ) -> Result<Factory, FactoryError> {
-        // VM CACHE: `vm_cache_number > 0` is served by `cache` (Kata's
-        // cache over a direct or template base). This build has no cache.
-        if factory.vm_cache_number > 0 {
-            return Err(FactoryError::CacheNotInBuild {
-                number: factory.vm_cache_number,
-            });
-        }
-        let source = if factory.enable_template {
+        // `vm_cache_number > 0`: a client of the cache server (Kata's
+        // grpccache); the server's own base is this without the cache.
+        let source = if factory.vm_cache_number > 0 {
+            Source::Cache(cache::endpoint(factory))
+        } else if factory.enable_template {
             crate::config::kata::check_template_rules(kind, base).map_err(FactoryError::Rule)?;
             let dir = factory.template_dir();
             let Some(template) = Template::open(&dir)? else {
@@ -408,6 +408,9 @@ impl Factory {
     ) -> Result<FactoryVm, FactoryError> {
         match &self.source {
             Source::Direct => boot_direct(id, self.kind, request, boot_timeout).await,
+            Source::Cache(endpoint) => {
+                cache::get_vm(endpoint, self.kind, id, request, boot_timeout).await
+            }
             Source::Template(t) => {
                 let differences = template::differences(&t.record().config, request);
                 if !differences.is_empty() {
@@ -647,16 +650,23 @@ mod tests {
     }
 
     #[test]
-    fn no_vm_cache_in_this_build_is_a_typed_error() {
+    fn a_vm_cache_number_makes_a_client_of_the_cache() {
         let fc = FactoryConfig {
             vm_cache_number: 2,
             ..FactoryConfig::default()
         };
-        let e = Factory::new(&fc, &HypervisorConfig::default(), HypervisorType::Qemu)
-            .expect_err("no cache");
+        let f = Factory::new(&fc, &HypervisorConfig::default(), HypervisorType::Qemu)
+            .expect("a cache client");
         assert!(
-            matches!(e, FactoryError::CacheNotInBuild { number: 2 }),
-            "{e}"
+            matches!(&f.source, Source::Cache(p) if p.as_os_str() == cache::DEFAULT_ENDPOINT),
+            "{f:?}"
         );
+        let fc = FactoryConfig {
+            vm_cache_endpoint: Some("/tmp/x/cache.sock".into()),
+            ..fc
+        };
+        let f = Factory::new(&fc, &HypervisorConfig::default(), HypervisorType::Qemu)
+            .expect("a cache client");
+        assert!(matches!(&f.source, Source::Cache(p) if p.as_os_str() == "/tmp/x/cache.sock"));
     }
 }

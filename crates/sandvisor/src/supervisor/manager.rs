@@ -67,6 +67,12 @@ pub struct CreateSpec {
     pub from_template: Option<HypervisorConfig>,
 }
 
+/// A VM that runs already, for a new sandbox to adopt.
+struct Adopted {
+    state: crate::hypervisor::HypervisorState,
+    agent: super::agent::AgentAddress,
+}
+
 /// The sandboxes under one runtime directory.
 #[derive(Debug, Clone)]
 pub struct Manager {
@@ -122,6 +128,63 @@ impl Manager {
     /// # Errors
     /// An invalid config, an id in use, or the supervisor's failure.
     pub async fn create(&self, spec: CreateSpec) -> Result<SandboxRecord, SupervisorError> {
+        self.create_with(spec, None).await
+    }
+
+    /// [`Manager::create`] of a sandbox around `vm`, a VM from the cache
+    /// that runs already, finished for `spec.config`: its supervisor adopts
+    /// the VM instead of creating one, and `start` only connects to its
+    /// agent. The sandbox takes the VM's id when `spec` names none. A
+    /// failed create stops the VM.
+    ///
+    /// # Errors
+    /// As [`Manager::create`]; also a VM whose agent has no address.
+    pub async fn create_from_cache(
+        &self,
+        mut spec: CreateSpec,
+        vm: crate::factory::FactoryVm,
+    ) -> Result<SandboxRecord, SupervisorError> {
+        if spec.id.is_none() {
+            spec.id = vm.id.parse::<SandboxId>().ok();
+        }
+        let crate::factory::FactoryVm {
+            id,
+            mut hypervisor,
+            agent,
+            ..
+        } = vm;
+        let Some(address) = agent.address().cloned() else {
+            let _ = hypervisor.stop_sandbox().await;
+            let _ = hypervisor.cleanup().await;
+            return Err(SupervisorError::Io {
+                op: "find the agent address of cached VM",
+                path: PathBuf::from(id),
+                source: std::io::Error::other("the agent client has no address"),
+            });
+        };
+        // The supervisor opens the agent's one connection.
+        drop(agent);
+        let adopted = Adopted {
+            state: hypervisor.save(),
+            agent: address,
+        };
+        // QEMU serves one QMP client at a time: this handle lets go before
+        // the supervisor connects. It can still stop the VM if the create
+        // fails.
+        hypervisor.disconnect().await;
+        let created = self.create_with(spec, Some(adopted)).await;
+        if created.is_err() {
+            let _ = hypervisor.stop_sandbox().await;
+            let _ = hypervisor.cleanup().await;
+        }
+        created
+    }
+
+    async fn create_with(
+        &self,
+        spec: CreateSpec,
+        adopted: Option<Adopted>,
+    ) -> Result<SandboxRecord, SupervisorError> {
         let mut config = spec.config;
         config.validate()?;
         let dir = match spec.id {
@@ -156,6 +219,11 @@ impl Manager {
             dir.control_socket(),
         );
         record.from_template = spec.from_template;
+        if let Some(vm) = adopted {
+            record.vmm = Some(crate::process::ProcessRef::of(vm.state.pid));
+            record.hypervisor_state = Some(vm.state);
+            record.agent = Some(vm.agent);
+        }
         let created = async {
             record.store(&dir.state_file()).await?;
             self.launch(&dir, LaunchMode::Create).await

@@ -193,11 +193,31 @@ impl Owner {
         let id = dir.id().clone();
         let mut hv = new_hypervisor(record.hypervisor);
         let agent_address = match (mode, record.status) {
+            // A VM from the cache: it runs; `start` connects to its agent.
+            (LaunchMode::Create, status) if record.hypervisor_state.is_some() => {
+                Op::Create.check(&id, status)?;
+                let state = record.hypervisor_state.clone().unwrap_or_default();
+                hv.load(state)
+                    .await
+                    .map_err(|e| RemoteError::from_hypervisor(&id, Op::Create, &e))?;
+                record.status = SandboxStatus::Created;
+                record.agent.clone()
+            }
             (LaunchMode::Create, status) => {
                 Op::Create.check(&id, status)?;
                 let address = create_vm(&mut *hv, &id, &record).await?;
                 record.status = SandboxStatus::Created;
                 address
+            }
+            // Created around a VM from the cache, which runs.
+            (LaunchMode::Reattach, SandboxStatus::Created)
+                if record.vmm.is_some() && record.hypervisor_state.is_some() =>
+            {
+                let state = record.hypervisor_state.clone().unwrap_or_default();
+                hv.load(state)
+                    .await
+                    .map_err(|e| RemoteError::from_hypervisor(&id, Op::Reattach, &e))?;
+                record.agent.clone()
             }
             // Nothing runs yet, so there is nothing to re-attach to: the VM
             // is prepared again, as `create` did.
@@ -413,7 +433,17 @@ impl Owner {
     async fn start(&mut self, timeout: Duration) -> Result<(), RemoteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let id = self.id().clone();
-        if let Err(e) = self.hv.start_sandbox(timeout).await {
+        // A VM adopted from the cache runs already (paused, if someone
+        // paused it): it is resumed.
+        let started = if self.adopted() {
+            match self.hv.save().state {
+                crate::hypervisor::VmState::Paused => self.hv.resume_sandbox().await,
+                _ => Ok(()),
+            }
+        } else {
+            self.hv.start_sandbox(timeout).await
+        };
+        if let Err(e) = started {
             let err = RemoteError::from_hypervisor(&id, Op::Start, &e);
             self.record.last_error = Some(err.clone());
             self.persist().await;
@@ -516,8 +546,14 @@ impl Owner {
         saved
     }
 
+    /// Whether the sandbox is created around a VM from the cache, whose
+    /// VMM runs before `start`.
+    fn adopted(&self) -> bool {
+        self.record.status == SandboxStatus::Created && self.record.vmm.is_some()
+    }
+
     async fn stop(&mut self) -> Result<(), RemoteError> {
-        if self.record.status == SandboxStatus::Created {
+        if self.record.status == SandboxStatus::Created && !self.adopted() {
             // Nothing runs yet.
             self.record.status = SandboxStatus::Stopped;
             self.persist().await;
