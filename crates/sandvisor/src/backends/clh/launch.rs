@@ -84,7 +84,7 @@ impl Clh {
             .paths
             .clone()
             .expect("create_sandbox set the paths before the state became Created");
-        std::fs::create_dir_all(&paths.dir).map_err(|source| ClhError::Dir {
+        crate::private::create_dir_all(&paths.dir).map_err(|source| ClhError::Dir {
             action: "create",
             path: paths.dir.clone(),
             source,

@@ -491,7 +491,7 @@ impl Hypervisor for Clh {
             (Some(dir), true) => dir.clone(),
             _ => paths.snapshot.clone(),
         };
-        std::fs::create_dir_all(&dir).map_err(|source| {
+        crate::private::create_dir_all(&dir).map_err(|source| {
             Error::from(ClhError::Dir {
                 action: "create",
                 path: dir.clone(),
