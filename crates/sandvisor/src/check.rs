@@ -11,6 +11,8 @@
 //! exist, and guest code can run: KVM usable, or `accel` allowing TCG. Each
 //! failing item says what to do.
 
+pub mod posture;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -566,6 +568,7 @@ pub async fn run_check(
     }
 
     items.extend(vmm_inventory(options.vmm_timeout).await);
+    items.extend(posture::items(runtime.as_ref()));
 
     let startable = !items.iter().any(CheckItem::blocks);
     CheckReport {

@@ -37,6 +37,9 @@ pub mod api;
 mod error;
 mod hotplug;
 mod launch;
+
+/// Cloud Hypervisor's command line, for `check`'s posture.
+pub(crate) use launch::command_args;
 pub mod resize;
 pub mod vm_config;
 
