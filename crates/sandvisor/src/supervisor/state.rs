@@ -240,8 +240,16 @@ impl SandboxRecord {
                 path: path.to_path_buf(),
                 source,
             })?;
+        Self::from_slice(&bytes, path)
+    }
+
+    /// Decodes a record read from `path` (named in errors).
+    ///
+    /// # Errors
+    /// [`StateError::Corrupt`] or [`StateError::Version`].
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self, StateError> {
         let version: VersionOnly =
-            serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+            serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -251,7 +259,7 @@ impl SandboxRecord {
                 found: version.version,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+        serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
             path: path.to_path_buf(),
             source,
         })
