@@ -6,5 +6,9 @@ use sandvisor::agent::transport::check_hybrid_reply;
 
 fuzz_target!(|data: &[u8]| {
     let ok = check_hybrid_reply(data, 1024).is_ok();
-    assert_eq!(ok, data.starts_with(b"OK "), "only `OK ` lets a connection through");
+    assert_eq!(
+        ok,
+        data.starts_with(b"OK "),
+        "only `OK ` lets a connection through"
+    );
 });

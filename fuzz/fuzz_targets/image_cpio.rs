@@ -13,13 +13,21 @@ fuzz_target!(|data: &[u8]| {
         let Ok(name) = std::str::from_utf8(name) else {
             continue;
         };
-        archive.add(name, Entry::File {
+        archive.add(
+            name,
+            Entry::File {
                 mode: 0o644,
                 data: body.to_vec(),
-            });
+            },
+        );
     }
     let mut out = Vec::new();
-    archive.write_to(&mut out).expect("writing to memory succeeds");
+    archive
+        .write_to(&mut out)
+        .expect("writing to memory succeeds");
     assert_eq!(out.len() % 4, 0, "cpio archives are 4-byte aligned");
-    assert!(out.windows(10).any(|w| w == b"TRAILER!!!"), "ends with the trailer");
+    assert!(
+        out.windows(10).any(|w| w == b"TRAILER!!!"),
+        "ends with the trailer"
+    );
 });

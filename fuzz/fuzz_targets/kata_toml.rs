@@ -18,7 +18,13 @@ fuzz_target!(|data: &[u8]| {
         daemon: Err("no vhost-device-vsock".into()),
     };
     for vsock in [VsockHost::vhost_vsock(), no_vsock] {
-        if let Ok(rc) = parse_config(text, Path::new("/fuzz/configuration.toml"), None, host, &vsock) {
+        if let Ok(rc) = parse_config(
+            text,
+            Path::new("/fuzz/configuration.toml"),
+            None,
+            host,
+            &vsock,
+        ) {
             let mut config = rc.config;
             let _ = config.validate();
         }

@@ -243,6 +243,15 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_an_ok_line_lets_a_hybrid_connection_through() {
+        assert!(check_hybrid_reply(b"OK 1073741824", 1024).is_ok());
+        let err = check_hybrid_reply(b"ERR no listener", 1024).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(err.to_string().contains("CONNECT 1024"), "{err}");
+        assert!(check_hybrid_reply(b"", 1024).is_err());
+    }
+
     #[tokio::test]
     async fn hybrid_vsock_handshake() {
         let dir = tempfile::tempdir().expect("tempdir");
