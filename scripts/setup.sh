@@ -179,6 +179,19 @@ else
   cargo install --locked --quiet vhost-device-vsock
 fi
 
+# Fuzzing (make fuzz, or CI with SANDVISOR_FUZZ=1) needs a nightly
+# toolchain and cargo-fuzz; nothing else does, so only then.
+if [ "${SANDVISOR_FUZZ:-0}" = 1 ]; then
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "setup: installing the nightly toolchain for fuzzing" >&2
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz" >&2
+    cargo install --locked cargo-fuzz
+  fi
+fi
+
 echo "setup: building sandvisor" >&2
 cargo build --release -p sandvisor-cli
 # The agent runs as the guest's PID 1 with no libraries around it, so it is

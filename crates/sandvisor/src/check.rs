@@ -11,6 +11,8 @@
 //! exist, and guest code can run: KVM usable, or `accel` allowing TCG. Each
 //! failing item says what to do.
 
+pub mod posture;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -191,6 +193,16 @@ pub async fn vmm_version(vmm: &Path, timeout: Duration) -> Result<String, String
         .map_err(|e| error_chain(&e))
 }
 
+/// Why `p`, which should be a file, is not: it is missing, or it is
+/// something else (a directory given for a binary is a common slip).
+fn not_a_file(p: &Path) -> String {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => format!("{} is a directory, not a file", p.display()),
+        Ok(_) => format!("{} is not a regular file", p.display()),
+        Err(_) => format!("{} is missing", p.display()),
+    }
+}
+
 fn file_item(name: &'static str, key: &str, path: Option<&Path>, fix_missing: &str) -> CheckItem {
     match path {
         None => CheckItem::no(
@@ -200,12 +212,7 @@ fn file_item(name: &'static str, key: &str, path: Option<&Path>, fix_missing: &s
             Some(format!("set `{key}`")),
         ),
         Some(p) if p.is_file() => CheckItem::ok(name, true, p.display().to_string()),
-        Some(p) => CheckItem::no(
-            name,
-            true,
-            format!("{} is missing", p.display()),
-            Some(fix_missing.to_string()),
-        ),
+        Some(p) => CheckItem::no(name, true, not_a_file(p), Some(fix_missing.to_string())),
     }
 }
 
@@ -257,12 +264,7 @@ fn acrn_items(c: &crate::config::HypervisorConfig, devices: &[PathBuf]) -> Vec<C
     };
     let ctl = match &c.hypervisor_ctl_path {
         Some(p) if p.is_file() => CheckItem::ok("acrnctl", true, p.display().to_string()),
-        Some(p) => CheckItem::no(
-            "acrnctl",
-            true,
-            format!("{} is missing", p.display()),
-            Some(fix.into()),
-        ),
+        Some(p) => CheckItem::no("acrnctl", true, not_a_file(p), Some(fix.into())),
         None => CheckItem::no(
             "acrnctl",
             true,
@@ -494,12 +496,9 @@ pub async fn run_check(
                 "no VMM configured (key `path`)",
                 Some(vmm_fix(rc.hypervisor)),
             ),
-            Some(p) if !p.is_file() => CheckItem::no(
-                "vmm",
-                true,
-                format!("{} is missing", p.display()),
-                Some(vmm_fix(rc.hypervisor)),
-            ),
+            Some(p) if !p.is_file() => {
+                CheckItem::no("vmm", true, not_a_file(p), Some(vmm_fix(rc.hypervisor)))
+            }
             Some(p) => match vmm_version(p, options.vmm_timeout).await {
                 Ok(v) => {
                     let item = CheckItem::ok("vmm", true, format!("{}: {v}", p.display()));
@@ -515,12 +514,9 @@ pub async fn run_check(
         if let Some(j) = &c.jailer_path {
             let fix = "install Firecracker's jailer (scripts/setup.sh), or unset `jailer_path`";
             items.push(match vmm_version(j, options.vmm_timeout).await {
-                _ if !j.is_file() => CheckItem::no(
-                    "jailer_path",
-                    true,
-                    format!("{} is missing", j.display()),
-                    Some(fix.to_string()),
-                ),
+                _ if !j.is_file() => {
+                    CheckItem::no("jailer_path", true, not_a_file(j), Some(fix.to_string()))
+                }
                 Ok(v) => CheckItem::ok("jailer_path", true, format!("{}: {v}", j.display())),
                 Err(why) => CheckItem::no("jailer_path", true, why, Some(fix.to_string())),
             });
@@ -557,9 +553,22 @@ pub async fn run_check(
                 "install the firmware, or unset `firmware`",
             ));
         }
+        if let Some(daemon) = c
+            .virtio_fs_daemon
+            .as_deref()
+            .filter(|_| c.shared_fs.is_virtio_fs())
+        {
+            items.push(file_item(
+                "virtiofsd",
+                "virtio_fs_daemon",
+                Some(daemon),
+                "install virtiofsd (scripts/setup.sh), or point `virtio_fs_daemon` at it",
+            ));
+        }
     }
 
     items.extend(vmm_inventory(options.vmm_timeout).await);
+    items.extend(posture::items(runtime.as_ref()));
 
     let startable = !items.iter().any(CheckItem::blocks);
     CheckReport {

@@ -36,6 +36,7 @@ pub mod hypervisor_type;
 pub mod image;
 pub mod param;
 pub mod paths;
+pub mod private;
 pub mod probe;
 pub mod process;
 pub mod sandbox;

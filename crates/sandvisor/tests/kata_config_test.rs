@@ -344,7 +344,7 @@ fn unknown_key_is_an_error_with_a_hint() {
     let err = parse(&format!("{MINIMAL}frobnicate = 2\n"), file).expect_err("unknown");
     assert_eq!(
         err.to_string(),
-        "unknown key \"frobnicate\" in [hypervisor.qemu] of /x/y.toml"
+        "unknown key \"frobnicate\" in [hypervisor.qemu] of /x/y.toml: remove it (`sandvisor env` prints the keys that are read)"
     );
     let err = parse(
         &format!("{MINIMAL}[factory]\nenable_templat = true\n"),

@@ -62,10 +62,31 @@ pub struct CreateArgs {
 pub fn create(args: CreateArgs) -> CmdResult {
     // load_config logs its warnings (Kata keys sandvisor ignores).
     let mut runtime = load_config(args.config.config.as_deref(), args.config.hypervisor)?;
+    // What the host cannot give is refused here, as `run` does, instead of
+    // hanging (QEMU with -smp 99 on 2 CPUs) or failing at `start`.
     if let Some(cpus) = args.cpus {
+        let host_cpus = sandvisor::config::vocabulary::HostFacts::probe().cpus;
+        if cpus == 0 || cpus > host_cpus {
+            return Err(sandvisor::sandbox::SandboxError::Vcpus {
+                requested: cpus,
+                host_cpus,
+            }
+            .into());
+        }
         runtime.config.num_vcpus = cpus;
+        runtime.config.default_max_vcpus = runtime.config.default_max_vcpus.max(cpus);
     }
     if let Some(memory) = args.memory {
+        if let Some(host_mib) = sandvisor::probe::host_memory_mib()
+            .ok()
+            .filter(|h| u64::from(memory) > *h)
+        {
+            return Err(sandvisor::sandbox::SandboxError::Memory {
+                requested_mib: memory,
+                host_mib,
+            }
+            .into());
+        }
         runtime.config.memory_size = memory;
     }
     // Checked here, naming the file, before anything is made.
@@ -193,8 +214,20 @@ pub fn hotplug(args: HotplugArgs) -> CmdResult {
             let path = if args.remove {
                 std::path::absolute(&path)?
             } else {
-                path.canonicalize()
-                    .map_err(|e| format!("cannot use {}: {e}", path.display()))?
+                let abs = path.canonicalize().map_err(|e| {
+                    format!(
+                        "cannot use {}: {e}; give an existing disk image or block device",
+                        path.display()
+                    )
+                })?;
+                if abs.is_dir() {
+                    return Err(format!(
+                        "cannot use {}: it is a directory; give a disk image or block device",
+                        path.display()
+                    )
+                    .into());
+                }
+                abs
             };
             HotplugTarget::Block { path, read_only }
         }

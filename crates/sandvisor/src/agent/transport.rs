@@ -105,16 +105,26 @@ pub async fn open(addr: &AgentAddress) -> io::Result<Box<dyn Stream>> {
                     break;
                 }
             }
-            let line = String::from_utf8_lossy(&line);
-            if !line.starts_with("OK ") {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!("hybrid vsock refused CONNECT {port}: {line:?}"),
-                ));
-            }
+            check_hybrid_reply(&line, *port)?;
             Ok(Box::new(s))
         }
     }
+}
+
+/// Checks the line a hybrid vsock answers `CONNECT <port>` with (without
+/// its newline): `OK <host port>` lets the connection through.
+///
+/// # Errors
+/// `ConnectionRefused` naming the port and the line, for any other line.
+pub fn check_hybrid_reply(line: &[u8], port: u32) -> io::Result<()> {
+    let line = String::from_utf8_lossy(line);
+    if line.starts_with("OK ") {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!("hybrid vsock refused CONNECT {port}: {line:?}"),
+    ))
 }
 
 /// An `AF_VSOCK` stream on tokio's reactor. tokio has no vsock type; this
@@ -231,6 +241,15 @@ mod tests {
             AgentAddress::from_socket(&h).expect("hvsock").to_string(),
             "hvsock:/run/x/hvsock:1024"
         );
+    }
+
+    #[test]
+    fn only_an_ok_line_lets_a_hybrid_connection_through() {
+        assert!(check_hybrid_reply(b"OK 1073741824", 1024).is_ok());
+        let err = check_hybrid_reply(b"ERR no listener", 1024).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(err.to_string().contains("CONNECT 1024"), "{err}");
+        assert!(check_hybrid_reply(b"", 1024).is_err());
     }
 
     #[tokio::test]

@@ -260,15 +260,32 @@ impl RuntimeConfig {
 }
 
 fn did_you_mean(hint: &Option<&'static str>) -> String {
-    hint.map(|h| format!(": did you mean {h:?}?"))
-        .unwrap_or_default()
+    hint.map_or_else(
+        || ": remove it (`sandvisor env` prints the keys that are read)".to_string(),
+        |h| format!(": did you mean {h:?}?"),
+    )
+}
+
+/// What to do about a config file that cannot be read.
+fn read_fix(source: &std::io::Error) -> &'static str {
+    match source.kind() {
+        std::io::ErrorKind::NotFound => {
+            "; check the path, or leave out --config for the built-in default"
+        }
+        std::io::ErrorKind::IsADirectory => {
+            "; it is a directory: name the configuration.toml in it"
+        }
+        std::io::ErrorKind::PermissionDenied => "; make it readable to this user",
+        std::io::ErrorKind::InvalidData => "; it must be UTF-8 text",
+        _ => "",
+    }
 }
 
 /// Errors from reading a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum KataConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path:?}")]
+    #[error("cannot read config file {path:?}{}", read_fix(.source))]
     Read {
         /// The file.
         path: PathBuf,

@@ -210,7 +210,7 @@ pub enum ConfigError {
     #[error("missing devices state path (`devices_state_path`) to boot from a VM template")]
     TemplateMissingDevicesStatePath,
     /// Too little memory.
-    #[error("default_memory {memory_mib} MiB is below the minimum of {min_mib} MiB")]
+    #[error("default_memory {memory_mib} MiB is below the minimum of {min_mib} MiB: give at least {min_mib}")]
     MemoryTooSmall {
         /// The configured size.
         memory_mib: u32,
@@ -218,7 +218,7 @@ pub enum ConfigError {
         min_mib: u32,
     },
     /// More boot vCPUs than the maximum.
-    #[error("default_vcpus ({vcpus}) is above default_maxvcpus ({max_vcpus})")]
+    #[error("default_vcpus ({vcpus}) is above default_maxvcpus ({max_vcpus}): lower default_vcpus or raise default_maxvcpus")]
     VcpusAboveMax {
         /// Boot vCPUs.
         vcpus: u32,

@@ -220,7 +220,8 @@ fn read_lines(path: &Path) -> Result<Option<String>, ImageError> {
 }
 
 /// `modules.dep`: module name to the names it depends on.
-fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
+/// Parses `modules.dep`: each module's direct dependencies.
+pub fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
     let name_of = |p: &str| {
         Path::new(p)
             .file_name()

@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -132,15 +132,11 @@ impl SandboxDir {
             source,
         })?;
         if let Some(parent) = self.dir.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|source| LayoutError::Io {
-                    op: "create directory",
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
+            crate::private::create_dir_all(parent).map_err(|source| LayoutError::Io {
+                op: "create directory",
+                path: parent.to_path_buf(),
+                source,
+            })?;
         }
         match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
             Ok(()) => Ok(()),
@@ -189,6 +185,7 @@ impl SandboxDir {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(crate::private::FILE_MODE)
                 .open(&path)
             {
                 Ok(f) => f,

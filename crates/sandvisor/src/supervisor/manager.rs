@@ -246,11 +246,8 @@ impl Manager {
         dir: &SandboxDir,
         mode: LaunchMode,
     ) -> Result<SandboxRecord, SupervisorError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.log_file())
-            .map_err(|source| SupervisorError::Io {
+        let log =
+            crate::private::open_append(&dir.log_file()).map_err(|source| SupervisorError::Io {
                 op: "open supervisor log",
                 path: dir.log_file(),
                 source,

@@ -423,6 +423,26 @@ impl Op {
     }
 }
 
+/// What to do about an operation refused in `status`.
+fn state_hint(op: Op, status: SandboxStatus) -> String {
+    use SandboxStatus::*;
+    match (op, status) {
+        (Op::Exec | Op::Hotplug | Op::Resize | Op::Save | Op::Console, Paused) => {
+            "; `sandvisor resume` it first".to_string()
+        }
+        (Op::Pause, Paused) => "; it is paused already".to_string(),
+        (Op::Resume, Running) => "; it runs already".to_string(),
+        (Op::Start, Running | Paused) => "; it was started already".to_string(),
+        (Op::Delete, _) => "; `sandvisor stop` it first, or use `delete --force`".to_string(),
+        (_, Stopped | Dead) => "; `sandvisor delete` it and create another".to_string(),
+        (_, Created) => "; `sandvisor start` it first".to_string(),
+        _ => {
+            let allowed: Vec<String> = op.allowed_in().iter().map(ToString::to_string).collect();
+            format!("; it must be {}", allowed.join(" or "))
+        }
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -448,7 +468,7 @@ impl fmt::Display for Op {
 #[serde(tag = "error", rename_all = "snake_case")]
 pub enum RemoteError {
     /// The operation does not apply in the sandbox's state.
-    #[error("cannot {op} sandbox {id}: it is {status}")]
+    #[error("cannot {op} sandbox {id}: it is {status}{}", state_hint(*.op, *.status))]
     WrongState {
         /// The sandbox.
         id: SandboxId,
@@ -651,7 +671,10 @@ mod tests {
         let err = Op::Resume
             .check(&id, SandboxStatus::Running)
             .expect_err("resume needs paused");
-        assert_eq!(err.to_string(), "cannot resume sandbox x: it is running");
+        assert_eq!(
+            err.to_string(),
+            "cannot resume sandbox x: it is running; it runs already"
+        );
         assert!(Op::Resume.check(&id, SandboxStatus::Paused).is_ok());
     }
 

@@ -45,7 +45,9 @@ pub enum StateError {
         source: io::Error,
     },
     /// The file is not a valid record.
-    #[error("sandbox state {path:?} is corrupt")]
+    #[error(
+        "sandbox state {path:?} is corrupt; stop its VMM if one runs, then remove the file's directory"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -243,8 +245,16 @@ impl SandboxRecord {
                 path: path.to_path_buf(),
                 source,
             })?;
+        Self::from_slice(&bytes, path)
+    }
+
+    /// Decodes a record read from `path` (named in errors).
+    ///
+    /// # Errors
+    /// [`StateError::Corrupt`] or [`StateError::Version`].
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self, StateError> {
         let version: VersionOnly =
-            serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+            serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -254,14 +264,16 @@ impl SandboxRecord {
                 found: version.version,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+        serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
             path: path.to_path_buf(),
             source,
         })
     }
 
-    /// Writes the record to `path` atomically: a temporary file beside it,
-    /// flushed to disk, then renamed over `path`.
+    /// Writes the record to `path` atomically: a temporary file beside it
+    /// (mode 0600), flushed to disk, renamed over `path`, and the directory
+    /// flushed so the rename itself survives a crash. A crash at any point
+    /// leaves the old record or the new one, never a torn one.
     ///
     /// # Errors
     /// [`StateError::Io`] when a step fails; the old record then stays.
@@ -277,11 +289,20 @@ impl SandboxRecord {
         tmp.push(format!(".tmp.{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(crate::private::FILE_MODE)
+                .open(&tmp)
+                .await?;
             file.write_all(&bytes).await?;
             file.sync_all().await?;
             drop(file);
-            tokio::fs::rename(&tmp, path).await
+            tokio::fs::rename(&tmp, path).await?;
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            let dir = tokio::fs::File::open(parent.unwrap_or(Path::new("."))).await?;
+            dir.sync_all().await
         }
         .await;
         if let Err(e) = result {
@@ -376,9 +397,25 @@ mod tests {
             Err(StateError::Version { found: 7, .. })
         ));
         std::fs::write(&path, "{").expect("written");
-        assert!(matches!(
-            SandboxRecord::load(&path).await,
-            Err(StateError::Corrupt { .. })
-        ));
+        let err = SandboxRecord::load(&path).await.expect_err("torn record");
+        assert!(matches!(err, StateError::Corrupt { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("{path:?}")), "{msg}");
+        assert!(msg.contains("remove the file's directory"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_stored_record_is_private_and_leaves_no_temporary_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "old").expect("written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let rec = record();
+        rec.store(&path).await.expect("stored");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+        SandboxRecord::load(&path).await.expect("loads back");
     }
 }

@@ -366,7 +366,7 @@ impl Acrn {
 
     async fn start(&mut self, timeout: Duration) -> Result<()> {
         let dir = self.vm_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| be(io_dir("create", &dir)(e)))?;
+        crate::private::create_dir_all(&dir).map_err(|e| be(io_dir("create", &dir)(e)))?;
         let launch = cmdline::launch(&self.launch_spec().map_err(be)?);
         let program = self.dm_binary();
         let log = self.log();

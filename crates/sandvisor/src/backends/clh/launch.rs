@@ -84,7 +84,7 @@ impl Clh {
             .paths
             .clone()
             .expect("create_sandbox set the paths before the state became Created");
-        std::fs::create_dir_all(&paths.dir).map_err(|source| ClhError::Dir {
+        crate::private::create_dir_all(&paths.dir).map_err(|source| ClhError::Dir {
             action: "create",
             path: paths.dir.clone(),
             source,
@@ -110,13 +110,7 @@ impl Clh {
         }
 
         let binary = self.binary();
-        let mut args = vec![
-            "--api-socket".to_string(),
-            format!("path={}", paths.api.display()),
-        ];
-        if self.config.debug {
-            args.push("-v".to_string());
-        }
+        let args = command_args(&paths.api, self.config.debug);
         tracing::info!(id = self.id, binary = %binary.display(), ?args, "starting cloud hypervisor");
         self.clh = Some(Supervised::spawn(Spawn {
             program: &binary,
@@ -268,4 +262,18 @@ impl Clh {
         self.detached = false;
         Ok(())
     }
+}
+
+/// Cloud Hypervisor's command line: the API socket, `-v` when debugging.
+/// No `--seccomp`: its seccomp filters stay on (their default), which
+/// `sandvisor check` reports from this function.
+pub(crate) fn command_args(api: &std::path::Path, debug: bool) -> Vec<String> {
+    let mut args = vec![
+        "--api-socket".to_string(),
+        format!("path={}", api.display()),
+    ];
+    if debug {
+        args.push("-v".to_string());
+    }
+    args
 }

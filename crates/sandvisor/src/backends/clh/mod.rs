@@ -37,6 +37,9 @@ pub mod api;
 mod error;
 mod hotplug;
 mod launch;
+
+/// Cloud Hypervisor's command line, for `check`'s posture.
+pub(crate) use launch::command_args;
 pub mod resize;
 pub mod vm_config;
 
@@ -491,7 +494,7 @@ impl Hypervisor for Clh {
             (Some(dir), true) => dir.clone(),
             _ => paths.snapshot.clone(),
         };
-        std::fs::create_dir_all(&dir).map_err(|source| {
+        crate::private::create_dir_all(&dir).map_err(|source| {
             Error::from(ClhError::Dir {
                 action: "create",
                 path: dir.clone(),

@@ -124,7 +124,7 @@ impl Firecracker {
             .files
             .as_ref()
             .expect("create_sandbox set the files before the state became Created");
-        std::fs::create_dir_all(&f.dir).map_err(io_dir("create", &f.dir))?;
+        crate::private::create_dir_all(&f.dir).map_err(io_dir("create", &f.dir))?;
         if let Some(jail) = &f.jail {
             let (uid, gid) = self.owner();
             jail_fs::make_dir(jail.root(), uid, gid)?;

@@ -141,7 +141,7 @@ impl Qemu {
             .paths
             .clone()
             .expect("create_sandbox set the paths before the state became Created");
-        std::fs::create_dir_all(&paths.dir).map_err(|source| QemuError::VmDir {
+        crate::private::create_dir_all(&paths.dir).map_err(|source| QemuError::VmDir {
             action: "create",
             path: paths.dir.clone(),
             source,

@@ -131,14 +131,10 @@ impl Supervised {
     /// # Errors
     /// See [`ProcessError`].
     pub fn spawn(spec: Spawn<'_>) -> Result<Supervised, ProcessError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(spec.log)
-            .map_err(|source| ProcessError::Log {
-                path: spec.log.to_path_buf(),
-                source,
-            })?;
+        let log = crate::private::open_append(spec.log).map_err(|source| ProcessError::Log {
+            path: spec.log.to_path_buf(),
+            source,
+        })?;
         let log2 = log.try_clone().map_err(|source| ProcessError::Log {
             path: spec.log.to_path_buf(),
             source,

@@ -423,6 +423,23 @@ impl RestClient {
     }
 }
 
+/// Decodes a reply of `status` with `body` for endpoint `ep` as a call does,
+/// for the fuzz targets.
+///
+/// # Errors
+/// The [`RestError`] the call would return.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_decode<E: Endpoint>(
+    ep: &E,
+    flavour: Flavour,
+    status: u16,
+    body: &[u8],
+) -> Result<E::Reply, RestError> {
+    let prepared = Prepared::new(ep)?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    decode(flavour, &prepared, status, body)
+}
+
 /// Turns a whole reply into the endpoint's reply type, or its fault.
 fn decode<T: DeserializeOwned>(
     flavour: Flavour,

@@ -85,6 +85,7 @@ pub fn start(
         Err(e) => return Err(listen_err(e)),
     }
     let listener = UnixListener::bind(socket).map_err(listen_err)?;
+    crate::private::tighten(socket).map_err(listen_err)?;
     let fd: OwnedFd = listener.into();
     let args = args(config, source);
     Ok(Supervised::spawn(Spawn {

@@ -3,7 +3,7 @@
 //! vCPUs and memory brought online by the guest agent.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Owner, MEMORY_BLOCK_MIB, ONLINE_SLACK};
@@ -229,6 +229,14 @@ impl Owner {
             HotplugResult::Cpus(n) => n,
             _ => count,
         };
+        if n == 0 && !remove {
+            // Kata caps a hot-plug at default_maxvcpus; one that adds
+            // nothing at all did not do what was asked.
+            return Err(self.bad(format!(
+                "cannot add {count} vCPU(s): the guest has {} of at most {} (default_maxvcpus)",
+                self.record.vcpus, self.record.config.default_max_vcpus
+            )));
+        }
         if remove {
             self.record.vcpus = self.record.vcpus.saturating_sub(n);
         } else {
@@ -353,6 +361,16 @@ impl Owner {
         {
             return Err(self.bad(format!("tap {tap} is plugged already")));
         }
+        // QEMU would make a tap of that name, which nobody configured.
+        let sys = Path::new("/sys/class/net").join(&tap);
+        if tap.is_empty()
+            || tap.contains('/')
+            || !tokio::fs::try_exists(&sys).await.unwrap_or(false)
+        {
+            return Err(self.bad(format!(
+                "no network device {tap:?} on the host: create the tap first (`ip tuntap add {tap} mode tap`)"
+            )));
+        }
         let net = NetDevice {
             id: format!("net-{tap}"),
             tap_name: tap.clone(),
@@ -409,6 +427,14 @@ impl Owner {
                 reason: "give --cpus and/or --memory".to_string(),
             });
         }
+        let refuse = |reason: String| RemoteError::BadRequest {
+            id: id.clone(),
+            op: Op::Resize,
+            reason,
+        };
+        if vcpus == Some(0) {
+            return Err(refuse("the vCPU count must be at least 1".to_string()));
+        }
         if let Some(n) = vcpus {
             let (old, new) = self
                 .hv
@@ -418,6 +444,12 @@ impl Owner {
             // A backend that does not say (0) leaves the count as asked.
             self.record.vcpus = if new > 0 { new } else { n };
             self.persist().await;
+            if new > 0 && new == old && n != old {
+                return Err(refuse(format!(
+                    "cannot resize to {n} vCPUs: the guest stays at {old}, between 1 and {} (default_maxvcpus)",
+                    self.record.config.default_max_vcpus
+                )));
+            }
             if new > old {
                 self.online_cpus(Op::Resize, new - old).await?;
             }
@@ -432,6 +464,11 @@ impl Owner {
                 .map_err(self.hv_err(Op::Resize))?;
             self.record.memory_mib = if new > 0 { new } else { mib };
             self.persist().await;
+            if new > 0 && new == before && mib < before {
+                return Err(refuse(format!(
+                    "cannot resize memory to {mib} MiB: the guest has {before} MiB and memory is only added; ask for more than {before}"
+                )));
+            }
             if self.record.memory_mib > before {
                 let probe: Vec<u64> = if device.probe {
                     vec![device.addr]

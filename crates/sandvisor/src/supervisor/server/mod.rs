@@ -83,6 +83,11 @@ pub async fn supervise(
         path: socket.clone(),
         source,
     })?;
+    crate::private::tighten(&socket).map_err(|source| SupervisorError::Io {
+        op: "make private",
+        path: socket.clone(),
+        source,
+    })?;
     record.supervisor = Some(ProcessRef::current());
     record.last_error = None;
     tracing::info!(%id, ?mode, pid = std::process::id(), "supervisor starting");
@@ -276,6 +281,24 @@ impl Owner {
             tracing::error!("cannot persist the record: {e}");
         }
         self.published.send_replace(self.record.clone());
+        self.make_private().await;
+    }
+
+    /// Makes the sandbox and VM directories private again: sockets and files
+    /// a VMM or helper made since the last look get mode 0600.
+    async fn make_private(&self) {
+        let vm_dir = crate::paths::vm_storage_dir().join(self.id().as_str());
+        let dirs = [self.dir.path().to_path_buf(), vm_dir];
+        let walk = tokio::task::spawn_blocking(move || {
+            for dir in &dirs {
+                if let Err(e) = crate::private::tighten(dir) {
+                    tracing::warn!("cannot make {dir:?} private: {e}");
+                }
+            }
+        });
+        if let Err(e) = walk.await {
+            tracing::warn!("making the sandbox directories private failed: {e}");
+        }
     }
 
     /// Starts watching the VMM process, when the record names one.

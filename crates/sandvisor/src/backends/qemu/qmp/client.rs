@@ -60,6 +60,32 @@ enum Incoming {
     },
 }
 
+/// One line from QEMU, decoded: a reply to call `id`, or an event.
+#[derive(Debug)]
+enum Decoded {
+    Reply(Option<u64>, Result<Value, ErrorReply>),
+    Event(Event),
+}
+
+/// Decodes one line of QMP (a reply or an event).
+fn decode_line(line: &str) -> Result<Decoded, serde_json::Error> {
+    Ok(match serde_json::from_str(line)? {
+        Incoming::Return { ret, id } => Decoded::Reply(id, Ok(ret)),
+        Incoming::Error { error, id } => Decoded::Reply(id, Err(error)),
+        Incoming::Event { event, data } => Decoded::Event(Event::decode(event, data)),
+    })
+}
+
+/// Decodes `line` as the reader task does and the greeting as `connect`
+/// does, for the fuzz targets: `Ok` with a description, or the error.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_line(line: &str) -> Result<String, String> {
+    let _ = serde_json::from_str::<Greeting>(line).map(|g| g.qmp.version);
+    decode_line(line)
+        .map(|d| format!("{d:?}"))
+        .map_err(|e| e.to_string())
+}
+
 #[derive(Deserialize)]
 struct Greeting {
     #[serde(rename = "QMP")]
@@ -310,20 +336,16 @@ async fn read_loop(
         if line.trim().is_empty() {
             continue;
         }
-        let msg: Incoming = match serde_json::from_str(&line) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, line, "undecodable QMP message");
+        let (id, reply) = match decode_line(&line) {
+            Ok(Decoded::Reply(id, reply)) => (id, reply),
+            Ok(Decoded::Event(event)) => {
+                tracing::debug!(?event, "qmp event");
+                // Nobody listening is fine.
+                let _ = events.send(event);
                 continue;
             }
-        };
-        let (id, reply) = match msg {
-            Incoming::Return { ret, id } => (id, Ok(ret)),
-            Incoming::Error { error, id } => (id, Err(error)),
-            Incoming::Event { event, data } => {
-                tracing::debug!(event, "qmp event");
-                // Nobody listening is fine.
-                let _ = events.send(Event::decode(event, data));
+            Err(e) => {
+                tracing::warn!(error = %e, line, "undecodable QMP message");
                 continue;
             }
         };

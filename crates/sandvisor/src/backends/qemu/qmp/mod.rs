@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+#[cfg(feature = "fuzzing")]
+pub use self::client::fuzz_line;
 pub use self::client::Qmp;
 pub use self::commands::*;
 pub use self::events::Event;

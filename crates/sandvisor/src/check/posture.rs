@@ -1,0 +1,188 @@
+//! How each VMM is sandboxed, read from the code that starts it: QEMU's
+//! `-sandbox` and `-runas` from the command line the backend would build,
+//! Firecracker's jailer and uid from the config, Cloud Hypervisor's seccomp
+//! from its command line. Information for `check`, never a blocker.
+
+use std::path::Path;
+
+use super::CheckItem;
+use crate::assets::AssetType;
+use crate::backends::qemu::cmdline::{self, Accelerator, LaunchSpec, VmPaths};
+use crate::config::kata::{default_config, RuntimeConfig};
+use crate::config::HypervisorConfig;
+use crate::hypervisor_type::HypervisorType;
+
+/// The config of `kind`: the loaded one when it is for `kind`, else the
+/// built-in default (validated, so the command line can be built).
+fn config_for(kind: HypervisorType, loaded: Option<&RuntimeConfig>) -> HypervisorConfig {
+    let mut config = match loaded.filter(|rc| rc.hypervisor == kind) {
+        Some(rc) => rc.config.clone(),
+        None => default_config(kind).config,
+    };
+    let _ = config.validate();
+    config
+}
+
+/// The value after `flag` in `args`.
+fn value_of<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// QEMU: the `-sandbox` flags and the user it runs as.
+pub fn qemu(config: &HypervisorConfig) -> Vec<CheckItem> {
+    let paths = VmPaths::new(Path::new("/run/sandvisor/vm"), "posture");
+    let spec = LaunchSpec {
+        config,
+        id: "posture",
+        uuid: "00000000-0000-0000-0000-000000000000",
+        accel: Accelerator::Tcg,
+        host_memory_mib: u64::from(config.memory_size).max(1024) * 4,
+        paths: &paths,
+        devices: &[],
+        image_size: None,
+        vhost_net: false,
+    };
+    let args = match cmdline::build(&spec) {
+        Ok(cmd) => cmd.args,
+        Err(e) => {
+            return vec![CheckItem::no(
+                "qemu sandbox",
+                false,
+                format!("cannot build the command line: {e}"),
+                None,
+            )]
+        }
+    };
+    let sandbox = match value_of(&args, "-sandbox") {
+        Some(flags) => {
+            let spawn = if flags.contains("spawn=deny") {
+                "may not spawn processes"
+            } else {
+                "may spawn processes (spawn is not denied)"
+            };
+            CheckItem::ok("qemu sandbox", false, format!("-sandbox {flags}: {spawn}"))
+        }
+        None => CheckItem::no(
+            "qemu sandbox",
+            false,
+            "no -sandbox: QEMU runs without a seccomp filter",
+            None,
+        ),
+    };
+    let user = match value_of(&args, "-runas") {
+        Some(u) => CheckItem::ok("qemu user", false, format!("runs as {u} (-runas)")),
+        None => CheckItem::no(
+            "qemu user",
+            false,
+            format!(
+                "runs as this user (uid {}): no -runas",
+                nix::unistd::geteuid()
+            ),
+            None,
+        ),
+    };
+    vec![sandbox, user]
+}
+
+/// Firecracker: through the jailer, and as which uid.
+pub fn firecracker(config: &HypervisorConfig) -> CheckItem {
+    match config.asset_path(AssetType::Jailer) {
+        Some(j) => {
+            let uid = config
+                .jailer_uid
+                .unwrap_or(crate::backends::firecracker::jailer::DEFAULT_JAIL_ID);
+            let gid = config
+                .jailer_gid
+                .unwrap_or(crate::backends::firecracker::jailer::DEFAULT_JAIL_ID);
+            let who = if uid == 0 {
+                "root"
+            } else {
+                "an unprivileged uid"
+            };
+            CheckItem::ok(
+                "fc jailer",
+                false,
+                format!(
+                    "through {} as uid {uid}, gid {gid} ({who}), chrooted",
+                    j.display()
+                ),
+            )
+        }
+        None => CheckItem::no(
+            "fc jailer",
+            false,
+            format!(
+                "no jailer: Firecracker runs unjailed as this user (uid {}); set `jailer_path`",
+                nix::unistd::geteuid()
+            ),
+            None,
+        ),
+    }
+}
+
+/// Cloud Hypervisor: its seccomp filters, on unless the command line
+/// turns them off.
+pub fn clh(config: &HypervisorConfig) -> CheckItem {
+    let args =
+        crate::backends::clh::command_args(Path::new("/run/sandvisor/vm/x/api.sock"), config.debug);
+    match value_of(&args, "--seccomp") {
+        Some(v) if v != "true" => {
+            CheckItem::no("clh seccomp", false, format!("--seccomp {v}"), None)
+        }
+        _ => CheckItem::ok(
+            "clh seccomp",
+            false,
+            "on (Cloud Hypervisor's default; no --seccomp false)",
+        ),
+    }
+}
+
+/// The posture of QEMU, Firecracker and Cloud Hypervisor, each with the
+/// loaded config when it is for that backend, else the default.
+pub fn items(loaded: Option<&RuntimeConfig>) -> Vec<CheckItem> {
+    let mut items = qemu(&config_for(HypervisorType::Qemu, loaded));
+    items.push(firecracker(&config_for(
+        HypervisorType::Firecracker,
+        loaded,
+    )));
+    items.push(clh(&config_for(HypervisorType::Clh, loaded)));
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_posture_is_read_from_the_command_lines() {
+        let items = items(None);
+        let find = |name: &str| {
+            items
+                .iter()
+                .find(|i| i.name == name)
+                .unwrap_or_else(|| panic!("no {name} in {items:?}"))
+        };
+        let sandbox = find("qemu sandbox");
+        assert!(sandbox.detail.starts_with("-sandbox on,"), "{sandbox:?}");
+        assert!(
+            sandbox.detail.contains("elevateprivileges=deny"),
+            "{sandbox:?}"
+        );
+        assert!(find("clh seccomp").ok);
+        assert!(!find("fc jailer").detail.is_empty());
+        assert!(items.iter().all(|i| !i.required), "posture never blocks");
+    }
+
+    #[test]
+    fn a_configured_jailer_is_reported_with_its_uid() {
+        let mut c = default_config(HypervisorType::Firecracker).config;
+        c.jailer_path = Some("/usr/bin/jailer".into());
+        c.jailer_uid = Some(1234);
+        let item = firecracker(&c);
+        assert!(item.ok);
+        assert!(item.detail.contains("uid 1234"), "{item:?}");
+    }
+}
