@@ -266,7 +266,7 @@ impl FromStr for Compression {
 /// Which kernel the guest gets when no kernel file is given.
 ///
 /// The cloud kernel stays the default. Measured on a 2-core TCG host (see
-/// BENCHMARKS.md) the sandbox kernel reaches the agent in 43% of the cloud
+/// BENCHMARKS.md) the sandbox kernel reaches the agent in 40-43% of the cloud
 /// kernel's time and its guest uses a fifth of the memory, but its first
 /// build took 37 minutes there, over the 15 a default may cost a fresh
 /// machine.
