@@ -23,7 +23,7 @@
 //!
 //! The result is cached in `<cache>/kernel/out/<key>`, `key` being the hash
 //! of the source package, its version, the fragment and [`RECIPE_VERSION`]:
-//! the same inputs never build twice.
+//! the same inputs never build twice. A new build removes the older ones.
 
 use std::fs::{self, File};
 use std::io::{BufRead as _, BufReader};
@@ -319,6 +319,12 @@ pub fn build(
     copy(&built, &out.join(BZIMAGE))?;
     copy(&layout.build().join(".config"), &out.join("config"))?;
     fs::write(out.join(RELEASE), format!("{release}\n")).map_err(io_err(&out))?;
+    for old in prune_other_builds(&layout, &key) {
+        progress(&format!(
+            "kernel: removed the older build {}",
+            old.display()
+        ));
+    }
     progress(&format!(
         "kernel: {release} ready in {:.0}s: {}",
         started.elapsed().as_secs_f64(),
@@ -329,6 +335,22 @@ pub fn build(
         release,
         cached: false,
     })
+}
+
+/// Removes cached builds other than `keep`'s: the build directory holds
+/// only the newest configuration, so an older result could not be rebuilt
+/// incrementally anyway. Returns what was removed; what cannot be removed
+/// stays, to be tried again next time.
+fn prune_other_builds(layout: &Layout, keep: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(layout.root.join("out")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str() != Some(keep))
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && fs::remove_dir_all(p).is_ok())
+        .collect()
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), ImageError> {
@@ -662,6 +684,20 @@ mod tests {
             parse_versions("Package: x\nVersion: 2\n\nPackage: x\nVersion: 1\n"),
             ["2", "1"]
         );
+    }
+
+    #[test]
+    fn a_new_build_removes_the_older_ones_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        assert!(prune_other_builds(&layout, "new").is_empty());
+        for key in ["old", "new"] {
+            fs::create_dir_all(layout.out(key)).expect("mkdir");
+            fs::write(layout.out(key).join(BZIMAGE), b"k").expect("write");
+        }
+        assert_eq!(prune_other_builds(&layout, "new"), [layout.out("old")]);
+        assert!(!layout.out("old").exists());
+        assert!(layout.out("new").join(BZIMAGE).is_file());
     }
 
     #[test]
