@@ -7,6 +7,12 @@
 #   scripts/setup.sh --deps     only the dependencies: apt packages and VMMs
 #   scripts/setup.sh --vmms     only the VMMs
 #
+# SANDVISOR_SANDBOX_KERNEL=1 also builds the sandbox kernel from Debian's
+# linux-source-6.1 (`image build --kernel-from source`) with its initrd into
+# <asset dir>/sandbox-kernel (or $SANDVISOR_SANDBOX_KERNEL_DIR), installing
+# the kernel's build dependencies first. The build takes minutes and is
+# cached in <asset dir>/cache/kernel: a second run reuses it.
+#
 # The VMMs (cloud-hypervisor, ch-remote, firecracker, jailer) go into
 # $SANDVISOR_BIN_DIR (default /usr/local/bin) when missing: copied from
 # $SANDVISOR_VMM_DIR when it is set, otherwise downloaded from the pinned
@@ -138,6 +144,13 @@ install_vmms() {
 # installed: `sandvisor image build` unpacks Debian's package into the asset
 # directory, never into the host's /boot.
 packages=(qemu-system-x86 busybox-static e2fsprogs tmux)
+# The sandbox kernel's build: the compiler, Kbuild's tools, libelf for
+# objtool, OpenSSL's headers for the certificate tools; xz-utils unpacks the
+# source tarball.
+sandbox_kernel=${SANDVISOR_SANDBOX_KERNEL:-0}
+if [ "$sandbox_kernel" = 1 ]; then
+  packages+=(build-essential bc bison flex libelf-dev libssl-dev xz-utils)
+fi
 
 if [ "${1:-}" = "--vmms" ]; then
   install_vmms
@@ -222,3 +235,18 @@ install_docs() {
   echo "setup: installed completions and man pages under $share_dir" >&2
 }
 install_docs target/release/sandvisor
+
+if [ "$sandbox_kernel" = 1 ]; then
+  # The asset directory as crates/sandvisor/src/paths.rs has it.
+  if [ -n "${SANDVISOR_ASSET_DIR:-}" ]; then
+    assets=$SANDVISOR_ASSET_DIR
+  elif [ "$(id -u)" -eq 0 ]; then
+    assets=/var/lib/sandvisor/assets
+  else
+    assets=${XDG_DATA_HOME:-$HOME/.local/share}/sandvisor/assets
+  fi
+  echo "setup: building the sandbox kernel and its initrd (minutes the first time, then cached)" >&2
+  target/release/sandvisor image build --kernel-from source \
+    --agent target/x86_64-unknown-linux-gnu/release/sandvisor-agent \
+    --output "${SANDVISOR_SANDBOX_KERNEL_DIR:-$assets/sandbox-kernel}"
+fi

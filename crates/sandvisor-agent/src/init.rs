@@ -14,13 +14,17 @@ use crate::log;
 /// library must match).
 pub const MODPROBE: &str = "/usr/sbin/modprobe";
 
+/// The kernel's module autoloading helper; absent in a kernel built
+/// without module support (`CONFIG_MODULES=n`).
+const MODPROBE_SYSCTL: &str = "/proc/sys/kernel/modprobe";
+
 /// Points the kernel's module autoloading (`kernel.modprobe`) at
-/// [`MODPROBE`], when the initrd has it.
+/// [`MODPROBE`], when the initrd has it and the kernel loads modules.
 pub fn enable_module_autoload() {
-    if !Path::new(MODPROBE).exists() {
+    if !Path::new(MODPROBE).exists() || !Path::new(MODPROBE_SYSCTL).exists() {
         return;
     }
-    if let Err(e) = fs::write("/proc/sys/kernel/modprobe", MODPROBE) {
+    if let Err(e) = fs::write(MODPROBE_SYSCTL, MODPROBE) {
         log!("cannot set kernel.modprobe to {MODPROBE}: {e}");
     }
 }

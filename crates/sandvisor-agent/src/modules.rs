@@ -259,13 +259,25 @@ fn has_virtio_mmio() -> bool {
         .any(|e| e.file_name().to_string_lossy().starts_with("LNRO0005"))
 }
 
+/// Where the kernel lists the virtio-mmio platform driver once it is
+/// registered: at boot for a kernel with it built in (the sandbox kernel,
+/// `CONFIG_VIRTIO_MMIO=y`), or once the module is loaded.
+const VIRTIO_MMIO_DRIVER: &str = "/sys/bus/platform/drivers/virtio-mmio";
+
+/// Whether the `virtio_mmio` module must be loaded: the machine has
+/// virtio-mmio devices and the kernel has no driver for them yet.
+pub fn needs_virtio_mmio_module(has_devices: bool, driver_registered: bool) -> bool {
+    has_devices && !driver_registered
+}
+
 /// Loads what the agent channel needs: `virtio_mmio` on a machine with
-/// virtio-mmio devices, then [`MODULES_EARLY`].
+/// virtio-mmio devices whose kernel lacks the driver, then
+/// [`MODULES_EARLY`]. A kernel with everything built in loads nothing.
 ///
 /// Returns how many modules were loaded and how many failed.
 pub fn load_early() -> (usize, usize) {
     let (mut loaded, mut failed) = (0, 0);
-    if has_virtio_mmio() {
+    if needs_virtio_mmio_module(has_virtio_mmio(), Path::new(VIRTIO_MMIO_DRIVER).is_dir()) {
         match Catalog::read() {
             Some(cat) if cat.load("virtio_mmio") => loaded += 1,
             _ => {
@@ -280,7 +292,7 @@ pub fn load_early() -> (usize, usize) {
 
 /// Loads drivers for the devices present, until a pass loads nothing new.
 fn coldplug(cat: &Catalog) {
-    if has_virtio_mmio() {
+    if needs_virtio_mmio_module(has_virtio_mmio(), Path::new(VIRTIO_MMIO_DRIVER).is_dir()) {
         cat.load("virtio_mmio");
     }
     for _ in 0..COLDPLUG_PASSES {
@@ -501,6 +513,15 @@ alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n";
             waiter.join().expect("waiter"),
             "released before loading ended"
         );
+    }
+
+    #[test]
+    fn virtio_mmio_is_loaded_only_when_devices_lack_a_driver() {
+        assert!(needs_virtio_mmio_module(true, false));
+        // Built in (or loaded already): nothing to load, nothing failed.
+        assert!(!needs_virtio_mmio_module(true, true));
+        assert!(!needs_virtio_mmio_module(false, false));
+        assert!(!needs_virtio_mmio_module(false, true));
     }
 
     #[test]

@@ -112,6 +112,9 @@ fn vm_bench_measures_every_section_and_leaves_nothing() {
         "cpu_sandvisor_total",
         "density_all_ready",
         "density_each_ready",
+        "guest_memory_used",
+        "naive_boot_poweroff",
+        "run_true_over_naive",
     ] {
         let f = figure(key);
         assert!(f["summary"]["n"].as_u64() >= Some(1), "{key}: {f:#}");

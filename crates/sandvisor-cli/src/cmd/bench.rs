@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// Seconds one VM may take to answer.
     #[arg(long, default_value_t = BenchOptions::default().boot_timeout.as_secs())]
     pub timeout: u64,
+    /// A second asset directory (such as the sandbox kernel's,
+    /// `<asset dir>/sandbox-kernel`) measured beside the default assets in
+    /// the cold section.
+    #[arg(long, value_name = "DIR")]
+    pub compare_assets: Option<PathBuf>,
 }
 
 /// Runs `sandvisor bench`.
@@ -63,6 +68,7 @@ pub fn run(args: BenchArgs) -> CmdResult {
         cli: std::env::current_exe()?,
         boot_timeout: Duration::from_secs(args.timeout),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        compare_assets: args.compare_assets,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use sandvisor::image::{self, BuildOptions, Compression};
+use sandvisor::image::{self, BuildOptions, Compression, KernelFrom};
 
 use super::CmdResult;
 
@@ -14,8 +14,17 @@ pub enum ImageCommand {
     /// Build the guest kernel and initrd into the asset directory.
     Build {
         /// Use this kernel image instead of Debian's cloud kernel.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "kernel_from")]
         kernel: Option<PathBuf>,
+        /// Where the kernel comes from: `cloud`, Debian's cloud kernel and
+        /// its modules; or `source`, the sandbox kernel built from Debian's
+        /// linux-source-6.1 with everything built in (minutes, cached).
+        #[arg(long, value_name = "ORIGIN", default_value_t = KernelFrom::default())]
+        kernel_from: KernelFrom,
+        /// Where downloads and kernel builds are kept; default: `cache` in
+        /// the asset directory.
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
         /// The modules directory (`lib/modules/<version>`) of `--kernel`.
         #[arg(long, value_name = "DIR")]
         modules: Option<PathBuf>,
@@ -40,6 +49,8 @@ pub fn run(command: ImageCommand) -> CmdResult {
     match command {
         ImageCommand::Build {
             kernel,
+            kernel_from,
+            cache,
             modules,
             output,
             agent,
@@ -48,6 +59,8 @@ pub fn run(command: ImageCommand) -> CmdResult {
         } => {
             let opts = BuildOptions {
                 kernel,
+                kernel_from,
+                cache,
                 modules,
                 agent,
                 output,

@@ -7,16 +7,33 @@ use std::time::{Duration, Instant};
 
 use super::{io_err, BenchError, BenchOptions, CLI_ID_PREFIX};
 
-/// `sandvisor run -- true` as a process: its wall time.
-pub(super) fn cli_run_true(opts: &BenchOptions) -> Result<Duration, BenchError> {
+/// `sandvisor run -- true` as a process, with the assets in `assets` (the
+/// default ones when `None`): its wall time.
+pub(super) fn cli_run_true(
+    opts: &BenchOptions,
+    assets: Option<&Path>,
+) -> Result<Duration, BenchError> {
     let started = Instant::now();
-    cli(opts, &["run", "--", "true"])?;
+    cli_with(opts, &["run", "--", "true"], assets)?;
     Ok(started.elapsed())
 }
 
 /// Runs the CLI with `args`; its stdout.
 pub(super) fn cli(opts: &BenchOptions, args: &[&str]) -> Result<String, BenchError> {
-    let out = Command::new(&opts.cli)
+    cli_with(opts, args, None)
+}
+
+/// Runs the CLI with `args` and, when given, `SANDVISOR_ASSET_DIR`.
+fn cli_with(
+    opts: &BenchOptions,
+    args: &[&str],
+    assets: Option<&Path>,
+) -> Result<String, BenchError> {
+    let mut cmd = Command::new(&opts.cli);
+    if let Some(dir) = assets {
+        cmd.env("SANDVISOR_ASSET_DIR", dir);
+    }
+    let out = cmd
         .args(args)
         .stdin(Stdio::null())
         .output()

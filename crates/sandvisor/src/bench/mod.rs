@@ -56,6 +56,7 @@ mod host;
 mod hotplug;
 mod lifecycle;
 mod memory;
+pub mod naive;
 mod options;
 mod raw;
 
@@ -85,6 +86,9 @@ pub mod targets {
     pub const HOTPLUG_ACK_MS: f64 = 50.0;
     /// Hot-plug seen by the guest, ms.
     pub const HOTPLUG_VISIBLE_MS: f64 = 1000.0;
+    /// `sandvisor run -- true` over a naive QEMU boot of the same kernel
+    /// to power-off.
+    pub const RUN_TRUE_OVER_NAIVE: f64 = 0.85;
 }
 
 /// Ids of the sandboxes the memory section makes through the CLI start
@@ -280,11 +284,25 @@ async fn guest_true(agent: &AgentClient) -> Result<(), BenchError> {
 
 /// The built-in config, as `sandvisor run` resolves it.
 fn resolve(opts: &BenchOptions) -> Result<(HypervisorType, HypervisorConfig), BenchError> {
+    resolve_assets(opts, None)
+}
+
+/// The built-in config with the kernel and initrd of the asset directory
+/// `assets`, as `sandvisor run` resolves it with `SANDVISOR_ASSET_DIR`.
+fn resolve_assets(
+    opts: &BenchOptions,
+    assets: Option<&Path>,
+) -> Result<(HypervisorType, HypervisorConfig), BenchError> {
     let s = SandboxOptions {
         boot_timeout: opts.boot_timeout,
         ..SandboxOptions::default()
     };
-    Ok(s.resolve()?)
+    let (kind, mut config) = s.resolve()?;
+    if let Some(dir) = assets {
+        config.kernel_path = Some(crate::paths::kernel_in(dir));
+        config.initrd_path = Some(dir.join(crate::paths::INITRD_FILE));
+    }
+    Ok((kind, config))
 }
 
 /// What the machine is.
@@ -366,6 +384,18 @@ pub async fn run(
             ));
             let _ = q.cleanup().await;
         }
+    }
+    if let (Some(qemu), Some(kernel)) = (&config.hypervisor_path, &config.kernel_path) {
+        let args = naive::naive_args(
+            kernel,
+            Path::new("<busybox initrd>"),
+            config.num_vcpus,
+            config.memory_size,
+        );
+        setup.push(format!("naive {} {}", qemu.display(), args.join(" ")));
+    }
+    if let Some(dir) = &opts.compare_assets {
+        setup.push(format!("compared assets {}", dir.display()));
     }
     let mut rec = Recorder::default();
     for section in &opts.sections {

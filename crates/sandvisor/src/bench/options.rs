@@ -103,6 +103,10 @@ pub struct BenchOptions {
     pub boot_timeout: Duration,
     /// How the run was invoked, for the report.
     pub command: String,
+    /// A second asset directory (another kernel and its initrd) whose cold
+    /// start the cold section measures in the same run, interleaved with
+    /// the default assets'; its figures' keys end in `@compared`.
+    pub compare_assets: Option<PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -117,6 +121,7 @@ impl Default for BenchOptions {
             cli: PathBuf::from("sandvisor"),
             boot_timeout: Duration::from_secs(60),
             command: "sandvisor bench".into(),
+            compare_assets: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The guest kernel: Debian's `linux-image-cloud-amd64`, fetched with
 //! `apt-get download` and unpacked with `dpkg-deb -x`, never installed.
+//! (The sandbox kernel built from Debian's source is [`super::source`].)
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -114,7 +115,21 @@ pub fn resolve(meta: &str) -> Result<KernelPackage, ImageError> {
 /// [`ImageError::AptListsMissing`] when apt cannot find the package, else
 /// the failing command.
 pub fn download(pkg: &KernelPackage, cache: &Path) -> Result<(PathBuf, bool), ImageError> {
-    let deb = cache.join(pkg.deb_file_name());
+    download_file(
+        &format!("{}={}", pkg.name, pkg.version),
+        &pkg.deb_file_name(),
+        cache,
+    )
+}
+
+/// Downloads the package `spec` (`name=version`), which apt writes as
+/// `file`, into `cache` unless it is there already. Returns the `.deb`
+/// path and whether it was downloaded.
+///
+/// # Errors
+/// As [`download`].
+pub fn download_file(spec: &str, file: &str, cache: &Path) -> Result<(PathBuf, bool), ImageError> {
+    let deb = cache.join(file);
     if deb.is_file() {
         return Ok((deb, false));
     }
@@ -122,15 +137,14 @@ pub fn download(pkg: &KernelPackage, cache: &Path) -> Result<(PathBuf, bool), Im
         path: cache.to_path_buf(),
         source,
     })?;
-    let spec = format!("{}={}", pkg.name, pkg.version);
-    match run("apt-get", &["download", "-q", &spec], Some(cache)) {
+    match run("apt-get", &["download", "-q", spec], Some(cache)) {
         Ok(_) => {}
         Err(ImageError::CommandFailed { stderr, .. })
             if stderr.contains("Unable to locate")
                 || stderr.contains("candidate")
                 || stderr.contains("not found") =>
         {
-            return Err(lists_missing(&spec, stderr))
+            return Err(lists_missing(spec, stderr))
         }
         Err(e) => return Err(e),
     }

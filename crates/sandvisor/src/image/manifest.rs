@@ -71,6 +71,8 @@ pub(super) fn modules_identity(source: &KernelSource) -> Result<String, ImageErr
         .collect();
     let origin = match source {
         KernelSource::Debian(_) => "package".to_string(),
+        // Everything is built in.
+        KernelSource::Source(_) => "none".to_string(),
         KernelSource::File { modules: None, .. } => "none".to_string(),
         KernelSource::File {
             modules: Some(dir), ..
