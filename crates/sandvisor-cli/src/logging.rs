@@ -3,6 +3,7 @@
 //! carries only what the command prints and its error chain, once.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -30,9 +31,12 @@ pub fn init(filter: Option<&str>) {
     // A runtime directory that cannot be made or is not ours is reported by
     // the command that needs it; the log lines are then dropped.
     let file = sandvisor::paths::prepare_runtime_dir().ok().and_then(|_| {
+        // 0600 as every file in the runtime directory: the log names
+        // sandboxes and may quote their consoles.
         OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(default_log_file())
             .ok()
     });
