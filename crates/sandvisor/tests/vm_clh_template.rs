@@ -160,3 +160,77 @@ async fn a_template_and_two_clones_or_chs_snapshot_error() {
         .collect();
     assert!(left.is_empty(), "stray files in the template: {left:?}");
 }
+
+fn chain(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// A clone of a template directory whose snapshot this host could not
+/// have made (a saved config, an empty state): the config is patched into
+/// the clone's own directory and handed to `vm.restore`, which CH refuses
+/// with its message; a saved config that is not a VM config is refused
+/// before CH is asked. Either way nothing is left and the template is
+/// untouched.
+#[tokio::test]
+async fn a_clone_patches_its_own_config_and_fails_cleanly_on_a_bad_snapshot() {
+    let guest = clh::guest();
+    let storage = tempfile::Builder::new()
+        .prefix("svc")
+        .tempdir_in("/tmp")
+        .expect("storage");
+    let _reaper = clh::Reaper(storage.path().to_path_buf());
+    let template = guest.dir.path().join("template");
+    let state = template.join("state");
+    std::fs::create_dir_all(&state).expect("template dirs");
+    let memory = template.join("memory");
+    std::fs::write(&memory, [0u8; 4096]).expect("memory");
+    let saved = format!(
+        r#"{{"memory":{{"size":0,"shared":true,"zones":[{{"id":"template","size":4096,"file":"{}","shared":true}}]}}}}"#,
+        memory.display()
+    );
+    std::fs::write(state.join("config.json"), &saved).expect("saved config");
+    std::fs::write(state.join("state.json"), "{}").expect("state");
+    let mut config = clh::config(&guest);
+    config.boot_from_template = true;
+    config.memory_path = Some(memory.clone());
+    config.devices_state_path = Some(state.clone());
+
+    let mut vm = Clh::with_storage(storage.path());
+    vm.create_sandbox("clone", &NetworkNamespace::default(), &config, false)
+        .await
+        .expect("creates");
+    let e = vm
+        .start_sandbox(clh::START_TIMEOUT)
+        .await
+        .expect_err("no real snapshot");
+    let said = chain(&e);
+    assert!(said.contains("vm.restore"), "CH was asked: {said}");
+    assert!(vm.pids().is_empty());
+    nothing_left(storage.path());
+    assert_eq!(
+        std::fs::read_to_string(state.join("config.json")).expect("saved config"),
+        saved,
+        "the template's own config is not patched"
+    );
+
+    std::fs::write(state.join("config.json"), r#"{"cpus":{}}"#).expect("bad config");
+    let mut vm = Clh::with_storage(storage.path());
+    vm.create_sandbox("clone", &NetworkNamespace::default(), &config, false)
+        .await
+        .expect("creates");
+    let e = vm
+        .start_sandbox(clh::START_TIMEOUT)
+        .await
+        .expect_err("not a VM config");
+    let typed = e.backend_source::<ClhError>();
+    assert!(
+        matches!(typed, Some(ClhError::TemplateConfig { .. })),
+        "{e:?}"
+    );
+    assert!(chain(&e).contains("\"memory\""), "{}", chain(&e));
+    assert!(vm.pids().is_empty());
+    nothing_left(storage.path());
+}

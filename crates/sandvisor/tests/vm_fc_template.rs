@@ -69,23 +69,27 @@ async fn stop(vm: &mut Firecracker) {
 async fn start_clone(dirs: &Dirs, id: &str, config: &HypervisorConfig) -> Firecracker {
     let mut vm = dirs.backend(dirs.options());
     let vsock = start(&mut vm, id, config).await;
-    // The override moved the vsock to this clone's own socket, not the
-    // template's.
+    // The override moved the vsock to this clone's own socket (in its
+    // own jail when jailed), not the template's.
+    let own = if config.jailer_path.is_some() {
+        vm.jail_dir().expect("jailed")
+    } else {
+        dirs.storage.path().join(id)
+    };
     assert!(
-        vsock.exists() && vsock.starts_with(dirs.storage.path().join(id)),
+        vsock.exists() && vsock.starts_with(&own),
         "{id}'s vsock socket is its own: {vsock:?}"
     );
     vm
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vm_fc_template_two_clones_at_once() {
+async fn two_clones_at_once(jailed: bool) {
     support::trace();
     let dirs = Dirs::new();
     let template = dirs.assets.path().join("template");
     std::fs::create_dir(&template).expect("template dir");
     let (state, memory) = (template.join("vm.state"), template.join("vm.mem"));
-    let mut config = dirs.config(false);
+    let mut config = dirs.config(jailed);
     config.devices_state_path = Some(state.clone());
     config.memory_path = Some(memory.clone());
 
@@ -140,4 +144,14 @@ async fn vm_fc_template_two_clones_at_once() {
         assert!(leaked.is_empty(), "firecracker processes left: {leaked:?}");
     }
     assert_eq!(digest(&memory), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_fc_template_two_clones_at_once() {
+    two_clones_at_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_fc_template_two_clones_at_once_jailed() {
+    two_clones_at_once(true).await;
 }
