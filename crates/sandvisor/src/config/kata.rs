@@ -414,6 +414,11 @@ pub enum TemplateRule {
     /// A hypervisor without templates in this build.
     #[error("templates need hypervisor qemu or firecracker, not {0}")]
     NoTemplates(HypervisorType),
+    /// Firecracker without a jail, with drive placeholders: a clone's
+    /// snapshot names the template VM's placeholder files, which are gone
+    /// with its directory; a jail gives each clone them again.
+    #[error("firecracker templates with {0} drive placeholders (hotplug_transport = \"mmio\") need jailer_path: a clone's snapshot names the template VM's placeholder files, which only a jail recreates; set jailer_path, or hotplug_transport = \"pci\"")]
+    FirecrackerPlaceholders(u32),
     /// Cloud Hypervisor: its backend makes templates (a shared memory
     /// zone and `vm.snapshot`), but the factory does not route to it.
     #[error("templates on clh are refused: they rest on vm.snapshot, which cloud hypervisor cannot do on a PVM-backed KVM host (it cannot read the vCPUs' nested state), so the path is unproven; use hypervisor qemu or firecracker")]
@@ -450,6 +455,17 @@ pub fn check_template_rules(
     }
     if config.initrd_path.is_none() {
         return Err(TemplateRule::NeedsInitrd);
+    }
+    if hypervisor == HypervisorType::Firecracker && config.jailer_path.is_none() {
+        use crate::backends::firecracker::{HotplugMode, MMIO_PLACEHOLDERS};
+        let mmio = config.hotplug_transport == Some(HotplugMode::Mmio);
+        let placeholders =
+            config
+                .drive_placeholders
+                .unwrap_or(if mmio { MMIO_PLACEHOLDERS } else { 0 });
+        if placeholders > 0 {
+            return Err(TemplateRule::FirecrackerPlaceholders(placeholders));
+        }
     }
     if config.shared_fs.is_virtio_fs() {
         return Err(TemplateRule::VirtioFs(config.shared_fs.as_str()));
@@ -914,6 +930,24 @@ mod tests {
                 Err(TemplateRule::NoTemplates(HypervisorType::Acrn)),
             ),
             (HypervisorType::Firecracker, ok.clone(), Ok(())),
+            (
+                HypervisorType::Firecracker,
+                HypervisorConfig {
+                    hotplug_transport: Some(crate::backends::firecracker::HotplugMode::Mmio),
+                    ..ok.clone()
+                },
+                Err(TemplateRule::FirecrackerPlaceholders(8)),
+            ),
+            (
+                HypervisorType::Firecracker,
+                HypervisorConfig {
+                    hotplug_transport: Some(crate::backends::firecracker::HotplugMode::Mmio),
+                    drive_placeholders: Some(2),
+                    jailer_path: Some("/bin/jailer".into()),
+                    ..ok.clone()
+                },
+                Ok(()),
+            ),
             (
                 HypervisorType::Firecracker,
                 HypervisorConfig {
