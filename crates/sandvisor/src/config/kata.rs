@@ -429,8 +429,17 @@ pub enum TemplateRule {
     #[error("templates cannot use enable_vhost_user_store: vhost-user needs shared guest memory")]
     VhostUserStore,
     /// A hypervisor without templates in this build.
-    #[error("templates need hypervisor qemu, not {0}")]
-    NeedsQemu(HypervisorType),
+    #[error("templates need hypervisor qemu or firecracker, not {0}")]
+    NoTemplates(HypervisorType),
+    /// Firecracker without a jail, with drive placeholders: a clone's
+    /// snapshot names the template VM's placeholder files, which are gone
+    /// with its directory; a jail gives each clone them again.
+    #[error("firecracker templates with {0} drive placeholders (hotplug_transport = \"mmio\") need jailer_path: a clone's snapshot names the template VM's placeholder files, which only a jail recreates; set jailer_path, or hotplug_transport = \"pci\"")]
+    FirecrackerPlaceholders(u32),
+    /// Cloud Hypervisor: its backend makes templates (a shared memory
+    /// zone and `vm.snapshot`), but the factory does not route to it.
+    #[error("templates on clh are refused: they rest on vm.snapshot, which cloud hypervisor cannot do on a PVM-backed KVM host (it cannot read the vCPUs' nested state), so the path is unproven; use hypervisor qemu or firecracker")]
+    ClhSnapshot,
 }
 
 /// Kata's `checkFactoryConfig` for `enable_template`, and the rules Kata
@@ -443,8 +452,12 @@ pub enum TemplateRule {
 /// naming the rule. A vhost-vsock is allowed (on restore the guest gets a
 /// transport reset and reads its new CID), as in current Kata; Kata 1.x
 /// refused vsock with a factory. A hybrid vsock is refused: it needs
-/// shared memory and cannot be migrated. Templates run on QEMU only, as
-/// in Kata (whose Cloud Hypervisor and Firecracker drivers have none).
+/// shared memory and cannot be migrated. Templates run on QEMU and, beyond
+/// Kata (whose Cloud Hypervisor and Firecracker drivers have none), on
+/// Firecracker: a full snapshot to the template's files, loaded by each
+/// clone into a fresh process with the memory file mapped private and
+/// `vsock_override` to its own socket. Cloud Hypervisor is refused with
+/// the reason ([`TemplateRule::ClhSnapshot`]).
 ///
 /// # Errors
 /// The first [`TemplateRule`] `config` breaks.
@@ -452,11 +465,24 @@ pub fn check_template_rules(
     hypervisor: HypervisorType,
     config: &HypervisorConfig,
 ) -> Result<(), TemplateRule> {
-    if hypervisor != HypervisorType::Qemu {
-        return Err(TemplateRule::NeedsQemu(hypervisor));
+    match hypervisor {
+        HypervisorType::Qemu | HypervisorType::Firecracker => {}
+        HypervisorType::Clh => return Err(TemplateRule::ClhSnapshot),
+        other => return Err(TemplateRule::NoTemplates(other)),
     }
     if config.initrd_path.is_none() {
         return Err(TemplateRule::NeedsInitrd);
+    }
+    if hypervisor == HypervisorType::Firecracker && config.jailer_path.is_none() {
+        use crate::backends::firecracker::{HotplugMode, MMIO_PLACEHOLDERS};
+        let mmio = config.hotplug_transport == Some(HotplugMode::Mmio);
+        let placeholders =
+            config
+                .drive_placeholders
+                .unwrap_or(if mmio { MMIO_PLACEHOLDERS } else { 0 });
+        if placeholders > 0 {
+            return Err(TemplateRule::FirecrackerPlaceholders(placeholders));
+        }
     }
     if config.shared_fs.is_virtio_fs() {
         return Err(TemplateRule::VirtioFs(config.shared_fs.as_str()));
@@ -464,7 +490,12 @@ pub fn check_template_rules(
     if config.file_backed_mem_root_dir.is_some() {
         return Err(TemplateRule::FileBackedMemory);
     }
-    if config.use_vsock && config.vhost_user_vsock_daemon.is_some() {
+    // Firecracker's vsock is its own hybrid one, which a clone re-points
+    // with `vsock_override`; the rule is QEMU's vhost-device-vsock.
+    if hypervisor == HypervisorType::Qemu
+        && config.use_vsock
+        && config.vhost_user_vsock_daemon.is_some()
+    {
         return Err(TemplateRule::HybridVsock);
     }
     if config.enable_vhost_user_store {
@@ -908,7 +939,49 @@ mod tests {
             (
                 HypervisorType::Clh,
                 ok.clone(),
-                Err(TemplateRule::NeedsQemu(HypervisorType::Clh)),
+                Err(TemplateRule::ClhSnapshot),
+            ),
+            (
+                HypervisorType::Acrn,
+                ok.clone(),
+                Err(TemplateRule::NoTemplates(HypervisorType::Acrn)),
+            ),
+            (HypervisorType::Firecracker, ok.clone(), Ok(())),
+            (
+                HypervisorType::Firecracker,
+                HypervisorConfig {
+                    hotplug_transport: Some(crate::backends::firecracker::HotplugMode::Mmio),
+                    ..ok.clone()
+                },
+                Err(TemplateRule::FirecrackerPlaceholders(8)),
+            ),
+            (
+                HypervisorType::Firecracker,
+                HypervisorConfig {
+                    hotplug_transport: Some(crate::backends::firecracker::HotplugMode::Mmio),
+                    drive_placeholders: Some(2),
+                    jailer_path: Some("/bin/jailer".into()),
+                    ..ok.clone()
+                },
+                Ok(()),
+            ),
+            (
+                HypervisorType::Firecracker,
+                HypervisorConfig {
+                    use_vsock: true,
+                    vhost_user_vsock_daemon: Some("/bin/vhost-device-vsock".into()),
+                    ..ok.clone()
+                },
+                Ok(()),
+            ),
+            (
+                HypervisorType::Firecracker,
+                HypervisorConfig {
+                    initrd_path: None,
+                    image_path: Some("/i.img".into()),
+                    ..ok.clone()
+                },
+                Err(TemplateRule::NeedsInitrd),
             ),
         ];
         for (kind, config, want) in cases {

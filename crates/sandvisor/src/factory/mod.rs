@@ -669,4 +669,35 @@ mod tests {
             .expect("a cache client");
         assert!(matches!(&f.source, Source::Cache(p) if p.as_os_str() == "/tmp/x/cache.sock"));
     }
+
+    #[test]
+    fn templates_route_to_firecracker_and_refuse_clh_saying_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fc = FactoryConfig {
+            enable_template: true,
+            template_path: Some(dir.path().join("none")),
+            ..FactoryConfig::default()
+        };
+        let base = HypervisorConfig {
+            kernel_path: Some("/k".into()),
+            initrd_path: Some("/i".into()),
+            ..HypervisorConfig::default()
+        };
+        // Firecracker passes the rules and looks for its template.
+        let e = Factory::new(&fc, &base, HypervisorType::Firecracker).expect_err("none made");
+        assert!(matches!(e, FactoryError::NoTemplate { .. }), "{e}");
+        let e = Factory::new(&fc, &base, HypervisorType::Clh).expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                FactoryError::Rule(crate::config::kata::TemplateRule::ClhSnapshot)
+            ),
+            "{e}"
+        );
+        let why = std::error::Error::source(&e).map(ToString::to_string);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("vm.snapshot")),
+            "{why:?}"
+        );
+    }
 }

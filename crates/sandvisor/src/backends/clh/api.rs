@@ -126,6 +126,29 @@ pub struct MemoryConfig {
     /// Fault all guest memory in at start.
     #[serde(default, skip_serializing_if = "is_false")]
     pub prefault: bool,
+    /// Memory zones, when guest memory is made of them (`size` is then 0):
+    /// a template's memory is one zone backed by a file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<MemoryZoneConfig>,
+}
+
+/// One zone of guest memory.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemoryZoneConfig {
+    /// The zone's id.
+    pub id: String,
+    /// Its size, in bytes.
+    pub size: u64,
+    /// The file backing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Map the file shared (writes reach it) rather than private (copy
+    /// on write).
+    #[serde(default)]
+    pub shared: bool,
+    /// Room for virtio-mem hot-plug in this zone, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_size: Option<u64>,
 }
 
 /// What the VM boots.

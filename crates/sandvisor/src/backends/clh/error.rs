@@ -129,6 +129,36 @@ pub enum ClhError {
     /// A state for another hypervisor.
     #[error("the state is for {0}, not clh")]
     WrongHypervisor(HypervisorType),
+    /// CH refused to snapshot a template VM; `message` is CH's own text
+    /// (under PVM it cannot read the vCPUs' nested state).
+    #[error("cloud hypervisor cannot snapshot the template to {dir:?} (HTTP {status}): {message}")]
+    TemplateSnapshot {
+        /// The template directory.
+        dir: PathBuf,
+        /// CH's HTTP status.
+        status: u16,
+        /// CH's error text.
+        message: String,
+    },
+    /// A template's memory file could not be made.
+    #[error("cannot make the template memory file {path:?}")]
+    TemplateMemory {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config a template's snapshot saved could not be read, patched
+    /// for clones, or written back.
+    #[error("cannot patch the template's saved config {path:?} for copy-on-write clones")]
+    TemplateConfig {
+        /// The saved config (`config.json` in the template directory).
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClhError {

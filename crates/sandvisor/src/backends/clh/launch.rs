@@ -2,13 +2,14 @@
 //! start, and re-attaching to a CH another process started.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::api::{
     self, RestoreConfig, VmBoot, VmCreate, VmInfoGet, VmRestore, VmRunState, VmmPing,
 };
-use super::vm_config::{self, VmConfigError, VmPaths, VmSpec};
+use super::vm_config::{self, VmConfigError, VmPaths, VmSpec, SAVED_CONFIG, TEMPLATE_ZONE};
 use super::{host_memory_mib, remove_dir, Clh, ClhError, StartTimings, KIND, REAP_TIMEOUT};
 use crate::backends::vmm::process::{Exit, ProcessError, Spawn, Supervised};
 use crate::backends::vmm::rest::{Flavour, RestClient, RestError};
@@ -93,6 +94,13 @@ impl Clh {
             let _ = std::fs::remove_file(stale);
         }
         let vm = self.vm_config(&self.devices)?;
+        if let Some(zone) = vm.memory.zones.iter().find(|z| z.id == TEMPLATE_ZONE) {
+            // CH maps the zone's file as it is: it must exist, at the size.
+            let path = zone.file.clone().expect("a template zone names its file");
+            std::fs::File::create(&path)
+                .and_then(|f| f.set_len(zone.size))
+                .map_err(|source| ClhError::TemplateMemory { path, source })?;
+        }
 
         if !vm.fs.is_empty() && self.config.shared_fs.is_virtio_fs() {
             let share = self.devices.iter().find_map(|d| match d {
@@ -140,6 +148,7 @@ impl Clh {
                 .devices_state_path
                 .clone()
                 .unwrap_or_else(|| paths.snapshot.clone());
+            let dir = clone_snapshot_dir(&dir, &paths)?;
             let restore = VmRestore(RestoreConfig {
                 source_url: api::file_url(&dir),
                 prefault: None,
@@ -202,6 +211,7 @@ impl Clh {
                 tracing::warn!(error = %e, "cannot remove VM directory after a failed start");
             }
         }
+        self.remove_unmade_template();
     }
 
     pub(super) fn restore_from_state(&mut self, state: &HypervisorState) -> Result<(), ClhError> {
@@ -276,4 +286,49 @@ pub(crate) fn command_args(api: &std::path::Path, debug: bool) -> Vec<String> {
         args.push("-v".to_string());
     }
     args
+}
+
+/// Name of a clone's own snapshot directory, in its VM directory.
+pub(super) const CLONE_SNAPSHOT: &str = "restore";
+
+/// The directory a clone restores from: for a template's snapshot (it has
+/// a saved config), `<vm dir>/restore` with the config patched for this
+/// clone ([`vm_config::template_restore_config`]) and the snapshot's other
+/// files linked; a directory without a saved config as it is (CH's
+/// `vm.restore` then names what is missing).
+fn clone_snapshot_dir(template: &Path, paths: &VmPaths) -> Result<PathBuf, ClhError> {
+    let saved = template.join(SAVED_CONFIG);
+    let text = match std::fs::read_to_string(&saved) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(template.to_path_buf()),
+        Err(source) => {
+            return Err(ClhError::TemplateConfig {
+                path: saved,
+                source,
+            })
+        }
+    };
+    let config_err = |source| ClhError::TemplateConfig {
+        path: saved.clone(),
+        source,
+    };
+    let patched = vm_config::template_restore_config(&text, paths)
+        .map_err(|e| config_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let own = paths.dir.join(CLONE_SNAPSHOT);
+    std::fs::create_dir_all(&own).map_err(|source| ClhError::Dir {
+        action: "create",
+        path: own.clone(),
+        source,
+    })?;
+    let entries = std::fs::read_dir(template).map_err(config_err)?;
+    for entry in entries {
+        let entry = entry.map_err(config_err)?;
+        if entry.file_name() == SAVED_CONFIG {
+            continue;
+        }
+        std::os::unix::fs::symlink(entry.path(), own.join(entry.file_name()))
+            .map_err(config_err)?;
+    }
+    std::fs::write(own.join(SAVED_CONFIG), patched).map_err(config_err)?;
+    Ok(own)
 }

@@ -23,6 +23,20 @@
 //! reason kills what it started (virtiofsd included) and removes the
 //! directory; its error carries the end of CH's log.
 //!
+//! # Templates
+//!
+//! A VM booted to be a template (`boot_to_be_template` with a
+//! `memory_path`) has its memory as one zone on the template's memory file,
+//! mapped shared, so `save_sandbox` (`vm.snapshot` into
+//! `devices_state_path`) leaves guest memory in that file. A failed
+//! template snapshot is [`ClhError::TemplateSnapshot`] with CH's text (on a
+//! PVM host CH cannot read the vCPUs' nested state) and removes what it
+//! wrote; cleanup of a template VM whose snapshot never succeeded removes
+//! the memory file too. A clone (`boot_from_template`) restores from
+//! `<vm dir>/restore`: the snapshot's files linked, its saved config
+//! patched to map the file private (copy on write) and to use the clone's
+//! own console and vsock sockets; `vm.restore` resumes it.
+//!
 //! `stop_sandbox` sends `vm.shutdown` and `vmm.shutdown`, waits, then
 //! TERM and KILL; a CH that died on its own is reported by `check` at once
 //! and by `stop_sandbox`, as for QEMU.
@@ -320,6 +334,53 @@ fn host_memory_mib() -> Result<u64, ClhError> {
     probe::host_memory_mib().map_err(ClhError::HostMemory)
 }
 
+/// The files `vm.snapshot` writes into a snapshot directory.
+const SNAPSHOT_FILES: [&str; 3] = [vm_config::SAVED_CONFIG, "state.json", "memory-ranges"];
+
+/// Removes what a failed template snapshot may have written into `dir`,
+/// and `dir` itself when that leaves it empty.
+fn remove_snapshot_files(dir: &Path) {
+    for name in SNAPSHOT_FILES {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Checks that a template's snapshot saved a config its clones can be
+/// restored from (patched per clone at restore).
+fn check_saved_config(saved: &Path) -> Result<(), ClhError> {
+    let text = std::fs::read_to_string(saved).map_err(|source| ClhError::TemplateConfig {
+        path: saved.to_path_buf(),
+        source,
+    })?;
+    let paths = VmPaths::new(Path::new("/"), "check");
+    vm_config::template_restore_config(&text, &paths)
+        .map(drop)
+        .map_err(|e| ClhError::TemplateConfig {
+            path: saved.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+}
+
+impl Clh {
+    /// Removes the memory file of a template VM that never got its
+    /// snapshot written: a half-made template is no template.
+    pub(super) fn remove_unmade_template(&self) {
+        if !self.config.boot_to_be_template || self.snapshot.is_some() {
+            return;
+        }
+        if let Some(file) = &self.config.memory_path {
+            match std::fs::remove_file(file) {
+                Ok(()) => tracing::debug!(file = %file.display(), "unmade template memory removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %file.display(), "cannot remove template memory")
+                }
+            }
+        }
+    }
+}
+
 fn remove_dir(dir: &Path) -> Result<(), ClhError> {
     crate::backends::vmm::remove_dir_if_present(dir).map_err(|source| ClhError::Dir {
         action: "remove",
@@ -501,17 +562,41 @@ impl Hypervisor for Clh {
                 source,
             })
         })?;
+        let template = self.config.boot_to_be_template && self.config.devices_state_path.is_some();
         let body = VmSnapshot(VmSnapshotConfig {
             destination_url: api::file_url(&dir),
         });
         let r = self
             .call("snapshot the VM (vm.snapshot)", &body, SNAPSHOT_TIMEOUT)
             .await;
+        let r = match r {
+            Err(e) if template => {
+                let fault = e.fault().map(|(s, m)| (s, m.to_string()));
+                match fault {
+                    Some((status, message)) => Err(ClhError::TemplateSnapshot {
+                        dir: dir.clone(),
+                        status,
+                        message,
+                    }),
+                    None => Err(e),
+                }
+            }
+            r => r,
+        };
         if let Err(e) = self.or_exited(r).await {
             if dir == paths.snapshot {
                 let _ = std::fs::remove_dir_all(&dir);
+            } else if template {
+                remove_snapshot_files(&dir);
             }
             return Err(e);
+        }
+        if template {
+            let saved = dir.join(vm_config::SAVED_CONFIG);
+            if let Err(e) = check_saved_config(&saved) {
+                remove_snapshot_files(&dir);
+                return Err(e.into());
+            }
         }
         tracing::info!(id = self.id, dir = %dir.display(), "sandbox saved");
         self.snapshot = Some(dir);
@@ -640,9 +725,10 @@ impl Hypervisor for Clh {
             vfio: true,
             pause: true,
             save: true,
-            // Restoring a template (vm.restore) is here; the factory that
-            // makes CH templates is not.
-            vm_template: false,
+            // A template: a shared memory zone on the template's file and
+            // vm.snapshot; clones by vm.restore of a per-clone copy-on-write
+            // config (see `launch::clone_snapshot_dir`).
+            vm_template: true,
             vm_cache: true,
             reattach: true,
         }
@@ -683,6 +769,7 @@ impl Hypervisor for Clh {
             remove_dir(&paths.dir)?;
             tracing::debug!(dir = %paths.dir.display(), "VM directory removed");
         }
+        self.remove_unmade_template();
         Ok(())
     }
 

@@ -63,7 +63,7 @@ fn capabilities_follow_the_config() {
     assert!(caps.hybrid_vsock && caps.pause && caps.save && caps.reattach);
     assert!(!caps.memory_hotplug, "no slots, no virtio-mem");
     assert!(!caps.fs_sharing, "9p is not CH's");
-    assert!(!caps.vm_template);
+    assert!(caps.vm_template, "templates by vm.snapshot and vm.restore");
     clh.config.virtio_mem = true;
     clh.config.shared_fs = crate::config::SharedFs::VirtioFs;
     let caps = clh.capabilities();
@@ -149,7 +149,14 @@ fn every_request_meets_the_cloud_hypervisor_spec() {
     image.validate().expect("valid");
     let mut image_disk = image.clone();
     image_disk.disable_image_nvdimm = true;
+    let mut template = config();
+    template.validate().expect("valid");
+    template.boot_to_be_template = true;
+    template.virtio_mem = true;
+    template.memory_path = Some("/run/vc/vm/template/memory".into());
+    template.devices_state_path = Some("/run/vc/vm/template/state".into());
     for (c, devs) in [
+        (&template, &devices[..1]),
         (&rich, &devices[..]),
         (&image, &[][..]),
         (&image_disk, &[][..]),

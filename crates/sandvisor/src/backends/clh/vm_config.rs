@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 
 use super::api::{
     ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, FsConfig, HotplugMethod, ImageType,
-    MemoryConfig, NetConfig, PayloadConfig, PmemConfig, RngConfig, VmConfig, VsockConfig,
+    MemoryConfig, MemoryZoneConfig, NetConfig, PayloadConfig, PmemConfig, RngConfig, VmConfig,
+    VsockConfig,
 };
 use crate::assets::AssetType;
 use crate::config::{Accel, HypervisorConfig, SharedFs};
@@ -262,8 +263,31 @@ pub fn hotplug_room_mib(config: &HypervisorConfig, host_memory_mib: u64) -> u64 
     room - room % u64::from(ACPI_BLOCK_MIB)
 }
 
+/// Id of a template's one memory zone.
+pub const TEMPLATE_ZONE: &str = "template";
+
 fn memory(config: &HypervisorConfig, host_memory_mib: u64) -> MemoryConfig {
     let room = hotplug_room_mib(config, host_memory_mib);
+    if let (true, Some(file)) = (config.boot_to_be_template, &config.memory_path) {
+        // A template's memory is one zone on the template's file, mapped
+        // shared so the file holds guest memory when `vm.snapshot` runs;
+        // clones map the same file private (see `template_restore_config`).
+        return MemoryConfig {
+            size: 0,
+            shared: true,
+            hugepages: config.huge_pages,
+            prefault: config.mem_prealloc,
+            zones: vec![MemoryZoneConfig {
+                id: TEMPLATE_ZONE.into(),
+                size: u64::from(config.memory_size) * MIB,
+                file: Some(file.clone()),
+                shared: true,
+                hotplug_size: (room > 0 && config.virtio_mem).then_some(room * MIB),
+            }],
+            hotplug_method: (room > 0 && config.virtio_mem).then_some(HotplugMethod::VirtioMem),
+            ..MemoryConfig::default()
+        };
+    }
     MemoryConfig {
         size: u64::from(config.memory_size) * MIB,
         hotplug_size: (room > 0).then_some(room * MIB),
@@ -274,7 +298,46 @@ fn memory(config: &HypervisorConfig, host_memory_mib: u64) -> MemoryConfig {
             || config.boot_from_template,
         hugepages: config.huge_pages,
         prefault: config.mem_prealloc,
+        zones: Vec::new(),
     }
+}
+
+/// File name of the config `vm.snapshot` saves in the snapshot directory.
+pub const SAVED_CONFIG: &str = "config.json";
+
+/// The config a template's snapshot saved, for one clone: guest memory
+/// and every memory zone mapped private (`shared: false`), so the clone's
+/// writes go to its own copy-on-write pages and never reach the template's
+/// file; the serial console and hybrid vsock sockets moved to the clone's
+/// own `paths` (CH's `vm.restore` cannot re-point them, and two clones
+/// cannot listen on one socket). This works on the JSON tree, not on
+/// [`VmConfig`], because the saved config holds keys this crate does not
+/// model and `vm.restore` needs all of them back.
+pub fn template_restore_config(saved: &str, paths: &VmPaths) -> Result<String, serde_json::Error> {
+    use serde::de::Error as _;
+    use serde_json::Value;
+    let mut tree: Value = serde_json::from_str(saved)?;
+    let memory = tree
+        .get_mut("memory")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| serde_json::Error::custom("the saved config has no \"memory\" object"))?;
+    memory.insert("shared".into(), false.into());
+    if let Some(zones) = memory.get_mut("zones").and_then(Value::as_array_mut) {
+        for zone in zones.iter_mut().filter_map(Value::as_object_mut) {
+            zone.insert("shared".into(), false.into());
+        }
+    }
+    for (key, to) in [("serial", &paths.console), ("vsock", &paths.vsock)] {
+        let socket = tree
+            .get_mut(key)
+            .and_then(Value::as_object_mut)
+            .and_then(|o| o.get_mut("socket"))
+            .filter(|v| v.is_string());
+        if let Some(socket) = socket {
+            *socket = to.display().to_string().into();
+        }
+    }
+    serde_json::to_string(&tree)
 }
 
 /// How the image reaches the guest.

@@ -171,10 +171,14 @@ impl Default for FcOptions {
     }
 }
 
+/// Drive placeholders in MMIO hot-plug mode when neither the options nor
+/// the config give a number.
+pub const MMIO_PLACEHOLDERS: u32 = 8;
+
 impl FcOptions {
     fn placeholder_count(&self) -> u32 {
         self.placeholders.unwrap_or(match self.hotplug {
-            HotplugMode::Mmio => 8,
+            HotplugMode::Mmio => MMIO_PLACEHOLDERS,
             HotplugMode::Pci => 0,
         })
     }

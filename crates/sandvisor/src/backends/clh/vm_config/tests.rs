@@ -237,3 +237,46 @@ fn paths_sit_in_the_vm_directory() {
     assert_eq!(p.vsock, Path::new("/run/sv/vm/vm1/clh.sock"));
     assert_eq!(p.snapshot, Path::new("/run/sv/vm/vm1/snapshot"));
 }
+
+#[test]
+fn a_template_s_memory_is_one_shared_zone_on_its_file() {
+    let mut c = base();
+    c.boot_to_be_template = true;
+    c.memory_path = Some("/run/vc/vm/template/memory".into());
+    c.devices_state_path = Some("/run/vc/vm/template/state".into());
+    golden("template", &json(&c, &[vsock()]));
+    let vm = build(&VmSpec {
+        config: &c,
+        devices: &[],
+        paths: &paths(),
+        host_memory_mib: HOST_MIB,
+    })
+    .expect("builds");
+    assert_eq!(vm.memory.size, 0, "memory is the zone's");
+    assert_eq!(vm.memory.zones.len(), 1);
+    let zone = &vm.memory.zones[0];
+    assert_eq!(zone.size, 512 << 20);
+    assert!(zone.shared && vm.memory.shared);
+    assert_eq!(zone.file.as_deref(), c.memory_path.as_deref());
+    // Without a memory path there is no template file: plain memory.
+    c.memory_path = None;
+    assert!(memory(&c, HOST_MIB).zones.is_empty());
+}
+
+#[test]
+fn a_clone_s_saved_config_maps_the_template_private_on_its_own_sockets() {
+    let saved = r#"{"cpus":{"boot_vcpus":1},"memory":{"size":0,"shared":true,"mergeable":false,
+        "zones":[{"id":"template","size":536870912,"file":"/t/memory","shared":true,"reserve":false}]},
+        "serial":{"mode":"Socket","socket":"/run/sv/tpl/console.sock"},
+        "vsock":{"cid":3,"socket":"/run/sv/tpl/clh.sock","iommu":false},
+        "platform":{"num_pci_segments":1}}"#;
+    let clone = VmPaths::new(Path::new("/run/sv"), "clone1");
+    let out = template_restore_config(saved, &clone).expect("patches");
+    assert_eq!(
+        out,
+        r#"{"cpus":{"boot_vcpus":1},"memory":{"mergeable":false,"shared":false,"size":0,"zones":[{"file":"/t/memory","id":"template","reserve":false,"shared":false,"size":536870912}]},"platform":{"num_pci_segments":1},"serial":{"mode":"Socket","socket":"/run/sv/clone1/console.sock"},"vsock":{"cid":3,"iommu":false,"socket":"/run/sv/clone1/clh.sock"}}"#
+    );
+    let e = template_restore_config(r#"{"cpus":{}}"#, &clone).expect_err("no memory");
+    assert!(e.to_string().contains("\"memory\""), "{e}");
+    assert!(template_restore_config("not json", &clone).is_err());
+}
