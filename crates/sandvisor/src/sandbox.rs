@@ -475,6 +475,8 @@ where
         };
         match booted {
             Some(Ok(vm)) => Sandbox::from_factory(vm),
+            // A boot's own error already names the sandbox and the step.
+            Some(Err(crate::factory::FactoryError::Boot { source, .. })) => return Err(*source),
             Some(Err(e)) => return Err(SandboxError::Factory(Box::new(e))),
             None => return Err(SandboxError::Interrupted { id }),
         }
