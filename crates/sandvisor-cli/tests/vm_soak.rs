@@ -104,6 +104,10 @@ fn entries_under(dir: &Path) -> Vec<String> {
                 stack.push(p);
                 continue;
             }
+            // The CLI's own log (library lines without `--log`) stays.
+            if d == dir && p.file_name().is_some_and(|n| n == "sandvisor.log") {
+                continue;
+            }
             out.push(p.display().to_string());
         }
     }
