@@ -224,6 +224,78 @@ const CASES: &[Case] = &[
         args: &["env", "--config", "{cfg}"],
         needles: &["\"nfs\"", "virtio-fs"],
     },
+    // --- keys or values the section's hypervisor cannot honour --------------
+    Case {
+        name: "virtio-fs on firecracker",
+        config: Some("[hypervisor.firecracker]\nshared_fs = \"virtio-fs\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &[
+            "shared_fs = \"virtio-fs\"",
+            "[hypervisor.firecracker]",
+            "firecracker cannot honour it",
+            "expected one of none",
+        ],
+    },
+    Case {
+        name: "9p on clh",
+        config: Some("[hypervisor.clh]\nshared_fs = \"virtio-9p\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["shared_fs = \"virtio-9p\"", "[hypervisor.clh]", "expected one of virtio-fs, none"],
+    },
+    Case {
+        name: "virtio-fs on acrn",
+        config: Some("[hypervisor.acrn]\nshared_fs = \"virtio-fs\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["shared_fs = \"virtio-fs\"", "[hypervisor.acrn]", "expected one of none"],
+    },
+    Case {
+        name: "nydus, which no backend runs",
+        config: Some("[hypervisor.qemu]\nshared_fs = \"virtio-fs-nydus\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["\"virtio-fs-nydus\"", "expected one of virtio-9p, virtio-fs, none"],
+    },
+    Case {
+        name: "virtiofsd on firecracker",
+        config: Some("[hypervisor.firecracker]\nvirtio_fs_daemon = \"/usr/lib/qemu/virtiofsd\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["virtio_fs_daemon", "[hypervisor.firecracker]", "read by qemu and clh only"],
+    },
+    Case {
+        name: "virtio-scsi on firecracker",
+        config: Some("[hypervisor.firecracker]\nblock_device_driver = \"virtio-scsi\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["\"virtio-scsi\"", "expected one of virtio-mmio, virtio-blk"],
+    },
+    Case {
+        name: "virtio-scsi on clh",
+        config: Some("[hypervisor.clh]\nblock_device_driver = \"virtio-scsi\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["\"virtio-scsi\"", "[hypervisor.clh]", "expected one of virtio-blk"],
+    },
+    Case {
+        name: "virtio-blk-ccw on x86 qemu",
+        config: Some("[hypervisor.qemu]\nblock_device_driver = \"virtio-blk-ccw\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["\"virtio-blk-ccw\"", "expected one of virtio-scsi, virtio-blk, nvdimm"],
+    },
+    Case {
+        name: "firecracker's hot-plug transport on qemu",
+        config: Some("[hypervisor.qemu]\nhotplug_transport = \"mmio\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["hotplug_transport", "[hypervisor.qemu]", "read by firecracker only"],
+    },
+    Case {
+        name: "drive placeholders on clh",
+        config: Some("[hypervisor.clh]\ndrive_placeholders = 2\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["drive_placeholders = 2", "remove it"],
+    },
+    Case {
+        name: "a hybrid vsock daemon on firecracker",
+        config: Some("[hypervisor.firecracker]\nvhost_user_vsock_daemon = \"/bin/vdv\"\n"),
+        args: &["env", "--config", "{cfg}"],
+        needles: &["vhost_user_vsock_daemon", "read by qemu only"],
+    },
     Case {
         name: "machine type QEMU is not driven with",
         config: Some("[hypervisor.qemu]\nmachine_type = \"pc-banana\"\n"),

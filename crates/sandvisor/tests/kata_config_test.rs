@@ -846,3 +846,89 @@ jailer_gid = 1001
     let e = parse(&bad, file).expect_err("isa is no transport");
     assert!(e.to_string().contains("hotplug_transport"), "{e}");
 }
+
+#[test]
+fn a_key_or_value_the_sections_hypervisor_cannot_honour_is_refused() {
+    let file = Path::new("/etc/k.toml");
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        // (section, line, the key refused; None: it loads)
+        (
+            "firecracker",
+            "shared_fs = \"virtio-fs\"",
+            Some("shared_fs"),
+        ),
+        ("firecracker", "shared_fs = \"none\"", None),
+        ("firecracker", "block_device_driver = \"virtio-mmio\"", None),
+        ("firecracker", "block_device_driver = \"virtio-blk\"", None),
+        (
+            "firecracker",
+            "block_device_driver = \"nvdimm\"",
+            Some("block_device_driver"),
+        ),
+        (
+            "firecracker",
+            "virtio_fs_daemon = \"/v\"",
+            Some("virtio_fs_daemon"),
+        ),
+        ("firecracker", "virtio_fs_daemon = \"\"", None),
+        ("firecracker", "hotplug_transport = \"mmio\"", None),
+        ("firecracker", "hotplug_vfio_on_root_bus = true", None),
+        ("clh", "shared_fs = \"virtio-9p\"", Some("shared_fs")),
+        ("clh", "shared_fs = \"virtio-fs\"", None),
+        (
+            "clh",
+            "block_device_driver = \"virtio-scsi\"",
+            Some("block_device_driver"),
+        ),
+        ("clh", "jailer_uid = 1000", Some("jailer_uid")),
+        ("clh", "virtio_fs_cache = \"auto\"", None),
+        ("acrn", "shared_fs = \"virtio-9p\"", Some("shared_fs")),
+        (
+            "acrn",
+            "virtio_fs_extra_args = [\"-d\"]",
+            Some("virtio_fs_extra_args"),
+        ),
+        ("acrn", "block_device_driver = \"virtio-blk\"", None),
+        ("qemu", "shared_fs = \"virtio-fs-nydus\"", Some("shared_fs")),
+        (
+            "qemu",
+            "block_device_driver = \"virtio-mmio\"",
+            Some("block_device_driver"),
+        ),
+        ("qemu", "block_device_driver = \"nvdimm\"", None),
+        ("qemu", "drive_placeholders = 0", None),
+        ("qemu", "drive_placeholders = 3", Some("drive_placeholders")),
+        (
+            "qemu",
+            "jailer_path = \"/usr/bin/jailer\"",
+            Some("jailer_path"),
+        ),
+        ("mock", "shared_fs = \"virtio-fs-nydus\"", None),
+    ];
+    for (section, line, refused) in cases {
+        let text = format!("[hypervisor.{section}]\nkernel = \"/k\"\ninitrd = \"/i\"\n{line}\n");
+        match (parse(&text, file), refused) {
+            (Ok(_), None) => {}
+            (
+                Err(KataConfigError::NotForHypervisor {
+                    key, section: s, ..
+                }),
+                Some(want),
+            ) => {
+                assert_eq!(&key, want, "{section}: {line}");
+                assert_eq!(s, format!("hypervisor.{section}"), "{line}");
+            }
+            (other, _) => panic!("{section}: {line}: {other:?}"),
+        }
+    }
+    let err = parse(
+        "[hypervisor.firecracker]\nshared_fs = \"virtio-fs\"\n",
+        file,
+    )
+    .expect_err("no virtio-fs on firecracker");
+    assert_eq!(
+        err.to_string(),
+        "shared_fs = \"virtio-fs\" in [hypervisor.firecracker] of /etc/k.toml: \
+         firecracker cannot honour it; expected one of none"
+    );
+}

@@ -9,6 +9,12 @@
 //! | clh | `cloud-hypervisor` | `/usr/bin`, `/opt/kata/bin` | `scripts/setup.sh` (release binary) | forces `use_vsock` and `disable_vhost_net` | every operation but making templates; agent over a hybrid vsock |
 //! | mock | — | — | — | — | everything, with no VM |
 //!
+//! `shared_fs` and `block_device_driver` values a backend does not list in
+//! its facts are refused when a config file names them: qemu takes
+//! virtio-9p, virtio-fs, none and virtio-scsi, virtio-blk, nvdimm;
+//! firecracker none and virtio-mmio, virtio-blk; clh virtio-fs, none and
+//! virtio-blk; acrn none and virtio-blk.
+//!
 //! `vmm/` holds what the VMM-process backends share: process supervision,
 //! virtiofsd, vhost-device-vsock, the REST client and the VMM lookup.
 
@@ -21,6 +27,7 @@ pub mod vmm;
 
 use std::path::PathBuf;
 
+use crate::config::{BlockDeviceDriver, SharedFs};
 use crate::hypervisor::Hypervisor;
 use crate::hypervisor_type::HypervisorType;
 
@@ -46,6 +53,12 @@ pub struct BackendFacts {
     pub has_guest: bool,
     /// Whether guests need KVM: the VMM has no software emulation (TCG).
     pub kvm_only: bool,
+    /// The `shared_fs` values it honours; any other is refused when a
+    /// config file names it.
+    pub shared_fs: &'static [SharedFs],
+    /// The `block_device_driver` values it honours; any other is refused
+    /// when a config file names it.
+    pub block_drivers: &'static [BlockDeviceDriver],
     /// One line on what it can do, for `check` and docs.
     pub summary: &'static str,
 }
@@ -65,6 +78,12 @@ pub const BACKENDS: [BackendFacts; 5] = [
         forces_vsock: false,
         has_guest: true,
         kvm_only: false,
+        shared_fs: &[SharedFs::Virtio9p, SharedFs::VirtioFs, SharedFs::None],
+        block_drivers: &[
+            BlockDeviceDriver::VirtioScsi,
+            BlockDeviceDriver::VirtioBlock,
+            BlockDeviceDriver::Nvdimm,
+        ],
         summary: "every operation; vCPU hot-unplug needs QEMU >= 9.2 under TCG",
     },
     BackendFacts {
@@ -77,6 +96,8 @@ pub const BACKENDS: [BackendFacts; 5] = [
         forces_vsock: true,
         has_guest: true,
         kvm_only: true,
+        shared_fs: &[SharedFs::None],
+        block_drivers: &[BlockDeviceDriver::VirtioMmio, BlockDeviceDriver::VirtioBlock],
         summary: "every operation but vCPU hot-plug; drives and interfaces hot-plug over PCI (or placeholder drives); memory with virtio-mem; optional jailer",
     },
     BackendFacts {
@@ -89,6 +110,8 @@ pub const BACKENDS: [BackendFacts; 5] = [
         forces_vsock: false,
         has_guest: true,
         kvm_only: false,
+        shared_fs: &[SharedFs::None],
+        block_drivers: &[BlockDeviceDriver::VirtioBlock],
         summary: "boot, stop, pause, re-attach and block hot-plug into placeholders; needs an ACRN Service VM",
     },
     BackendFacts {
@@ -104,6 +127,8 @@ pub const BACKENDS: [BackendFacts; 5] = [
         forces_vsock: true,
         has_guest: true,
         kvm_only: true,
+        shared_fs: &[SharedFs::VirtioFs, SharedFs::None],
+        block_drivers: &[BlockDeviceDriver::VirtioBlock],
         summary: "every operation but templates; a stock Linux guest needs a KVM host without PVM",
     },
     BackendFacts {
@@ -116,6 +141,19 @@ pub const BACKENDS: [BackendFacts; 5] = [
         forces_vsock: false,
         has_guest: false,
         kvm_only: false,
+        shared_fs: &[
+            SharedFs::Virtio9p,
+            SharedFs::VirtioFs,
+            SharedFs::VirtioFsNydus,
+            SharedFs::None,
+        ],
+        block_drivers: &[
+            BlockDeviceDriver::VirtioScsi,
+            BlockDeviceDriver::VirtioBlock,
+            BlockDeviceDriver::VirtioBlockCcw,
+            BlockDeviceDriver::VirtioMmio,
+            BlockDeviceDriver::Nvdimm,
+        ],
         summary: "every operation succeeds, with no VM (for tests of the layers above)",
     },
 ];
@@ -127,6 +165,28 @@ pub fn facts(kind: HypervisorType) -> &'static BackendFacts {
 }
 
 impl BackendFacts {
+    /// The `shared_fs` a config that names none gets: the default
+    /// (virtio-9p) where the backend has it, else the first it honours.
+    pub fn default_shared_fs(&self) -> SharedFs {
+        if self.shared_fs.contains(&SharedFs::default()) {
+            SharedFs::default()
+        } else {
+            self.shared_fs.first().copied().unwrap_or_default()
+        }
+    }
+
+    /// The `block_device_driver` a config that names none gets: the
+    /// default (virtio-scsi) where the backend has it, else the first it
+    /// honours.
+    pub fn default_block_driver(&self) -> BlockDeviceDriver {
+        let default = crate::defaults::DEFAULT_BLOCK_DRIVER;
+        if self.block_drivers.contains(&default) {
+            default
+        } else {
+            self.block_drivers.first().copied().unwrap_or(default)
+        }
+    }
+
     /// The binary a config without `path` gets: found by
     /// [`vmm::lookup::find`] (`$SANDVISOR_VMM_DIR`, then `PATH`, then
     /// [`BackendFacts::kata_paths`]), else the first Kata path (which

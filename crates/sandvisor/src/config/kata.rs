@@ -61,6 +61,10 @@
 //!   silently replaces it with 2048.
 //! - A key that is not in the vocabulary is an error; Kata's TOML decoder
 //!   ignores it, so a typo silently does nothing there.
+//! - A section naming what its hypervisor cannot honour is an error
+//!   naming the key, the value and what that hypervisor takes (see
+//!   [`check_backend_keys`]); Kata's loader takes it and its driver
+//!   ignores it (virtio-fs on Firecracker) or fails later.
 //! - `enable_template` is refused with virtio-fs, `file_mem_backend`, a
 //!   hybrid vsock, vhost-user storage or a hypervisor other than QEMU,
 //!   where Kata's loader checks only the initrd (see
@@ -80,7 +84,11 @@
 //! Keys left unset take sandvisor's defaults: for `qemu`, `path` is the QEMU
 //! binary found (see [`default_qemu_path`]) and `machine_type` is `q35`;
 //! `kernel` is `vmlinuz` in the asset directory, and when neither `image` nor
-//! `initrd` is set, `initrd` is `initrd.img` there.
+//! `initrd` is set, `initrd` is `initrd.img` there. `shared_fs` and
+//! `block_device_driver` default to values the backend honours (virtio-9p
+//! and virtio-scsi where it has them; `none` and virtio-mmio for
+//! Firecracker, virtio-fs and virtio-blk for Cloud Hypervisor, `none` and
+//! virtio-blk for ACRN), so what `sandvisor env` prints loads back.
 
 use std::path::{Path, PathBuf};
 
@@ -397,6 +405,23 @@ pub enum KataConfigError {
         /// Why vhost-device-vsock was not found.
         no_daemon: String,
     },
+    /// A key, or a value of it, that the section's hypervisor cannot
+    /// honour (see [`check_backend_keys`]).
+    #[error("{key} = {value} in [{section}] of {file}: {hypervisor} cannot honour it; {fix}")]
+    NotForHypervisor {
+        /// The key.
+        key: String,
+        /// The value, as TOML.
+        value: String,
+        /// The section.
+        section: String,
+        /// The file.
+        file: String,
+        /// The section's hypervisor.
+        hypervisor: HypervisorType,
+        /// What to write instead.
+        fix: String,
+    },
     /// A VM cache for another hypervisor than QEMU.
     #[error("[factory] vm_cache_number in {file} needs hypervisor qemu, not {hypervisor}")]
     VmCacheNeedsQemu {
@@ -621,7 +646,20 @@ pub fn parse_config(
             }
         }
     }
+    check_backend_keys(kind, section.1, &config).map_err(|(key, fix)| {
+        KataConfigError::NotForHypervisor {
+            value: section.1.get(key).map(Value::to_string).unwrap_or_default(),
+            key: key.to_string(),
+            section: section_name.clone(),
+            file: file.clone(),
+            hypervisor: kind,
+            fix,
+        }
+    })?;
     apply_kata_rules(kind, &mut config, host, vsock, &file)?;
+    if !section.1.contains_key("shared_fs") {
+        config.shared_fs = crate::backends::facts(kind).default_shared_fs();
+    }
     fill_defaults(kind, &mut config);
 
     let factory = match table.get("factory") {
@@ -711,6 +749,83 @@ fn choose_section<'a>(
     }
 }
 
+/// Keys only some backends read, and which: set to anything but their
+/// unset value in another backend's section, they would do nothing.
+pub const BACKEND_ONLY_KEYS: [(&str, &[HypervisorType]); 10] = {
+    use HypervisorType::{Clh, Firecracker, Mock, Qemu};
+    const VIRTIO_FS: &[HypervisorType] = &[Qemu, Clh, Mock];
+    const FC: &[HypervisorType] = &[Firecracker, Mock];
+    [
+        ("virtio_fs_daemon", VIRTIO_FS),
+        ("virtio_fs_cache", VIRTIO_FS),
+        ("virtio_fs_cache_size", VIRTIO_FS),
+        ("virtio_fs_extra_args", VIRTIO_FS),
+        ("jailer_path", FC),
+        ("hotplug_transport", FC),
+        ("drive_placeholders", FC),
+        ("jailer_uid", FC),
+        ("jailer_gid", FC),
+        ("vhost_user_vsock_daemon", &[Qemu, Mock]),
+    ]
+};
+
+/// Whether `value` leaves its key unset: Kata's empty string, 0, false or
+/// an empty list.
+fn is_unset(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.is_empty(),
+        Value::Integer(n) => *n == 0,
+        Value::Boolean(b) => !b,
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Refuses what the section names that `kind` cannot honour: a
+/// `shared_fs` or `block_device_driver` outside the backend's lists
+/// ([`crate::backends::BackendFacts`]), or a key of
+/// [`BACKEND_ONLY_KEYS`] another backend reads. Only keys the file sets
+/// are checked: defaults belong to the backend.
+///
+/// VFIO keys (`hotplug_vfio_on_root_bus`, `pcie_root_port`) are not
+/// refused here, as Kata's own Firecracker file suggests one: backends
+/// without VFIO say so in `capabilities()` and refuse the device.
+///
+/// # Errors
+/// The key and what to write instead.
+pub fn check_backend_keys(
+    kind: HypervisorType,
+    section: &Table,
+    config: &HypervisorConfig,
+) -> Result<(), (&'static str, String)> {
+    let facts = crate::backends::facts(kind);
+    let expected = |names: Vec<&str>| format!("expected one of {}", names.join(", "));
+    if section.contains_key("shared_fs") && !facts.shared_fs.contains(&config.shared_fs) {
+        let names = facts.shared_fs.iter().map(|f| f.as_str()).collect();
+        return Err(("shared_fs", expected(names)));
+    }
+    if let Some(driver) = config.block_device_driver {
+        if !facts.block_drivers.contains(&driver) {
+            let names = facts.block_drivers.iter().map(|d| d.as_str()).collect();
+            return Err(("block_device_driver", expected(names)));
+        }
+    }
+    for (key, readers) in BACKEND_ONLY_KEYS {
+        if section.get(key).is_some_and(|v| !is_unset(v)) && !readers.contains(&kind) {
+            let names: Vec<&str> = readers
+                .iter()
+                .filter(|r| **r != HypervisorType::Mock)
+                .map(|r| r.as_str())
+                .collect();
+            return Err((
+                key,
+                format!("remove it: it is read by {} only", names.join(" and ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What Kata's loader does beyond reading keys.
 fn apply_kata_rules(
     kind: HypervisorType,
@@ -781,6 +896,10 @@ fn fill_defaults(kind: HypervisorType, config: &mut HypervisorConfig) {
         config.initrd_path = Some(assets.join(crate::paths::INITRD_FILE));
     }
     let facts = crate::backends::facts(kind);
+    // What `env` prints for them loads back: values this backend honours.
+    config
+        .block_device_driver
+        .get_or_insert(facts.default_block_driver());
     if config.hypervisor_path.is_none() {
         config.hypervisor_path = facts.default_binary();
     }
@@ -863,6 +982,8 @@ pub fn default_config(hypervisor: HypervisorType) -> RuntimeConfig {
         kernel_params: default_kernel_params(),
         use_vsock: facts.forces_vsock,
         disable_vhost_net: facts.forces_vsock,
+        shared_fs: facts.default_shared_fs(),
+        block_device_driver: Some(facts.default_block_driver()),
         ..HypervisorConfig::default()
     };
     // Firmware and `-machine` options are QEMU's.

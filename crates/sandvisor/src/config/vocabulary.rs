@@ -17,8 +17,10 @@
 //!   `drive_placeholders`, `jailer_uid` and `jailer_gid`.
 //!
 //! Kata reads the same struct for every hypervisor section, so every key is
-//! known in every section; which keys a backend honours is the backend's
-//! business, as in Kata.
+//! known in every section. What a backend cannot honour is refused at load
+//! ([`super::kata::check_backend_keys`]): a `shared_fs` or
+//! `block_device_driver` value outside its lists, or a key only other
+//! backends read.
 //!
 //! A key is either [`KeyStatus::Implemented`], with a setter that parses
 //! the TOML value into the [`HypervisorConfig`] field, or
