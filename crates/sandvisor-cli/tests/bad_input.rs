@@ -302,6 +302,12 @@ const CASES: &[Case] = &[
         args: &["create", "--config", "{cfg}", "--id", "mach"],
         needles: &["\"pc-banana\"", "expected q35, pc or microvm"],
     },
+    Case {
+        name: "check of a machine type create refuses",
+        config: Some("[hypervisor.qemu]\nmachine_type = \"pc-banana\"\n"),
+        args: &["check", "--config", "{cfg}"],
+        needles: &["no  config", "machine_type \"pc-banana\"", "expected q35, pc or microvm"],
+    },
     // --- conflicting keys ----------------------------------------------------
     Case {
         name: "image and initrd both set",

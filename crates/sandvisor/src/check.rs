@@ -297,15 +297,23 @@ pub async fn run_check(
             );
             // Validate a copy: the report shows the config as given.
             let mut validated = rc.clone();
-            match validated.validate() {
+            // What `create` refuses beyond validation, checked the same way.
+            let checked = validated
+                .validate()
+                .map_err(|e| error_chain(&e))
+                .and_then(|()| {
+                    crate::backends::preflight(validated.hypervisor, &validated.config)
+                        .map_err(|e| format!("{name}: {}", error_chain(&e)))
+                });
+            match checked {
                 Ok(()) => {
                     items.push(CheckItem::ok("config", true, format!("{name} is valid")));
                     rc = validated;
                 }
-                Err(e) => items.push(CheckItem::no(
+                Err(why) => items.push(CheckItem::no(
                     "config",
                     true,
-                    error_chain(&e),
+                    why,
                     Some("fix the config as the message says".into()),
                 )),
             }

@@ -27,7 +27,7 @@ pub mod vmm;
 
 use std::path::PathBuf;
 
-use crate::config::{BlockDeviceDriver, SharedFs};
+use crate::config::{BlockDeviceDriver, HypervisorConfig, SharedFs};
 use crate::hypervisor::Hypervisor;
 use crate::hypervisor_type::HypervisorType;
 
@@ -200,6 +200,27 @@ impl BackendFacts {
                 .first()
                 .map_or_else(|| PathBuf::from(binary.name), PathBuf::from),
         })
+    }
+}
+
+/// The checks of a validated config that `create_sandbox` makes before it
+/// touches anything, run without building a backend, so that `sandvisor
+/// check` refuses what `create` would: for QEMU the machine type and the
+/// memory settings ([`qemu::QemuSpec::new`], the code `create_sandbox`
+/// runs), for Firecracker its vCPU limit.
+///
+/// # Errors
+/// The backend's error, as `create_sandbox` would return it.
+pub fn preflight(
+    kind: HypervisorType,
+    config: &HypervisorConfig,
+) -> Result<(), crate::hypervisor::Error> {
+    match kind {
+        HypervisorType::Qemu => qemu::QemuSpec::new(config)
+            .map(drop)
+            .map_err(|e| qemu::QemuError::from(e).into()),
+        HypervisorType::Firecracker => firecracker::preflight(config),
+        HypervisorType::Clh | HypervisorType::Acrn | HypervisorType::Mock => Ok(()),
     }
 }
 

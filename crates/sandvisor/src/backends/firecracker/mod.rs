@@ -80,6 +80,21 @@ pub use self::error::FcError;
 use self::hotplug::Hot;
 pub use self::threads::{parse_vcpu_comm, vcpu_threads};
 
+/// What `create_sandbox` refuses in a validated config before it touches
+/// anything (see [`crate::backends::preflight`]).
+///
+/// # Errors
+/// [`VmConfigError::Vcpus`] above Firecracker's vCPU limit.
+pub(crate) fn preflight(config: &HypervisorConfig) -> Result<()> {
+    if config.num_vcpus > vm_config::MAX_VCPUS {
+        return Err(FcError::from(VmConfigError::Vcpus {
+            vcpus: config.num_vcpus,
+        })
+        .into());
+    }
+    Ok(())
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -505,12 +520,7 @@ impl Hypervisor for Firecracker {
         self.require("create_sandbox", &[VmState::New])?;
         let mut config = config.clone();
         config.validate()?;
-        if config.num_vcpus > vm_config::MAX_VCPUS {
-            return Err(FcError::from(VmConfigError::Vcpus {
-                vcpus: config.num_vcpus,
-            })
-            .into());
-        }
+        preflight(&config)?;
         self.config = config;
         self.apply_config_options();
         self.id = id.to_string();

@@ -63,7 +63,7 @@ pub const FIRST_INHERITED_FD: i32 = 3;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CmdlineError {
     /// A machine type sandvisor does not drive.
-    #[error("unsupported machine type {0:?}: expected q35, pc or microvm")]
+    #[error("unsupported machine_type {0:?}: expected q35, pc or microvm")]
     UnsupportedMachine(String),
     /// `accel = "auto"` reached the builder unresolved.
     #[error(
