@@ -911,12 +911,12 @@ fn a_key_or_value_the_sections_hypervisor_cannot_honour_is_refused() {
             (Ok(_), None) => {}
             (
                 Err(KataConfigError::NotForHypervisor {
-                    key, section: s, ..
+                    key, hypervisor, ..
                 }),
                 Some(want),
             ) => {
                 assert_eq!(&key, want, "{section}: {line}");
-                assert_eq!(s, format!("hypervisor.{section}"), "{line}");
+                assert_eq!(hypervisor.as_str(), *section, "{line}");
             }
             (other, _) => panic!("{section}: {line}: {other:?}"),
         }

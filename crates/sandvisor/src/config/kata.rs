@@ -406,15 +406,14 @@ pub enum KataConfigError {
         no_daemon: String,
     },
     /// A key, or a value of it, that the section's hypervisor cannot
-    /// honour (see [`check_backend_keys`]).
-    #[error("{key} = {value} in [{section}] of {file}: {hypervisor} cannot honour it; {fix}")]
+    /// honour (see [`check_backend_keys`]). The section is
+    /// `[hypervisor.<hypervisor>]`.
+    #[error("{key} = {value} in [hypervisor.{hypervisor}] of {file}: {hypervisor} cannot honour it; {fix}")]
     NotForHypervisor {
         /// The key.
-        key: String,
+        key: &'static str,
         /// The value, as TOML.
         value: String,
-        /// The section.
-        section: String,
         /// The file.
         file: String,
         /// The section's hypervisor.
@@ -649,8 +648,7 @@ pub fn parse_config(
     check_backend_keys(kind, section.1, &config).map_err(|(key, fix)| {
         KataConfigError::NotForHypervisor {
             value: section.1.get(key).map(Value::to_string).unwrap_or_default(),
-            key: key.to_string(),
-            section: section_name.clone(),
+            key,
             file: file.clone(),
             hypervisor: kind,
             fix,
