@@ -4,6 +4,9 @@
 //! - After `start`, every entry under the runtime directory is private:
 //!   directories 0700, files and sockets 0600, walked recursively. This
 //!   needs only a started VMM; the `exec` after it needs a booted guest.
+//! - While `run` runs its command, its VM directory is private too: QEMU's
+//!   QMP, console and agent sockets 0600, not the 0755 QEMU's umask gives
+//!   (a booted guest: the command must be running).
 //! - Ten sandboxes created and started at once all come up, with distinct
 //!   control, console and agent sockets; every one runs a command (a
 //!   booted guest).
@@ -87,6 +90,88 @@ fn vm_every_entry_under_the_runtime_directory_is_private_after_start() {
         .expect("walk")
         .is_empty());
     delete_all(&env, &[("priv".to_string(), state)]);
+}
+
+#[test]
+fn vm_the_vm_directory_of_run_is_private_while_the_command_runs() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_assets();
+    let env = Env::new();
+    // The command says it runs, then waits for a line on its stdin.
+    let mut child = env
+        .command()
+        .args([
+            "run",
+            "--hypervisor",
+            "qemu",
+            "--memory",
+            "256",
+            "--timeout",
+            "240",
+        ])
+        .args(["--", "sh", "-c", "echo up; read line; echo got $line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sandvisor run");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read run's output");
+    // Look while the command runs; whatever is found, the command is then
+    // let go and run ends, so that nothing is left on a failure.
+    let vm_root = env.runtime_dir().join("vm");
+    let vm_dirs: Vec<_> = std::fs::read_dir(&vm_root)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let sockets: Vec<String> = vm_dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            e.file_type().is_ok_and(|t| t.is_socket())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // The runtime directory is the test's (a named one keeps its mode);
+    // what sandvisor made under it is walked.
+    let loose = sandvisor::private::not_private(&vm_root).expect("walk");
+    let _ = writeln!(stdin, "bye");
+    drop(stdin);
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+    let out = child.wait_with_output().expect("run exits");
+
+    assert_eq!(
+        first,
+        "up\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rest, "got bye\n");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(vm_dirs.len(), 1, "one VM directory: {vm_dirs:?}");
+    let vm_dir = &vm_dirs[0];
+    // The walk saw the VMM's sockets, not an empty tree.
+    for name in ["qmp.sock", "console.sock"] {
+        assert!(
+            sockets.iter().any(|s| s == name),
+            "{name} not in {sockets:?}"
+        );
+    }
+    let shown: Vec<String> = loose
+        .iter()
+        .map(|(p, m)| format!("{:o} {}", m, p.display()))
+        .collect();
+    assert!(shown.is_empty(), "not private:\n{}", shown.join("\n"));
+    // run removed its VM directory.
+    assert!(!vm_dir.exists(), "{vm_dir:?} left behind");
 }
 
 #[test]

@@ -114,6 +114,20 @@ pub fn tighten(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// [`tighten`] on a blocking thread, for async callers: a backend calls it
+/// once its VMM has bound its sockets, so that a VM started without the
+/// supervisor (`sandvisor run`, the factory) is as private as one it
+/// started.
+///
+/// # Errors
+/// As [`tighten`]; a walk that could not run is an error of kind `Other`.
+pub async fn tighten_in_background(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || tighten(&dir))
+        .await
+        .map_err(io::Error::other)?
+}
+
 /// Entries under `dir` (recursively, `dir` included) that are not private:
 /// a directory whose mode is not 0700, a file or socket whose mode is not
 /// 0600. Each comes with its mode. For tests and `check`.

@@ -50,7 +50,7 @@ pub enum QemuError {
     /// The VM directory could not be made or removed.
     #[error("cannot {action} VM directory {path:?}")]
     VmDir {
-        /// `create` or `remove`.
+        /// `create`, `remove` or `restrict access to`.
         action: &'static str,
         /// The directory.
         path: PathBuf,

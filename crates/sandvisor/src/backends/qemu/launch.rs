@@ -208,6 +208,15 @@ impl Qemu {
             "qemu answers on QMP"
         );
         self.qmp = Some(Arc::new(qmp));
+        // QEMU has bound its QMP, console and agent sockets, with the mode
+        // its umask gives; they are 0600 like the rest of the directory.
+        crate::private::tighten_in_background(&paths.dir)
+            .await
+            .map_err(|source| QemuError::VmDir {
+                action: "restrict access to",
+                path: paths.dir.clone(),
+                source,
+            })?;
 
         if self.config.boot_from_template {
             self.restore_template().await?;
