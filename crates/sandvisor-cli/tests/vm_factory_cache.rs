@@ -268,12 +268,14 @@ fn a_handed_out_sandbox_survives_the_server_killed_and_destroy() {
     let mut cache = Cache::new();
     let ready = cache.wait_ready(2);
 
+    // The sandbox's own name, not the cached VM's.
     let id = cache
         .env
-        .run(&["create", "--config", cache.config()])
+        .run(&["create", "--config", cache.config(), "--id", "adopted"])
         .ok()
         .trim()
         .to_string();
+    assert_eq!(id, "adopted");
     let created = cache.env.state(&id);
     assert_eq!(created["status"], "created", "{created:#}");
     let vmm = pid(&created, "vmm");
@@ -291,6 +293,26 @@ fn a_handed_out_sandbox_survives_the_server_killed_and_destroy() {
     assert_eq!(cache.env.state(&id)["status"], "running");
     let first = cache.env.run(&["exec", &id, "--", "echo", "adopted"]);
     assert_eq!(first.ok(), "adopted\n");
+    // The record names the adopted VM's console socket, and `console`
+    // reaches it (stdin is empty: it attaches, then ends with its input).
+    let running = cache.env.state(&id);
+    let console = running["console_socket"]
+        .as_str()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    assert!(
+        std::fs::symlink_metadata(&console).is_ok(),
+        "console socket {console:?} of the record does not exist: {running:#}"
+    );
+    let attached = cache.env.run(&["console", &id]);
+    attached.ok();
+    assert!(
+        attached
+            .stderr
+            .contains("connected to the console of sandbox adopted"),
+        "{}",
+        attached.stderr
+    );
 
     // destroy stops what the dead server held, not the sandbox.
     let left: Vec<u32> = ready.iter().copied().filter(|p| *p != vmm).collect();

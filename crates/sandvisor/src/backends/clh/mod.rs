@@ -700,6 +700,10 @@ impl Hypervisor for Clh {
     }
 
     async fn sandbox_console(&self, id: &str) -> Result<Option<PathBuf>> {
+        // A VM made under another name keeps its own directory.
+        if let Some(paths) = &self.paths {
+            return Ok(Some(paths.console.clone()));
+        }
         Ok(Some(socket::build_socket_path(&[
             &self.storage,
             Path::new(id),

@@ -689,6 +689,11 @@ impl Hypervisor for Qemu {
     }
 
     async fn sandbox_console(&self, id: &str) -> Result<Option<PathBuf>> {
+        // A VM made under another name (a cached VM adopted by sandbox
+        // `id`) keeps its own directory: its paths say where the socket is.
+        if let Some(paths) = &self.paths {
+            return Ok(Some(paths.console.clone()));
+        }
         Ok(Some(socket::build_socket_path(&[
             &self.storage,
             Path::new(id),

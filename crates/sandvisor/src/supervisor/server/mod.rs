@@ -287,7 +287,11 @@ impl Owner {
     /// Makes the sandbox and VM directories private again: sockets and files
     /// a VMM or helper made since the last look get mode 0600.
     async fn make_private(&self) {
-        let vm_dir = crate::paths::vm_storage_dir().join(self.id().as_str());
+        // The VM's own directory: one adopted from the cache is named after
+        // the cached VM, not the sandbox.
+        let vm_dir = Some(self.hv.save().vm_dir)
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| crate::paths::vm_storage_dir().join(self.id().as_str()));
         let dirs = [self.dir.path().to_path_buf(), vm_dir];
         let walk = tokio::task::spawn_blocking(move || {
             for dir in &dirs {
