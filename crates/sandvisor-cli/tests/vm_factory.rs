@@ -402,3 +402,56 @@ fn vm_factory_create_and_start_clone_the_template() {
         .unwrap_or_default();
     assert!(log.contains("origin=template"), "{log}");
 }
+
+/// Needs a booted Linux guest: the first init makes a real template while
+/// the second is refused.
+#[test]
+fn vm_factory_a_second_init_for_the_same_template_fails_at_once_naming_the_first() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let s = setup(None, "");
+    let config = s.config.to_string_lossy().into_owned();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_sandvisor"))
+        .args(["factory", "init", "--config", &config])
+        .env("SANDVISOR_RUNTIME_DIR", s.runtime.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the first init runs");
+    // The first has the lock once its pid is in the lock file.
+    let lock = template::InitLock::path_for(&s.template_dir);
+    let want = format!("{}\n", first.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&lock).ok().as_deref() != Some(want.as_str())
+        && std::time::Instant::now() < deadline
+        && first.try_wait().ok().flatten().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = s.factory("init");
+    let first_out = first.wait_with_output().expect("the first init ends");
+
+    assert!(
+        first_out.status.success(),
+        "first init: {}",
+        text(&first_out.stderr)
+    );
+    assert!(!second.status.success(), "the second init succeeded");
+    let err = text(&second.stderr);
+    assert!(
+        err.contains(&format!("pid {}", want.trim()))
+            && err.contains(&s.template_dir.display().to_string())
+            && err.contains("wait for it to finish"),
+        "{err}"
+    );
+    // The second made nothing and broke nothing: the template is current.
+    let again = s.factory("init");
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("is current"),
+        "{}",
+        text(&again.stdout)
+    );
+    let destroyed = s.factory("destroy");
+    assert!(destroyed.status.success(), "{}", text(&destroyed.stderr));
+    assert!(!lock.exists(), "destroy removes the free lock file");
+}

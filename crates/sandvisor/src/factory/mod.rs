@@ -102,6 +102,11 @@ impl FactoryVm {
     }
 }
 
+/// The holder of a template's init lock, for [`FactoryError::InitBusy`].
+fn holder(pid: &Option<u32>) -> String {
+    pid.map_or_else(|| "pid not yet written".to_string(), |p| format!("pid {p}"))
+}
+
 /// Errors of the factory.
 #[derive(Debug, thiserror::Error)]
 pub enum FactoryError {
@@ -160,6 +165,16 @@ pub enum FactoryError {
         /// The errno.
         #[source]
         source: nix::Error,
+    },
+    /// Another `factory init` is making the template at this path.
+    #[error("another `sandvisor factory init` ({}) is making the VM template at {path} (it holds {lock}): wait for it to finish, or stop it", holder(.pid))]
+    InitBusy {
+        /// The template directory.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// The holder's pid, when it has written it yet.
+        pid: Option<u32>,
     },
     /// A config file that enables no factory.
     #[error("{file} enables no VM factory: set enable_template = true or vm_cache_number > 0 in its [factory] section")]

@@ -420,6 +420,7 @@ pub async fn init(
 ) -> Result<InitOutcome, FactoryError> {
     crate::config::kata::check_template_rules(kind, base).map_err(FactoryError::Rule)?;
     let dir = factory.template_dir();
+    let _lock = InitLock::acquire(&dir)?;
     let base = base_config(base);
     let mut outcome = InitOutcome::Made;
     if let Some(t) = Template::open(&dir).ok().flatten() {
@@ -445,6 +446,132 @@ pub async fn init(
             }
             Err(e)
         }
+    }
+}
+
+/// The exclusive `flock` that [`init`] holds on `<template_path>.lock`
+/// while it checks, removes or makes the template, as the cache server
+/// holds its endpoint: a second `init` for the same path fails at once,
+/// naming the first by the pid written in the file. The lock file sits
+/// beside the template directory, not in it, as that directory is a tmpfs
+/// that `init` unmounts and removes. The kernel drops the lock with its
+/// holder, so an `init` killed with SIGKILL blocks nothing: the file stays,
+/// unlocked, and the next `init` takes it, finds no current template and
+/// removes what the killed one left.
+#[derive(Debug)]
+pub struct InitLock {
+    _flock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl InitLock {
+    /// The lock file of the template at `template_dir`.
+    pub fn path_for(template_dir: &Path) -> PathBuf {
+        let mut name = template_dir
+            .file_name()
+            .map(std::ffi::OsStr::to_os_string)
+            .unwrap_or_default();
+        name.push(".lock");
+        template_dir.with_file_name(name)
+    }
+
+    /// Takes the lock of the template at `template_dir`, without waiting,
+    /// and writes this process's pid in it.
+    ///
+    /// # Errors
+    /// [`FactoryError::InitBusy`] when another process holds it;
+    /// [`FactoryError::Io`] when the file cannot be made or written.
+    pub fn acquire(template_dir: &Path) -> Result<Self, FactoryError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+        use nix::fcntl::{Flock, FlockArg};
+
+        let path = Self::path_for(template_dir);
+        let io = |action: &'static str| {
+            let path = path.clone();
+            move |source| FactoryError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io("create the directory of"))?;
+        }
+        // A `factory destroy` may unlink the file between its open and its
+        // lock here: the lock then holds a name no one else sees, so the
+        // file is opened again.
+        let mut held = loop {
+            // Not truncated when opened: the holder's pid is in it.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(crate::private::FILE_MODE)
+                .open(&path)
+                .map_err(io("open"))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(held) if same_file(&held, &path) => break held,
+                Ok(_) => continue,
+                Err((mut file, nix::Error::EWOULDBLOCK)) => {
+                    let mut text = String::new();
+                    let pid = file
+                        .read_to_string(&mut text)
+                        .ok()
+                        .and_then(|_| text.trim().parse().ok());
+                    return Err(FactoryError::InitBusy {
+                        path: template_dir.to_path_buf(),
+                        lock: path,
+                        pid,
+                    });
+                }
+                Err((_, errno)) => return Err(io("lock")(errno.into())),
+            }
+        };
+        held.set_len(0).map_err(io("truncate"))?;
+        held.rewind().map_err(io("rewind"))?;
+        writeln!(held, "{}", std::process::id()).map_err(io("write"))?;
+        Ok(InitLock { _flock: held })
+    }
+
+    /// Removes the lock file of the template at `template_dir` when no
+    /// `init` holds it (for `factory destroy`); a held one stays.
+    ///
+    /// # Errors
+    /// [`FactoryError::Io`] when it cannot be removed.
+    pub fn remove_if_free(template_dir: &Path) -> Result<(), FactoryError> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = Self::path_for(template_dir);
+        let Ok(file) = std::fs::File::open(&path) else {
+            return Ok(());
+        };
+        let Ok(held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            return Ok(());
+        };
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FactoryError::Io {
+                action: "remove",
+                path,
+                source: e,
+            }),
+            _ => {
+                drop(held);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -606,6 +733,70 @@ const TEMPLATE_FILES: [&str; 4] = ["memory", "state", RECORD_FILE, ".template.js
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_init_lock_fails_at_once_naming_the_first() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("tpl");
+        let lock = tmp.path().join("tpl.lock");
+        assert_eq!(InitLock::path_for(&dir), lock);
+        let first = InitLock::acquire(&dir).expect("first");
+        let err = InitLock::acquire(&dir).expect_err("second");
+        match &err {
+            FactoryError::InitBusy { path, lock: l, pid } => {
+                assert_eq!((path, l), (&dir, &lock));
+                assert_eq!(*pid, Some(std::process::id()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id()))
+                && msg.contains(&dir.display().to_string())
+                && msg.contains("wait for it to finish"),
+            "{msg}"
+        );
+        // Held: destroy leaves it; released: the next init takes it, and
+        // destroy removes it.
+        InitLock::remove_if_free(&dir).expect("remove if free");
+        assert!(lock.exists());
+        drop(first);
+        let again = InitLock::acquire(&dir).expect("after the first ended");
+        drop(again);
+        InitLock::remove_if_free(&dir).expect("remove if free");
+        assert!(!lock.exists());
+    }
+
+    #[test]
+    fn an_init_lock_killed_with_its_holder_blocks_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("tpl");
+        let lock = InitLock::path_for(&dir);
+        // Another process holds the lock, as a running init would
+        // (flock(1) takes the same kind of lock), and says so once it has.
+        let mut holder = std::process::Command::new("flock")
+            .args(["--exclusive", "--no-fork"])
+            .arg(&lock)
+            .args(["sh", "-c", "echo held; exec sleep 600"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("flock(1) runs");
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().expect("piped")),
+            &mut line,
+        );
+        let busy = InitLock::acquire(&dir);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert_eq!((read.ok(), line.as_str()), (Some(5), "held\n"));
+        assert!(
+            matches!(busy, Err(FactoryError::InitBusy { .. })),
+            "{busy:?}"
+        );
+        // SIGKILL (Child::kill) released it: the next init goes ahead.
+        InitLock::acquire(&dir).expect("the killed holder blocks nothing");
+    }
 
     fn base() -> HypervisorConfig {
         HypervisorConfig {
