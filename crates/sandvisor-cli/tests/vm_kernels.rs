@@ -1,8 +1,8 @@
 //! Both guest kernels boot `sandvisor run -- uname -r`: the default assets
-//! (Debian's cloud kernel and its modules) and the sandbox kernel built
-//! from Debian's source with everything built in (`sandvisor image build
-//! --kernel-from source`, which `scripts/setup.sh` puts in
-//! `<asset dir>/sandbox-kernel` when `SANDVISOR_SANDBOX_KERNEL=1`).
+//! (the sandbox kernel built from Debian's source with everything built
+//! in, `sandvisor image build`) and Debian's cloud kernel with its modules
+//! (`sandvisor image build --kernel-from cloud`, which `scripts/setup.sh`
+//! puts in `<asset dir>/cloud-kernel` when `SANDVISOR_CLOUD_KERNEL=1`).
 //!
 //! Every assertion needs a booted Linux guest. Fails, not skips, when the
 //! assets are missing, and says how to build them.
@@ -55,8 +55,16 @@ fn run_in(dir: &Path, script: &str) -> String {
 
 #[test]
 fn vm_the_cloud_kernel_reports_its_release_and_loads_modules() {
-    let dir = sandvisor::paths::asset_dir();
-    let m = manifest(&dir, "run sandvisor image build (or scripts/setup.sh)");
+    let dir = sandvisor::paths::cloud_kernel_asset_dir();
+    let m = manifest(
+        &dir,
+        &format!(
+            "run SANDVISOR_CLOUD_KERNEL=1 scripts/setup.sh, or sandvisor image build \
+             --kernel-from cloud --output {}",
+            dir.display()
+        ),
+    );
+    assert!(!m.modules.is_empty(), "the initrd holds no modules");
     let out = run_in(&dir, "uname -r; test -e /proc/modules && echo modular");
     let mut lines = out.lines();
     let release = lines.next().unwrap_or_default();
@@ -69,15 +77,8 @@ fn vm_the_cloud_kernel_reports_its_release_and_loads_modules() {
 
 #[test]
 fn vm_the_sandbox_kernel_reports_its_own_release_without_modules() {
-    let dir = sandvisor::paths::sandbox_kernel_asset_dir();
-    let m = manifest(
-        &dir,
-        &format!(
-            "run SANDVISOR_SANDBOX_KERNEL=1 scripts/setup.sh, or sandvisor image build \
-             --kernel-from source --output {}",
-            dir.display()
-        ),
-    );
+    let dir = sandvisor::paths::asset_dir();
+    let m = manifest(&dir, "run sandvisor image build (or scripts/setup.sh)");
     assert!(
         m.modules.is_empty(),
         "the initrd holds modules: {:?}",

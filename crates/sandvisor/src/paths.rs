@@ -68,13 +68,14 @@ pub const BZIMAGE_FILE: &str = "vmlinuz";
 /// File name of the guest initrd in the asset directory.
 pub const INITRD_FILE: &str = "initrd.img";
 
-/// The subdirectory of the asset directory that `scripts/setup.sh` fills
-/// with the sandbox kernel (`image build --kernel-from source`) and its
-/// initrd, beside the default cloud-kernel assets.
-pub const SANDBOX_KERNEL_DIR: &str = "sandbox-kernel";
+/// The subdirectory of the asset directory that `scripts/setup.sh` fills,
+/// when asked (`SANDVISOR_CLOUD_KERNEL=1`), with Debian's cloud kernel
+/// (`image build --kernel-from cloud`) and its initrd with modules, beside
+/// the default sandbox-kernel assets.
+pub const CLOUD_KERNEL_DIR: &str = "cloud-kernel";
 
-/// The environment variable that overrides [`sandbox_kernel_asset_dir`].
-pub const SANDBOX_KERNEL_DIR_ENV: &str = "SANDVISOR_SANDBOX_KERNEL_DIR";
+/// The environment variable that overrides [`cloud_kernel_asset_dir`].
+pub const CLOUD_KERNEL_DIR_ENV: &str = "SANDVISOR_CLOUD_KERNEL_DIR";
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -122,12 +123,12 @@ fn choose_asset_dir(own: PathBuf, system: &Path) -> PathBuf {
     }
 }
 
-/// Where the sandbox-kernel assets are: `$SANDVISOR_SANDBOX_KERNEL_DIR`,
-/// else [`SANDBOX_KERNEL_DIR`] in [`asset_dir`].
-pub fn sandbox_kernel_asset_dir() -> PathBuf {
-    env::var_os(SANDBOX_KERNEL_DIR_ENV)
+/// Where the cloud-kernel assets are: `$SANDVISOR_CLOUD_KERNEL_DIR`, else
+/// [`CLOUD_KERNEL_DIR`] in [`asset_dir`].
+pub fn cloud_kernel_asset_dir() -> PathBuf {
+    env::var_os(CLOUD_KERNEL_DIR_ENV)
         .filter(|d| !d.is_empty())
-        .map_or_else(|| asset_dir().join(SANDBOX_KERNEL_DIR), PathBuf::from)
+        .map_or_else(|| asset_dir().join(CLOUD_KERNEL_DIR), PathBuf::from)
 }
 
 /// The kernel to boot from the asset directory `dir`: [`KERNEL_FILE`], or

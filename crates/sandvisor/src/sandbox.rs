@@ -393,6 +393,35 @@ impl Sandbox {
             })
     }
 
+    /// Stops the VMM without asking the guest to power off, then removes
+    /// its files: for a guest whose state is all in its own memory (an
+    /// initrd root, no disk image, no shared directory), where an orderly
+    /// power-off would only cost the guest kernel's shutdown path.
+    ///
+    /// # Errors
+    /// When stopping or cleaning up fails; the files are removed either way.
+    pub async fn stop(mut self) -> Result<(), SandboxError> {
+        let id = self.id.clone();
+        if let Err(source) = self.hypervisor.stop_sandbox().await {
+            if let Err(e) = self.hypervisor.cleanup().await {
+                tracing::warn!(id, error = %e, "cleaning up the sandbox failed");
+            }
+            return Err(SandboxError::Hypervisor {
+                op: "stop",
+                id,
+                source: Box::new(source),
+            });
+        }
+        self.hypervisor
+            .cleanup()
+            .await
+            .map_err(|source| SandboxError::Hypervisor {
+                op: "clean up",
+                id,
+                source: Box::new(source),
+            })
+    }
+
     /// Whether the VMM went away within `wait`, as `check` reports it.
     async fn wait_vmm_exit(&mut self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
@@ -535,13 +564,41 @@ where
     let result = exec_streaming(&sandbox, req, input, stdout, stderr).await;
     match result {
         Ok(outcome) => {
-            sandbox.shutdown().await?;
+            // The command's output has all arrived with its exit. A guest
+            // that may still hold writes for the host (a disk image,
+            // volumes) syncs and powers off; any other has nothing to lose.
+            match ending(&config, attached.has_volumes()) {
+                Ending::PowerOff => sandbox.shutdown().await?,
+                Ending::Stop => sandbox.stop().await?,
+            }
             Ok(outcome)
         }
         Err(e) => {
             sandbox.kill().await;
             Err(e)
         }
+    }
+}
+
+/// How [`run_command`] ends a sandbox whose command has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Through the agent: sync, power off, then stop the VMM
+    /// ([`Sandbox::shutdown`]).
+    PowerOff,
+    /// The VMM stopped at once ([`Sandbox::stop`]).
+    Stop,
+}
+
+/// [`Ending::PowerOff`] when the guest may have written to something that
+/// outlives it: a disk image (its writes may sit in the guest's page
+/// cache) or `volumes` shared from the host; else [`Ending::Stop`]: the
+/// initrd's root is guest memory, lost either way.
+fn ending(config: &HypervisorConfig, volumes: bool) -> Ending {
+    if config.image_path.is_some() || volumes {
+        Ending::PowerOff
+    } else {
+        Ending::Stop
     }
 }
 
@@ -676,6 +733,18 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 15);
         assert!(a.starts_with("sv-"));
+    }
+
+    #[test]
+    fn only_a_guest_with_host_backed_storage_powers_off() {
+        let plain = HypervisorConfig::default();
+        assert_eq!(ending(&plain, false), Ending::Stop);
+        assert_eq!(ending(&plain, true), Ending::PowerOff);
+        let with_image = HypervisorConfig {
+            image_path: Some("/images/rootfs.img".into()),
+            ..HypervisorConfig::default()
+        };
+        assert_eq!(ending(&with_image, false), Ending::PowerOff);
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub struct BenchArgs {
     /// Seconds one VM may take to answer.
     #[arg(long, default_value_t = BenchOptions::default().boot_timeout.as_secs())]
     pub timeout: u64,
-    /// A second asset directory (such as the sandbox kernel's,
-    /// `<asset dir>/sandbox-kernel`) measured beside the default assets in
+    /// A second asset directory (such as the cloud kernel's,
+    /// `<asset dir>/cloud-kernel`) measured beside the default assets in
     /// the cold section.
     #[arg(long, value_name = "DIR")]
     pub compare_assets: Option<PathBuf>,

@@ -13,14 +13,15 @@ use super::CmdResult;
 pub enum ImageCommand {
     /// Build the guest kernel and initrd into the asset directory.
     Build {
-        /// Use this kernel image instead of Debian's cloud kernel.
+        /// Use this kernel image instead of the sandbox kernel.
         #[arg(long, value_name = "PATH", conflicts_with = "kernel_from")]
         kernel: Option<PathBuf>,
-        /// Where the kernel comes from: `cloud`, Debian's cloud kernel and
-        /// its modules; or `source`, the sandbox kernel built from Debian's
-        /// linux-source-6.1 with everything built in (minutes, cached).
-        #[arg(long, value_name = "ORIGIN", default_value_t = KernelFrom::default())]
-        kernel_from: KernelFrom,
+        /// Where the kernel comes from: `source` (the default), the sandbox
+        /// kernel built from Debian's linux-source-6.1 with everything
+        /// built in (minutes the first time, then cached); or `cloud`,
+        /// Debian's cloud kernel and its modules.
+        #[arg(long, value_name = "ORIGIN")]
+        kernel_from: Option<KernelFrom>,
         /// Where downloads and kernel builds are kept; default: `cache` in
         /// the asset directory.
         #[arg(long, value_name = "DIR")]

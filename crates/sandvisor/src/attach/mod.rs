@@ -170,6 +170,12 @@ fn use_virtio_fs<'a>(
 }
 
 impl Prepared {
+    /// Whether host directories are shared into the guest: its writes to
+    /// them may sit in its page cache until it syncs.
+    pub fn has_volumes(&self) -> bool {
+        !self.volumes.is_empty()
+    }
+
     /// The devices to add before the VM starts.
     pub fn devices(&self) -> Vec<Device> {
         let mut d = Vec::new();
@@ -306,6 +312,15 @@ mod tests {
         )
         .expect("valid");
         assert!(p.devices().is_empty());
+        assert!(!p.has_volumes());
         assert_eq!(c, before);
+        let d = tempfile::tempdir().expect("tempdir");
+        let with_volume = Prepared {
+            volumes: vec![format!("{}:/mnt/x", d.path().display())
+                .parse()
+                .expect("valid")],
+            ..Prepared::default()
+        };
+        assert!(with_volume.has_volumes());
     }
 }

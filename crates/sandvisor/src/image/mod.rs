@@ -1,10 +1,12 @@
 //! Building the guest assets: a kernel (`vmlinuz`) and an initrd
 //! (`initrd.img`) whose `/init` is the sandvisor agent.
 //!
-//! [`build`] takes Debian's cloud kernel (or one given, or the sandbox
-//! kernel built from Debian's source with the project's configuration:
-//! [`source`], [`KernelFrom::Source`]), picks the modules
-//! the guest needs with their dependencies ([`modules`]), and packs them with
+//! [`build`] takes the sandbox kernel, built from Debian's source with the
+//! project's configuration ([`source`], [`KernelFrom::Source`], the
+//! default), or Debian's cloud kernel ([`KernelFrom::Cloud`]), or a kernel
+//! file given; picks the modules the guest needs with their dependencies
+//! ([`modules`]; the sandbox kernel has none: everything is built in), and
+//! packs them with
 //! busybox-static and the statically linked agent into a compressed cpio
 //! archive ([`cpio`]). A manifest (`manifest.json`) records the identity of
 //! every input; when none changed and the outputs are intact, nothing is
@@ -147,8 +149,13 @@ pub enum ImageError {
         tail: String,
     },
     /// A kernel file was given along with another kernel origin.
-    #[error("a kernel file ({0:?}) and --kernel-from source were both given: pass one")]
-    KernelConflict(PathBuf),
+    #[error("a kernel file ({file:?}) and --kernel-from {from} were both given: pass one")]
+    KernelConflict {
+        /// The kernel file.
+        file: PathBuf,
+        /// The origin also asked for.
+        from: KernelFrom,
+    },
     /// `--modules` without `--kernel`.
     #[error("a modules directory ({0:?}) was given without a kernel: pass --kernel too")]
     ModulesWithoutKernel(PathBuf),
@@ -265,18 +272,17 @@ impl FromStr for Compression {
 
 /// Which kernel the guest gets when no kernel file is given.
 ///
-/// The cloud kernel stays the default. Measured on a 2-core TCG host (see
-/// BENCHMARKS.md) the sandbox kernel reaches the agent in 40-43% of the cloud
-/// kernel's time and its guest uses a fifth of the memory, but its first
-/// build took 37 minutes there, over the 15 a default may cost a fresh
-/// machine.
+/// The sandbox kernel is the default. Measured on a 2-core TCG host (see
+/// BENCHMARKS.md) it reaches the agent in 40-43% of the cloud kernel's time
+/// and its guest uses a fifth of the memory; its first build takes about
+/// 6.5 minutes there when the machine is idle, and is cached after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelFrom {
     /// Debian's `linux-image-cloud-amd64`, with its modules.
-    #[default]
     Cloud,
     /// The sandbox kernel built from Debian's `linux-source-6.1` with
     /// `x86_64-sandbox.config`: no modules ([`source`]).
+    #[default]
     Source,
 }
 
@@ -313,12 +319,15 @@ impl FromStr for KernelFrom {
 /// What to build, and where.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    /// Where the kernel comes from when [`BuildOptions::kernel`] is unset.
-    pub kernel_from: KernelFrom,
+    /// Where the kernel comes from; unset: the file in
+    /// [`BuildOptions::kernel`] when one is given, else
+    /// [`KernelFrom::default`]. Set together with a kernel file, it is an
+    /// error ([`ImageError::KernelConflict`]).
+    pub kernel_from: Option<KernelFrom>,
     /// Downloads, the kernel source and its builds;
     /// `<asset dir>/cache` when unset.
     pub cache: Option<PathBuf>,
-    /// A kernel image to use instead of Debian's cloud kernel.
+    /// A kernel image to use instead of one of [`KernelFrom`].
     pub kernel: Option<PathBuf>,
     /// The modules directory (`lib/modules/<release>`) of `kernel`. Without
     /// it, the kernel must have what the guest needs built in.
@@ -486,31 +495,34 @@ pub fn build(
     })
 }
 
-/// Where the kernel comes from: the file given, or Debian's cloud kernel
-/// package, resolved.
+/// Where the kernel comes from: the file given, the sandbox kernel's
+/// source package or Debian's cloud kernel package, resolved.
 fn kernel_source(
     opts: &BuildOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<KernelSource, ImageError> {
-    match (&opts.kernel, &opts.modules) {
-        (None, Some(m)) => Err(ImageError::ModulesWithoutKernel(m.clone())),
-        (Some(k), _) if opts.kernel_from == KernelFrom::Source => {
-            Err(ImageError::KernelConflict(k.clone()))
-        }
-        (None, None) if opts.kernel_from == KernelFrom::Source => {
-            progress(&format!("resolving {}", source::SOURCE_PACKAGE));
-            Ok(KernelSource::Source(source::resolve(progress)?))
-        }
-        (Some(k), m) => Ok(KernelSource::File {
+    match (&opts.kernel, &opts.modules, opts.kernel_from) {
+        (None, Some(m), _) => Err(ImageError::ModulesWithoutKernel(m.clone())),
+        (Some(k), _, Some(from)) => Err(ImageError::KernelConflict {
+            file: k.clone(),
+            from,
+        }),
+        (Some(k), m, None) => Ok(KernelSource::File {
             kernel: k.clone(),
             modules: m.clone(),
         }),
-        (None, None) => {
-            progress(&format!("resolving {}", kernel::CLOUD_KERNEL_META));
-            Ok(KernelSource::Debian(kernel::resolve(
-                kernel::CLOUD_KERNEL_META,
-            )?))
-        }
+        (None, None, from) => match from.unwrap_or_default() {
+            KernelFrom::Source => {
+                progress(&format!("resolving {}", source::SOURCE_PACKAGE));
+                Ok(KernelSource::Source(source::resolve(progress)?))
+            }
+            KernelFrom::Cloud => {
+                progress(&format!("resolving {}", kernel::CLOUD_KERNEL_META));
+                Ok(KernelSource::Debian(kernel::resolve(
+                    kernel::CLOUD_KERNEL_META,
+                )?))
+            }
+        },
     }
 }
 
@@ -743,16 +755,23 @@ mod tests {
     }
 
     #[test]
-    fn a_kernel_file_and_the_source_kernel_are_exclusive() {
-        let opts = BuildOptions {
-            kernel: Some("/boot/vmlinuz".into()),
-            kernel_from: KernelFrom::Source,
-            ..BuildOptions::default()
-        };
-        let err = build(&opts, &mut |_| {}).expect_err("two kernels");
-        assert!(matches!(err, ImageError::KernelConflict(_)), "{err}");
+    fn a_kernel_file_and_a_kernel_origin_are_exclusive() {
+        for from in [KernelFrom::Source, KernelFrom::Cloud] {
+            let opts = BuildOptions {
+                kernel: Some("/boot/vmlinuz".into()),
+                kernel_from: Some(from),
+                ..BuildOptions::default()
+            };
+            let err = build(&opts, &mut |_| {}).expect_err("two kernels");
+            assert!(
+                matches!(&err, ImageError::KernelConflict { from: f, .. } if *f == from),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&format!("--kernel-from {from}")));
+        }
         assert_eq!("source".parse::<KernelFrom>(), Ok(KernelFrom::Source));
-        assert_eq!(KernelFrom::default().to_string(), "cloud");
+        assert_eq!("cloud".parse::<KernelFrom>(), Ok(KernelFrom::Cloud));
+        assert_eq!(KernelFrom::default().to_string(), "source");
         assert!("tiny".parse::<KernelFrom>().is_err());
     }
 
