@@ -118,6 +118,9 @@ impl Victim {
     }
 }
 
+/// A kill before step `.0` of `.1`, or none.
+type Kill = Option<(usize, Victim)>;
+
 /// One kind of lifecycle in the mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -600,7 +603,7 @@ impl Soak {
     }
 
     /// One QEMU sandbox lifecycle; kills `victim` just before step `at`.
-    fn sandbox(&self, kind: Kind, id: &str, kill_at: Option<(usize, Victim)>) {
+    fn sandbox(&self, kind: Kind, id: &str, kill_at: Kill) {
         let env = &self.env;
         let ok = |args: &[&str]| env.run(args).ok().to_string();
         let mut create = vec!["create", "--hypervisor", "qemu", "--id", id];
@@ -828,7 +831,7 @@ fn vm_soak_mixed_lifecycles_with_kills_leave_nothing_behind() {
     // The whole mix first, from the seed alone: printed, so a run can be
     // replayed and `SOAK_PLAN_ONLY=1` shows what a seed would do.
     let mut rng = StdRng::seed_from_u64(seed);
-    let plan: Vec<(String, Kind, Option<(usize, Victim)>)> = (0..n)
+    let plan: Vec<(String, Kind, Kill)> = (0..n)
         .map(|i| {
             let kind = Kind::pick(&mut rng);
             // One in three of every kind, so a third of all.
