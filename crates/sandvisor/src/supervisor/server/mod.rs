@@ -32,6 +32,8 @@ use crate::process::{Exit, Liveness, ProcessRef, Stoppable};
 
 /// How often the VMM is looked at.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the backend may take to say how a dead helper ended.
+const HELPER_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// How long the guest may take to power off before the VMM is stopped.
 const GUEST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the agent may take to answer on a running guest.
@@ -407,14 +409,23 @@ impl Owner {
         if !self.record.status.vmm_runs() {
             return;
         }
-        // The backend reaped its child and knows how it ended.
-        if let Err(e) = self.hv.check().await {
-            if let Some((name, known)) = e.helper_exit().filter(|(n, _)| *n == helper.name) {
-                tracing::debug!(helper = name, "the backend saw it end: {e}");
-                if known != Exit::Unknown {
-                    exit = known;
+        // The backend reaped its child and knows how it ended, once its
+        // reaper has published the status: a moment after the pid is gone.
+        let deadline = tokio::time::Instant::now() + HELPER_EXIT_WAIT;
+        while exit == Exit::Unknown {
+            if let Err(e) = self.hv.check().await {
+                if let Some((name, known)) = e.helper_exit().filter(|(n, _)| *n == helper.name) {
+                    tracing::debug!(helper = name, "the backend saw it end: {e}");
+                    if known != Exit::Unknown {
+                        exit = known;
+                        break;
+                    }
                 }
             }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(WATCH_INTERVAL).await;
         }
         tracing::error!(
             helper = helper.name,
