@@ -27,8 +27,11 @@ test: setup lint
 setup:
 	scripts/setup.sh
 
-# Not under nextest: 200 lifecycles outlast its per-test timeout.
+# Not under nextest: 200 lifecycles outlast its per-test timeout. Cloud
+# Hypervisor and Firecracker come from SANDVISOR_VMM_DIR, else from where
+# setup installs them.
 soak: setup
+	SANDVISOR_VMM_DIR=$${SANDVISOR_VMM_DIR:-$${SANDVISOR_BIN_DIR:-/usr/local/bin}} \
 	SOAK_N=$(SOAK_N) cargo test -p sandvisor-cli --test vm_soak -- --nocapture
 
 fuzz:

@@ -110,6 +110,50 @@ fn vm_read_only_volume_refuses_writes() {
     assert!(!d.path().join("g").exists(), "nothing appears on the host");
 }
 
+/// The pid of the virtiofsd serving a run under `runtime`.
+fn virtiofsd_under(runtime: &Path) -> Option<u32> {
+    let needle = runtime.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let program = cmd.split(' ').next()?;
+        (program.ends_with("virtiofsd") && cmd.contains(&needle)).then_some(pid)
+    })
+}
+
+#[test]
+fn vm_a_killed_virtiofsd_fails_the_run_naming_it() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let d = host_dir();
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let spec = format!("{}:/mnt/x", d.path().display());
+    let mut child = spawn(
+        runtime.path(),
+        &["-v", &spec, "--", "sh", "-c", "cat /mnt/x/f; sleep 600"],
+    );
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut first = [0u8; 14];
+    let read = stdout.read_exact(&mut first);
+    let Some(pid) = virtiofsd_under(runtime.path()).filter(|_| read.is_ok()) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("sandvisor ends");
+        panic!("no volume or no virtiofsd: {}", text(&out.stderr));
+    };
+    assert_eq!(&first, b"from the host\n");
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    // Without the watch the guest's next virtio-fs request would hang; the
+    // run ends by itself (nextest's timeout is the hang check).
+    let out = child.wait_with_output().expect("sandvisor ends");
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("virtiofsd (pid {pid})")) && stderr.contains("torn down"),
+        "{stderr}"
+    );
+    assert_nothing_left(runtime.path());
+}
+
 /// A free loopback port: bound, read, released.
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

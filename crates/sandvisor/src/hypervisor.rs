@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, HypervisorConfig};
 use crate::device::{Device, DeviceType, HotplugResult, MemoryDevice, VcpuThreadIds};
 use crate::hypervisor_type::HypervisorType;
-use crate::process::Exit;
+use crate::process::{Exit, ProcessRef};
 use crate::socket::{AgentSocket, SocketError};
 
 /// Result of hypervisor operations.
@@ -68,6 +68,26 @@ pub enum Error {
         /// Whether it was still starting.
         starting: bool,
         /// The end of its log.
+        log_tail: String,
+    },
+    /// A helper the VM's devices need (virtiofsd, vhost-device-vsock)
+    /// exited: the VMM runs on with a device that no longer answers.
+    #[error(
+        "the {lost} is lost: {helper} (pid {pid}) exited ({exit}){}",
+        log_suffix(log_tail)
+    )]
+    HelperExited {
+        /// The backend.
+        hypervisor: HypervisorType,
+        /// The helper's name ([`VIRTIOFSD`], [`VSOCK_DAEMON`]).
+        helper: &'static str,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+        /// What the guest lost with it: "shared directory", "agent channel".
+        lost: &'static str,
+        /// The end of its log, when it has one.
         log_tail: String,
     },
     /// The VMM did not answer within the start deadline.
@@ -135,12 +155,29 @@ impl Error {
         }
     }
 
+    /// Which helper ended and how, when this error says one did.
+    pub fn helper_exit(&self) -> Option<(&'static str, Exit)> {
+        match self {
+            Error::HelperExited { helper, exit, .. } => Some((helper, *exit)),
+            _ => None,
+        }
+    }
+
     /// How the VMM ended, when this error says (it exited by itself).
     pub fn vmm_exit(&self) -> Option<Exit> {
         match self {
             Error::VmmExited { exit, .. } => Some(*exit),
             _ => None,
         }
+    }
+}
+
+/// `; its log ends with:\n<tail>`, or nothing for an empty log.
+fn log_suffix(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; its log ends with:\n{tail}")
     }
 }
 
@@ -282,6 +319,41 @@ pub struct HypervisorState {
     pub config: HypervisorConfig,
 }
 
+/// A process the VM's devices depend on besides the VMM (virtiofsd behind
+/// virtio-fs, vhost-device-vsock behind a hybrid vsock). When one dies the
+/// VMM keeps running with a device that no longer answers, so the caller
+/// stops the sandbox, as Kata does when virtiofsd dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Helper {
+    /// Its program's name, as users know it: `virtiofsd`,
+    /// `vhost-device-vsock`.
+    pub name: &'static str,
+    /// The process.
+    pub process: ProcessRef,
+}
+
+/// The name [`HypervisorState::helpers`] gives virtiofsd.
+pub const VIRTIOFSD: &str = "virtiofsd";
+/// The name [`HypervisorState::helpers`] gives vhost-device-vsock.
+pub const VSOCK_DAEMON: &str = "vhost-device-vsock";
+
+impl HypervisorState {
+    /// The helper processes this state names, to be watched alongside the
+    /// VMM. virtiofsd is recorded by pid alone, so its start time is read
+    /// now: call this while it runs (right after a start or a load).
+    pub fn helpers(&self) -> Vec<Helper> {
+        let virtiofsd = self.virtiofsd_pid.map(|pid| Helper {
+            name: VIRTIOFSD,
+            process: ProcessRef::of(pid),
+        });
+        let vsock = self.vsock_daemon.map(|process| Helper {
+            name: VSOCK_DAEMON,
+            process,
+        });
+        virtiofsd.into_iter().chain(vsock).collect()
+    }
+}
+
 /// One VMM driving one VM.
 ///
 /// A backend that cannot do an operation returns [`Error::Unsupported`], and
@@ -378,4 +450,40 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
 
     /// Makes the agent socket of VM `id`.
     fn generate_socket(&self, id: &str, use_vsock: bool) -> Result<AgentSocket>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_are_the_state_s_daemons() {
+        let mut state = HypervisorState::default();
+        assert!(state.helpers().is_empty());
+        let me = ProcessRef::current();
+        state.virtiofsd_pid = Some(me.pid);
+        state.vsock_daemon = Some(me);
+        let helpers = state.helpers();
+        let names: Vec<_> = helpers.iter().map(|h| h.name).collect();
+        assert_eq!(names, [VIRTIOFSD, VSOCK_DAEMON]);
+        assert!(helpers.iter().all(|h| h.process == me), "{helpers:?}");
+    }
+
+    #[test]
+    fn a_dead_helper_is_named_with_what_was_lost() {
+        let e = Error::HelperExited {
+            hypervisor: HypervisorType::Qemu,
+            helper: VIRTIOFSD,
+            pid: 7,
+            exit: Exit::Signal(9),
+            lost: "shared directory",
+            log_tail: String::new(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the shared directory is lost: virtiofsd (pid 7) exited (killed by signal 9 (SIGKILL))"
+        );
+        assert_eq!(e.helper_exit(), Some((VIRTIOFSD, Exit::Signal(9))));
+        assert_eq!(e.vmm_exit(), None);
+    }
 }

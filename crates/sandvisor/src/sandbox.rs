@@ -21,11 +21,13 @@ use crate::agent::{AgentAddress, AgentClient, ClientError, Control, ExecEvent, E
 use crate::backends::new_hypervisor;
 use crate::config::kata::{load_config, KataConfigError};
 use crate::config::{ConfigError, HypervisorConfig};
-use crate::hypervisor::{Error as HypervisorError, Hypervisor, NetworkNamespace};
+use crate::hypervisor::{Error as HypervisorError, Helper, Hypervisor, NetworkNamespace};
 use crate::hypervisor_type::HypervisorType;
 
 /// How long to wait for the VMM to exit after the guest powers off.
 const POWER_OFF_WAIT: Duration = Duration::from_secs(10);
+/// How often a run looks at the VM's helpers (virtiofsd, vhost-device-vsock).
+const HELPER_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Errors from running a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,21 @@ pub enum SandboxError {
     /// Volumes or the network could not be set up.
     #[error(transparent)]
     Attach(#[from] crate::attach::AttachError),
+    /// A helper the VM's devices need died while the command ran, leaving
+    /// a device that no longer answers; the sandbox was torn down, as Kata
+    /// stops a sandbox whose virtiofsd died.
+    #[error("{helper} (pid {pid}) of sandbox {id} ended; the sandbox was torn down")]
+    HelperExited {
+        /// The sandbox.
+        id: String,
+        /// The helper: `virtiofsd`, `vhost-device-vsock`.
+        helper: &'static str,
+        /// Its pid.
+        pid: u32,
+        /// What the backend says of it, when it says.
+        #[source]
+        source: Option<Box<HypervisorError>>,
+    },
     /// The run was cancelled (Ctrl-C); the sandbox was torn down.
     #[error("interrupted; sandbox {id} was torn down")]
     Interrupted {
@@ -552,18 +569,24 @@ where
         },
         _ => req,
     };
-    if let Err(e) = attached.apply(sandbox.agent()).await {
-        sandbox.kill().await;
-        return Err(e.into());
-    }
     let input = ExecInput {
         stdin,
         control,
         started,
     };
-    let result = exec_streaming(&sandbox, req, input, stdout, stderr).await;
-    match result {
-        Ok(outcome) => {
+    let mut sandbox = sandbox;
+    // Watched while the volumes are mounted and the command runs: a dead
+    // helper would leave the guest waiting on its device for good.
+    let helpers = sandbox.hypervisor.save().helpers();
+    let ended = tokio::select! {
+        r = async {
+            attached.apply(sandbox.agent()).await?;
+            exec_streaming(&sandbox, req, input, stdout, stderr).await
+        } => Ok(r),
+        h = helper_gone(&helpers) => Err(h),
+    };
+    match ended {
+        Ok(Ok(outcome)) => {
             // The command's output has all arrived with its exit. A guest
             // that may still hold writes for the host (a disk image,
             // volumes) syncs and powers off; any other has nothing to lose.
@@ -573,10 +596,40 @@ where
             }
             Ok(outcome)
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             sandbox.kill().await;
             Err(e)
         }
+        Err(helper) => {
+            let source = sandbox.hypervisor().check().await.err().map(Box::new);
+            tracing::error!(
+                id = sandbox.id(),
+                helper = helper.name,
+                pid = helper.process.pid,
+                "a helper of the VM ended: tearing the sandbox down"
+            );
+            let id = sandbox.id().to_string();
+            sandbox.kill().await;
+            Err(SandboxError::HelperExited {
+                id,
+                helper: helper.name,
+                pid: helper.process.pid,
+                source,
+            })
+        }
+    }
+}
+
+/// Resolves with the first of `helpers` to end; never when there are none.
+async fn helper_gone(helpers: &[Helper]) -> Helper {
+    if helpers.is_empty() {
+        return std::future::pending().await;
+    }
+    loop {
+        if let Some(h) = helpers.iter().find(|h| !h.process.is_alive()) {
+            return *h;
+        }
+        tokio::time::sleep(HELPER_WATCH_INTERVAL).await;
     }
 }
 

@@ -53,7 +53,7 @@ pub use layout::{LayoutError, SandboxDir, SandboxLock};
 pub use manager::{CreateSpec, Launcher, Manager};
 pub use proto::{ExecExit, ExecSpec, HotplugOutcome, HotplugTarget, Op, RemoteError};
 pub use server::{supervise, LaunchMode};
-pub use state::{PluggedDevice, SandboxRecord, SandboxStatus, StateError};
+pub use state::{HelperExit, PluggedDevice, SandboxRecord, SandboxStatus, StateError};
 
 /// Errors from managing sandboxes.
 #[derive(Debug, thiserror::Error)]

@@ -145,6 +145,17 @@ pub enum PluggedDevice {
     },
 }
 
+/// A helper process that died under a running sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperExit {
+    /// Its name: `virtiofsd`, `vhost-device-vsock`.
+    pub helper: String,
+    /// Its pid.
+    pub pid: u32,
+    /// How it ended ([`Exit::Unknown`] when its parent reaped it first).
+    pub exit: Exit,
+}
+
 /// The record of one sandbox, as `state.json` holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxRecord {
@@ -165,6 +176,10 @@ pub struct SandboxRecord {
     pub vmm: Option<ProcessRef>,
     /// How the VMM ended, once it has.
     pub vmm_exit: Option<Exit>,
+    /// The helper whose death ended the sandbox (virtiofsd,
+    /// vhost-device-vsock): the supervisor then stopped the VMM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper_exit: Option<HelperExit>,
     /// vCPUs the guest has now.
     pub vcpus: u32,
     /// Memory the guest has now, in MiB.
@@ -209,6 +224,7 @@ impl SandboxRecord {
             supervisor: None,
             vmm: None,
             vmm_exit: None,
+            helper_exit: None,
             vcpus: config.num_vcpus,
             memory_mib: config.memory_size,
             devices: Vec::new(),
@@ -225,6 +241,12 @@ impl SandboxRecord {
     /// The status with its reason, for people: `dead (VMM killed by signal
     /// 9 (SIGKILL))`.
     pub fn status_line(&self) -> String {
+        if let (SandboxStatus::Dead, Some(h)) = (self.status, &self.helper_exit) {
+            return format!(
+                "dead ({} (pid {}) {}; the VMM was stopped)",
+                h.helper, h.pid, h.exit
+            );
+        }
         match (self.status, self.vmm_exit) {
             (SandboxStatus::Dead, Some(exit)) => format!("dead (VMM {exit})"),
             (SandboxStatus::Dead, None) => "dead (lost with its supervisor)".to_string(),
@@ -385,6 +407,30 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
         assert_eq!(rec.status_line(), "dead (VMM killed by signal 9 (SIGKILL))");
+        // A helper's death is what the line names, and it is stored.
+        rec.helper_exit = Some(HelperExit {
+            helper: "virtiofsd".into(),
+            pid: 42,
+            exit: Exit::Signal(9),
+        });
+        assert_eq!(
+            rec.status_line(),
+            "dead (virtiofsd (pid 42) killed by signal 9 (SIGKILL); the VMM was stopped)"
+        );
+        rec.store(&path).await.expect("stored");
+        assert_eq!(SandboxRecord::load(&path).await.expect("loaded"), rec);
+    }
+
+    #[test]
+    fn a_record_without_a_helper_exit_loads() {
+        let rec = record();
+        let mut json = serde_json::to_value(&rec).expect("serialises");
+        assert!(json.get("helper_exit").is_none(), "{json}");
+        json.as_object_mut()
+            .expect("an object")
+            .remove("helper_exit");
+        let back: SandboxRecord = serde_json::from_value(json).expect("loads");
+        assert_eq!(back.helper_exit, None);
     }
 
     #[tokio::test]

@@ -181,6 +181,14 @@ impl From<ClhError> for Error {
     /// backend reports them with; the rest is [`Error::Backend`].
     fn from(e: ClhError) -> Self {
         match e {
+            ClhError::VirtiofsdExited { pid, exit } => Error::HelperExited {
+                hypervisor: KIND,
+                helper: crate::hypervisor::VIRTIOFSD,
+                pid,
+                exit,
+                lost: "shared directory",
+                log_tail: String::new(),
+            },
             ClhError::EarlyExit {
                 binary,
                 pid,

@@ -239,6 +239,26 @@ impl From<QemuError> for Error {
     /// backend reports them with; the rest is [`Error::Backend`].
     fn from(e: QemuError) -> Self {
         match e {
+            QemuError::VirtiofsdExited { pid, exit } => Error::HelperExited {
+                hypervisor: HypervisorType::Qemu,
+                helper: crate::hypervisor::VIRTIOFSD,
+                pid,
+                exit,
+                lost: "shared directory",
+                log_tail: String::new(),
+            },
+            QemuError::AgentChannelLost {
+                pid,
+                exit,
+                log_tail,
+            } => Error::HelperExited {
+                hypervisor: HypervisorType::Qemu,
+                helper: crate::hypervisor::VSOCK_DAEMON,
+                pid,
+                exit,
+                lost: "agent channel",
+                log_tail,
+            },
             QemuError::EarlyExit {
                 binary,
                 pid,

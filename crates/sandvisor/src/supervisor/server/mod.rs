@@ -24,14 +24,16 @@ use super::agent::{self, AgentAddress, GuestAgent};
 use super::id::SandboxId;
 use super::layout::SandboxDir;
 use super::proto::{Op, RemoteError, Reply, Request};
-use super::state::{SandboxRecord, SandboxStatus};
+use super::state::{HelperExit, SandboxRecord, SandboxStatus};
 use super::SupervisorError;
 use crate::backends::new_hypervisor;
-use crate::hypervisor::{Hypervisor, NetworkNamespace};
+use crate::hypervisor::{Helper, Hypervisor, NetworkNamespace};
 use crate::process::{Exit, Liveness, ProcessRef, Stoppable};
 
 /// How often the VMM is looked at.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the backend may take to say how a dead helper ended.
+const HELPER_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// How long the guest may take to power off before the VMM is stopped.
 const GUEST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the agent may take to answer on a running guest.
@@ -166,6 +168,8 @@ enum Event {
     Agent(oneshot::Sender<Result<Arc<dyn GuestAgent>, RemoteError>>),
     /// The watched VMM ended.
     Exited(ProcessRef, Exit),
+    /// A watched helper (virtiofsd, vhost-device-vsock) ended.
+    HelperExited(Helper, Exit),
     /// Leave the VM running and end the supervisor.
     Detach,
 }
@@ -305,7 +309,8 @@ impl Owner {
         }
     }
 
-    /// Starts watching the VMM process, when the record names one.
+    /// Starts watching the VMM process, when the record names one, and
+    /// the helpers its devices need while it runs.
     fn watch_vmm(&mut self) {
         if let Some(w) = self.watcher.take() {
             w.abort();
@@ -313,11 +318,24 @@ impl Owner {
         let Some(vmm) = self.record.vmm else {
             return;
         };
+        let helpers = if self.record.status.vmm_runs() {
+            self.hv.save().helpers()
+        } else {
+            Vec::new()
+        };
         let events = self.events.clone();
         self.watcher = Some(tokio::spawn(async move {
             loop {
                 if let Liveness::Gone(exit) = vmm.liveness() {
                     let _ = events.send(Event::Exited(vmm, exit)).await;
+                    return;
+                }
+                let gone = helpers.iter().find_map(|h| match h.process.liveness() {
+                    Liveness::Gone(exit) => Some((*h, exit)),
+                    Liveness::Alive => None,
+                });
+                if let Some((helper, exit)) = gone {
+                    let _ = events.send(Event::HelperExited(helper, exit)).await;
                     return;
                 }
                 tokio::time::sleep(WATCH_INTERVAL).await;
@@ -347,6 +365,7 @@ impl Owner {
                     let _ = reply.send(self.agent_for_exec().await);
                 }
                 Event::Exited(vmm, exit) => self.vmm_exited(vmm, exit).await,
+                Event::HelperExited(helper, exit) => self.helper_exited(helper, exit).await,
                 Event::Detach => {
                     self.hv.disconnect().await;
                     break;
@@ -382,6 +401,60 @@ impl Owner {
         self.record.status = SandboxStatus::Dead;
         self.agent = None;
         self.hv.disconnect().await;
+        self.persist().await;
+    }
+
+    /// A helper died under the running VM: its device no longer answers
+    /// (a guest's virtio-fs requests would hang, the agent is out of
+    /// reach), so the sandbox is stopped and recorded `dead` naming the
+    /// helper, as Kata stops a sandbox whose virtiofsd died. `delete`
+    /// removes the rest.
+    async fn helper_exited(&mut self, helper: Helper, mut exit: Exit) {
+        if !self.record.status.vmm_runs() {
+            return;
+        }
+        // The backend reaped its child and knows how it ended, once its
+        // reaper has published the status: a moment after the pid is gone.
+        let deadline = tokio::time::Instant::now() + HELPER_EXIT_WAIT;
+        while exit == Exit::Unknown {
+            if let Err(e) = self.hv.check().await {
+                if let Some((name, known)) = e.helper_exit().filter(|(n, _)| *n == helper.name) {
+                    tracing::debug!(helper = name, "the backend saw it end: {e}");
+                    if known != Exit::Unknown {
+                        exit = known;
+                        break;
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(WATCH_INTERVAL).await;
+        }
+        tracing::error!(
+            helper = helper.name,
+            pid = helper.process.pid,
+            %exit,
+            "a helper of the VM ended: stopping the sandbox"
+        );
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.agent = None;
+        if let Err(e) = self.hv.stop_sandbox().await {
+            tracing::warn!("stopping after {} ended: {e}", helper.name);
+        }
+        if let Some(vmm) = self.record.vmm {
+            if let Liveness::Gone(vmm_exit @ (Exit::Code(_) | Exit::Signal(_))) = vmm.liveness() {
+                self.record.vmm_exit = Some(vmm_exit);
+            }
+        }
+        self.record.helper_exit = Some(HelperExit {
+            helper: helper.name.to_string(),
+            pid: helper.process.pid,
+            exit,
+        });
+        self.record.status = SandboxStatus::Dead;
         self.persist().await;
     }
 
@@ -479,6 +552,7 @@ impl Owner {
         self.record.status = SandboxStatus::Running;
         self.record.vmm = self.hv.pids().first().map(|&pid| ProcessRef::of(pid));
         self.record.vmm_exit = None;
+        self.record.helper_exit = None;
         self.record.console_socket = self.hv.sandbox_console(id.as_str()).await.ok().flatten();
         self.watch_vmm();
         self.persist().await;
