@@ -311,7 +311,13 @@ fn current_qemu_values() {
         ["--thread-pool-size=1", "--announce-submounts"]
     );
     assert_eq!(c.entropy_source.as_deref(), Some(Path::new("/dev/urandom")));
-    assert!(rc.warnings.iter().any(|w| w.contains("\"rootless\"")));
+    assert!(rc.warnings.iter().any(|w| w.contains("\"rootfs_type\"")));
+    assert!(
+        !rc.warnings.iter().any(|w| w.contains("\"rootless\"")),
+        "rootless is implemented: {:?}",
+        rc.warnings
+    );
+    assert!(!c.rootless);
 }
 
 #[test]
@@ -447,7 +453,7 @@ fn bad_enum_value_lists_the_allowed_ones() {
 fn unimplemented_kata_key_gives_exactly_one_warning() {
     let file = Path::new("/x/y.toml");
     for key_line in [
-        "rootless = true",
+        "rootfs_type = \"ext4\"",
         "valid_entropy_sources = [\"/dev/urandom\"]",
         "sgx_epc_size = 0",
         "guest_memory_dump_path = \"/d\"",

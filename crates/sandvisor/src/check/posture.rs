@@ -44,6 +44,9 @@ pub fn qemu(config: &HypervisorConfig) -> Vec<CheckItem> {
         devices: &[],
         image_size: None,
         vhost_net: false,
+        vm_dir_fd: config
+            .rootless
+            .then_some(crate::backends::qemu::rootless::VM_DIR_FD),
     };
     let args = match cmdline::build(&spec) {
         Ok(cmd) => cmd.args,
@@ -72,19 +75,37 @@ pub fn qemu(config: &HypervisorConfig) -> Vec<CheckItem> {
             None,
         ),
     };
-    let user = match value_of(&args, "-runas") {
-        Some(u) => CheckItem::ok("qemu user", false, format!("runs as {u} (-runas)")),
-        None => CheckItem::no(
+    let user = qemu_user(config, &args);
+    vec![sandbox, user]
+}
+
+/// Who QEMU runs as: a uid of its own per sandbox with `rootless = true`
+/// (spawned so, its files named through the descriptor of its VM
+/// directory), else this process's user; a `-runas` in
+/// `hypervisor_params` is reported too.
+fn qemu_user(config: &HypervisorConfig, args: &[String]) -> CheckItem {
+    use crate::backends::qemu::rootless::{UID_BASE, UID_COUNT};
+    if let Some(u) = value_of(args, "-runas") {
+        return CheckItem::ok("qemu user", false, format!("runs as {u} (-runas)"));
+    }
+    if config.rootless {
+        return CheckItem::ok(
             "qemu user",
             false,
             format!(
-                "runs as this user (uid {}): no -runas",
-                nix::unistd::geteuid()
+                "rootless: each sandbox's QEMU runs as a uid of its own, {UID_BASE}..{}, no user created",
+                UID_BASE + UID_COUNT - 1
             ),
-            None,
-        ),
+        );
+    }
+    let uid = nix::unistd::geteuid();
+    let detail = if uid.is_root() {
+        "runs as root (uid 0); set rootless = true under [hypervisor.qemu] for an unprivileged uid"
+            .to_string()
+    } else {
+        format!("runs as this user (uid {uid})")
     };
-    vec![sandbox, user]
+    CheckItem::no("qemu user", false, detail, None)
 }
 
 /// Firecracker: through the jailer, and as which uid.
@@ -174,6 +195,34 @@ mod tests {
         assert!(find("clh seccomp").ok);
         assert!(!find("fc jailer").detail.is_empty());
         assert!(items.iter().all(|i| !i.required), "posture never blocks");
+    }
+
+    #[test]
+    fn rootless_qemu_is_reported_with_its_uid_range() {
+        let mut c = default_config(HypervisorType::Qemu).config;
+        let _ = c.validate();
+        let user = |c: &HypervisorConfig| {
+            qemu(c)
+                .into_iter()
+                .find(|i| i.name == "qemu user")
+                .expect("a qemu user item")
+        };
+        let root = user(&c);
+        if nix::unistd::geteuid().is_root() {
+            assert!(
+                !root.ok && root.detail.contains("rootless = true"),
+                "{root:?}"
+            );
+        }
+        c.rootless = true;
+        let rootless = user(&c);
+        assert!(rootless.ok, "{rootless:?}");
+        assert!(
+            rootless
+                .detail
+                .contains(&crate::backends::qemu::rootless::UID_BASE.to_string()),
+            "{rootless:?}"
+        );
     }
 
     #[test]

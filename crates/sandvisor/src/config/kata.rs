@@ -14,8 +14,8 @@
 //!   Every key is checked against [`super::vocabulary`]:
 //!   - a key sandvisor implements sets its [`HypervisorConfig`] field, its
 //!     value parsed into the library's type (paths, enums, parameters);
-//!   - a Kata key sandvisor does not implement (`rootless`,
-//!     `valid_entropy_sources`, ...) is ignored with exactly one warning
+//!   - a Kata key sandvisor does not implement (`valid_entropy_sources`,
+//!     `sgx_epc_size`, ...) is ignored with exactly one warning
 //!     naming the key and the file, in [`RuntimeConfig::warnings`] and in
 //!     the log;
 //!   - any other key is an error naming the key, the section and the file,

@@ -446,6 +446,10 @@ pub struct HypervisorConfig {
     pub jailer_uid: Option<u32>,
     /// The gid Firecracker runs as in its jailer; unset, 65534 (sandvisor).
     pub jailer_gid: Option<u32>,
+    /// QEMU: run the VMM as an unprivileged uid of its own instead of as
+    /// the caller (Kata's `rootless`). sandvisor spawns QEMU with a uid
+    /// picked per sandbox from a reserved range; no user is created.
+    pub rootless: bool,
 }
 
 impl HypervisorConfig {

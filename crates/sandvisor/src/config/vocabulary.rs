@@ -12,6 +12,7 @@
 //! - the keys of Kata's Rust runtime (`kata-types`) that name a field
 //!   sandvisor has (`boot_to_be_template`, `memory_path`, ...) or that its
 //!   files carry (`sgx_epc_size`, `overhead_vcpus`, ...);
+//! - `rootless` is honoured by QEMU only (other backends refuse it);
 //! - sandvisor's own additions: `accel`, `vhost_user_vsock_daemon`; for
 //!   Firecracker, `hotplug_transport` (`pci` or `mmio`),
 //!   `drive_placeholders`, `jailer_uid` and `jailer_gid`.
@@ -315,6 +316,7 @@ static IMPLEMENTED: &[KeySpec] = &[
     set!("block_device_cache_noflush", |c, v, h| c
         .block_device_cache_noflush =
         boolean(v)?),
+    set!("rootless", |c, v, h| c.rootless = boolean(v)?),
     set!("enable_vhost_user_store", |c, v, h| c
         .enable_vhost_user_store =
         boolean(v)?),
@@ -453,7 +455,6 @@ static UNIMPLEMENTED: &[KeySpec] = &ignored!(
     "remote_hypervisor_socket",
     "remote_hypervisor_timeout",
     "rootfs_type",
-    "rootless",
     "rx_rate_limiter_max_rate",
     "seccompsandbox",
     "sev_snp_guest",
