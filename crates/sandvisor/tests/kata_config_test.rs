@@ -852,3 +852,34 @@ jailer_gid = 1001
     let e = parse(&bad, file).expect_err("isa is no transport");
     assert!(e.to_string().contains("hotplug_transport"), "{e}");
 }
+
+#[test]
+fn an_empty_jailer_path_means_unjailed_and_an_absent_one_means_the_default_jailer() {
+    let file = Path::new("/x/fc.toml");
+    let fc = "[hypervisor.firecracker]\nkernel = \"/k\"\ninitrd = \"/i\"\n";
+    let absent = parse(fc, file).expect("no jailer_path");
+    assert_eq!(absent.config.jailer_path, None);
+    assert!(
+        !absent.config.unjailed,
+        "absent: the jailer the lookup finds"
+    );
+    let empty = parse(&format!("{fc}jailer_path = \"\"\n"), file).expect("empty");
+    assert_eq!(empty.config.jailer_path, None);
+    assert!(empty.config.unjailed, "\"\": unjailed on purpose");
+    let set = parse(&format!("{fc}jailer_path = \"/j/jailer\"\n"), file).expect("set");
+    assert_eq!(
+        set.config.jailer_path.as_deref(),
+        Some(Path::new("/j/jailer"))
+    );
+    assert!(!set.config.unjailed);
+}
+
+#[test]
+fn rootless_is_read_from_the_qemu_section() {
+    let file = Path::new("/x/q.toml");
+    let rc = parse(&format!("{MINIMAL}rootless = true\n"), file).expect("rootless");
+    assert!(rc.config.rootless);
+    assert!(rc.warnings.is_empty(), "{:?}", rc.warnings);
+    let err = parse(&format!("{MINIMAL}rootless = \"yes\"\n"), file).expect_err("a string");
+    assert!(err.to_string().contains("rootless"), "{err}");
+}

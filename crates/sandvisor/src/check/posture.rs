@@ -108,16 +108,29 @@ fn qemu_user(config: &HypervisorConfig, args: &[String]) -> CheckItem {
     CheckItem::no("qemu user", false, detail, None)
 }
 
-/// Firecracker: through the jailer, and as which uid.
+/// Firecracker: through the jailer (the default when one is found), and
+/// as which uid.
 pub fn firecracker(config: &HypervisorConfig) -> CheckItem {
-    match config.asset_path(AssetType::Jailer) {
+    firecracker_with(config, || {
+        crate::backends::vmm::lookup::find(&crate::backends::vmm::lookup::Binary::JAILER, None)
+            .map(|f| f.path)
+    })
+}
+
+/// [`firecracker`] with the jailer lookup given as `find`.
+fn firecracker_with(
+    config: &HypervisorConfig,
+    find: impl FnOnce() -> Result<std::path::PathBuf, crate::backends::vmm::lookup::LookupError>,
+) -> CheckItem {
+    use crate::backends::firecracker::{jailer::DEFAULT_JAIL_ID, resolve_jailer};
+    let mut c = config.clone();
+    if let Err(e) = resolve_jailer(&mut c, find) {
+        return CheckItem::no("fc jailer", false, e.to_string(), None);
+    }
+    match c.asset_path(AssetType::Jailer) {
         Some(j) => {
-            let uid = config
-                .jailer_uid
-                .unwrap_or(crate::backends::firecracker::jailer::DEFAULT_JAIL_ID);
-            let gid = config
-                .jailer_gid
-                .unwrap_or(crate::backends::firecracker::jailer::DEFAULT_JAIL_ID);
+            let uid = c.jailer_uid.unwrap_or(DEFAULT_JAIL_ID);
+            let gid = c.jailer_gid.unwrap_or(DEFAULT_JAIL_ID);
             let who = if uid == 0 {
                 "root"
             } else {
@@ -127,7 +140,7 @@ pub fn firecracker(config: &HypervisorConfig) -> CheckItem {
                 "fc jailer",
                 false,
                 format!(
-                    "through {} as uid {uid}, gid {gid} ({who}), chrooted",
+                    "jailed as {uid}:{gid} ({who}), chrooted, through {}",
                     j.display()
                 ),
             )
@@ -136,7 +149,7 @@ pub fn firecracker(config: &HypervisorConfig) -> CheckItem {
             "fc jailer",
             false,
             format!(
-                "no jailer: Firecracker runs unjailed as this user (uid {}); set `jailer_path`",
+                "unjailed (jailer_path = \"\"): Firecracker runs as this user (uid {}); remove the empty jailer_path to jail it",
                 nix::unistd::geteuid()
             ),
             None,
@@ -232,6 +245,52 @@ mod tests {
         c.jailer_uid = Some(1234);
         let item = firecracker(&c);
         assert!(item.ok);
-        assert!(item.detail.contains("uid 1234"), "{item:?}");
+        assert!(item.detail.starts_with("jailed as 1234:65534"), "{item:?}");
+    }
+
+    #[test]
+    fn firecracker_is_jailed_as_nobody_by_default_and_unjailed_only_when_asked() {
+        use crate::backends::vmm::lookup::LookupError;
+        let c = default_config(HypervisorType::Firecracker).config;
+        let item = firecracker_with(&c, || Ok("/found/jailer".into()));
+        assert!(item.ok, "{item:?}");
+        assert!(
+            item.detail
+                .starts_with("jailed as 65534:65534 (an unprivileged uid)"),
+            "{item:?}"
+        );
+        assert!(item.detail.ends_with("/found/jailer"), "{item:?}");
+        let missing = firecracker_with(&c, || {
+            Err(LookupError::NotFound {
+                name: "jailer",
+                looked: Vec::new(),
+            })
+        });
+        assert!(
+            !missing.ok && missing.detail.contains("`jailer_path`"),
+            "{missing:?}"
+        );
+        let mut off = c.clone();
+        off.unjailed = true;
+        let item = firecracker_with(&off, || Ok("/found/jailer".into()));
+        assert!(!item.ok && item.detail.starts_with("unjailed"), "{item:?}");
+    }
+
+    #[test]
+    fn clh_seccomp_stays_on_by_default_and_debug_does_not_turn_it_off() {
+        for debug in [false, true] {
+            let mut c = default_config(HypervisorType::Clh).config;
+            c.debug = debug;
+            let args = crate::backends::clh::command_args(
+                Path::new("/run/sandvisor/vm/x/api.sock"),
+                c.debug,
+            );
+            assert!(
+                !args.iter().any(|a| a == "--seccomp"),
+                "no --seccomp flag, so Cloud Hypervisor's default (true): {args:?}"
+            );
+            let item = clh(&c);
+            assert!(item.ok && item.detail.starts_with("on "), "{item:?}");
+        }
     }
 }

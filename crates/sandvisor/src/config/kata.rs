@@ -434,7 +434,7 @@ pub enum TemplateRule {
     /// Firecracker without a jail, with drive placeholders: a clone's
     /// snapshot names the template VM's placeholder files, which are gone
     /// with its directory; a jail gives each clone them again.
-    #[error("firecracker templates with {0} drive placeholders (hotplug_transport = \"mmio\") need jailer_path: a clone's snapshot names the template VM's placeholder files, which only a jail recreates; set jailer_path, or hotplug_transport = \"pci\"")]
+    #[error("firecracker templates with {0} drive placeholders (hotplug_transport = \"mmio\") need the jailer: a clone's snapshot names the template VM's placeholder files, which only a jail recreates; remove jailer_path = \"\", or set hotplug_transport = \"pci\"")]
     FirecrackerPlaceholders(u32),
     /// Cloud Hypervisor: its backend makes templates (a shared memory
     /// zone and `vm.snapshot`), but the factory does not route to it.
@@ -473,7 +473,7 @@ pub fn check_template_rules(
     if config.initrd_path.is_none() {
         return Err(TemplateRule::NeedsInitrd);
     }
-    if hypervisor == HypervisorType::Firecracker && config.jailer_path.is_none() {
+    if hypervisor == HypervisorType::Firecracker && config.unjailed {
         use crate::backends::firecracker::{HotplugMode, MMIO_PLACEHOLDERS};
         let mmio = config.hotplug_transport == Some(HotplugMode::Mmio);
         let placeholders =
@@ -951,6 +951,7 @@ mod tests {
                 HypervisorType::Firecracker,
                 HypervisorConfig {
                     hotplug_transport: Some(crate::backends::firecracker::HotplugMode::Mmio),
+                    unjailed: true,
                     ..ok.clone()
                 },
                 Err(TemplateRule::FirecrackerPlaceholders(8)),

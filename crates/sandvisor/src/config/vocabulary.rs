@@ -15,7 +15,8 @@
 //! - `rootless` is honoured by QEMU only (other backends refuse it);
 //! - sandvisor's own additions: `accel`, `vhost_user_vsock_daemon`; for
 //!   Firecracker, `hotplug_transport` (`pci` or `mmio`),
-//!   `drive_placeholders`, `jailer_uid` and `jailer_gid`.
+//!   `drive_placeholders`, `jailer_uid`, `jailer_gid` and `unjailed`
+//!   (what `jailer_path = ""` means, as `env` prints it).
 //!
 //! Kata reads the same struct for every hypervisor section, so every key is
 //! known in every section; which keys a backend honours is the backend's
@@ -256,7 +257,12 @@ static IMPLEMENTED: &[KeySpec] = &[
     set!("valid_hypervisor_paths", |c, v, h| c.hypervisor_path_list =
         strings(v)?),
     set!("path_list", |c, v, h| c.hypervisor_path_list = strings(v)?),
-    set!("jailer_path", |c, v, h| c.jailer_path = path(v)?),
+    set!("jailer_path", |c, v, h| {
+        c.jailer_path = path(v)?;
+        // An empty path is Kata's "no jailer": kept apart from an absent
+        // key, which means the jailer the lookup finds.
+        c.unjailed = c.jailer_path.is_none();
+    }),
     set!("valid_jailer_paths", |c, v, h| c.jailer_path_list =
         strings(v)?),
     set!("jailer_path_list", |c, v, h| c.jailer_path_list =
@@ -408,6 +414,8 @@ static IMPLEMENTED: &[KeySpec] = &[
     set!("drive_placeholders", |c, v, h| c.drive_placeholders =
         Some(uint32(v)?)),
     set!("jailer_uid", |c, v, h| c.jailer_uid = Some(uint32(v)?)),
+    // What `jailer_path = ""` sets; `env` prints it so.
+    set!("unjailed", |c, v, h| c.unjailed = boolean(v)?),
     set!("jailer_gid", |c, v, h| c.jailer_gid = Some(uint32(v)?)),
     // sandvisor.
     set!("vhost_user_vsock_daemon", |c, v, h| c
