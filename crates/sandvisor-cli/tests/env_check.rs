@@ -99,10 +99,10 @@ fn env_warns_on_stderr_about_unimplemented_keys() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("\"rootless\"") && stderr.contains("does not implement"),
+        stderr.contains("\"rootfs_type\"") && stderr.contains("does not implement"),
         "{stderr}"
     );
-    assert!(!text(&out.stdout).contains("rootless"));
+    assert!(!text(&out.stdout).contains("rootfs_type"));
 }
 
 #[test]

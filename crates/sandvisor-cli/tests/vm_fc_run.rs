@@ -50,12 +50,13 @@ fn run(jailed: bool) {
         kernel.display().to_string(),
         initrd.display().to_string()
     );
-    if jailed {
-        toml.push_str(&format!(
-            "jailer_path = {:?}\n",
-            jailer.display().to_string()
-        ));
-    }
+    // Unset, the jailer would be found in $SANDVISOR_VMM_DIR: "" opts out.
+    let jailer_path = if jailed {
+        jailer.display().to_string()
+    } else {
+        String::new()
+    };
+    toml.push_str(&format!("jailer_path = {jailer_path:?}\n"));
     let config = assets.path().join("configuration.toml");
     std::fs::write(&config, toml).expect("config");
 

@@ -311,7 +311,13 @@ fn current_qemu_values() {
         ["--thread-pool-size=1", "--announce-submounts"]
     );
     assert_eq!(c.entropy_source.as_deref(), Some(Path::new("/dev/urandom")));
-    assert!(rc.warnings.iter().any(|w| w.contains("\"rootless\"")));
+    assert!(rc.warnings.iter().any(|w| w.contains("\"rootfs_type\"")));
+    assert!(
+        !rc.warnings.iter().any(|w| w.contains("\"rootless\"")),
+        "rootless is implemented: {:?}",
+        rc.warnings
+    );
+    assert!(!c.rootless);
 }
 
 #[test]
@@ -447,7 +453,7 @@ fn bad_enum_value_lists_the_allowed_ones() {
 fn unimplemented_kata_key_gives_exactly_one_warning() {
     let file = Path::new("/x/y.toml");
     for key_line in [
-        "rootless = true",
+        "rootfs_type = \"ext4\"",
         "valid_entropy_sources = [\"/dev/urandom\"]",
         "sgx_epc_size = 0",
         "guest_memory_dump_path = \"/d\"",
@@ -931,4 +937,35 @@ fn a_key_or_value_the_sections_hypervisor_cannot_honour_is_refused() {
         "shared_fs = \"virtio-fs\" in [hypervisor.firecracker] of /etc/k.toml: \
          firecracker cannot honour it; expected one of none"
     );
+}
+
+#[test]
+fn an_empty_jailer_path_means_unjailed_and_an_absent_one_means_the_default_jailer() {
+    let file = Path::new("/x/fc.toml");
+    let fc = "[hypervisor.firecracker]\nkernel = \"/k\"\ninitrd = \"/i\"\n";
+    let absent = parse(fc, file).expect("no jailer_path");
+    assert_eq!(absent.config.jailer_path, None);
+    assert!(
+        !absent.config.unjailed,
+        "absent: the jailer the lookup finds"
+    );
+    let empty = parse(&format!("{fc}jailer_path = \"\"\n"), file).expect("empty");
+    assert_eq!(empty.config.jailer_path, None);
+    assert!(empty.config.unjailed, "\"\": unjailed on purpose");
+    let set = parse(&format!("{fc}jailer_path = \"/j/jailer\"\n"), file).expect("set");
+    assert_eq!(
+        set.config.jailer_path.as_deref(),
+        Some(Path::new("/j/jailer"))
+    );
+    assert!(!set.config.unjailed);
+}
+
+#[test]
+fn rootless_is_read_from_the_qemu_section() {
+    let file = Path::new("/x/q.toml");
+    let rc = parse(&format!("{MINIMAL}rootless = true\n"), file).expect("rootless");
+    assert!(rc.config.rootless);
+    assert!(rc.warnings.is_empty(), "{:?}", rc.warnings);
+    let err = parse(&format!("{MINIMAL}rootless = \"yes\"\n"), file).expect_err("a string");
+    assert!(err.to_string().contains("rootless"), "{err}");
 }

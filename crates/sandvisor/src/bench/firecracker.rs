@@ -69,6 +69,7 @@ impl Setup {
             initrd_path: Some(self.path("initrd.img")),
             hypervisor_path: Some(self.fc.clone()),
             jailer_path: if jailed { self.jailer.clone() } else { None },
+            unjailed: !jailed,
             num_vcpus: 1,
             default_max_vcpus: 1,
             memory_size: 256,

@@ -44,6 +44,9 @@ pub fn qemu(config: &HypervisorConfig) -> Vec<CheckItem> {
         devices: &[],
         image_size: None,
         vhost_net: false,
+        vm_dir_fd: config
+            .rootless
+            .then_some(crate::backends::qemu::rootless::VM_DIR_FD),
     };
     let args = match cmdline::build(&spec) {
         Ok(cmd) => cmd.args,
@@ -72,31 +75,62 @@ pub fn qemu(config: &HypervisorConfig) -> Vec<CheckItem> {
             None,
         ),
     };
-    let user = match value_of(&args, "-runas") {
-        Some(u) => CheckItem::ok("qemu user", false, format!("runs as {u} (-runas)")),
-        None => CheckItem::no(
-            "qemu user",
-            false,
-            format!(
-                "runs as this user (uid {}): no -runas",
-                nix::unistd::geteuid()
-            ),
-            None,
-        ),
-    };
+    let user = qemu_user(config, &args);
     vec![sandbox, user]
 }
 
-/// Firecracker: through the jailer, and as which uid.
+/// Who QEMU runs as: a uid of its own per sandbox with `rootless = true`
+/// (spawned so, its files named through the descriptor of its VM
+/// directory), else this process's user; a `-runas` in
+/// `hypervisor_params` is reported too.
+fn qemu_user(config: &HypervisorConfig, args: &[String]) -> CheckItem {
+    use crate::backends::qemu::rootless::{UID_BASE, UID_COUNT};
+    if let Some(u) = value_of(args, "-runas") {
+        return CheckItem::ok("qemu user", false, format!("runs as {u} (-runas)"));
+    }
+    if config.rootless {
+        return CheckItem::ok(
+            "qemu user",
+            false,
+            format!(
+                "rootless: each sandbox's QEMU runs as a uid of its own, {UID_BASE}..{}, no user created",
+                UID_BASE + UID_COUNT - 1
+            ),
+        );
+    }
+    let uid = nix::unistd::geteuid();
+    let detail = if uid.is_root() {
+        "runs as root (uid 0); set rootless = true under [hypervisor.qemu] for an unprivileged uid"
+            .to_string()
+    } else {
+        format!("runs as this user (uid {uid})")
+    };
+    CheckItem::no("qemu user", false, detail, None)
+}
+
+/// Firecracker: through the jailer (the default when one is found), and
+/// as which uid.
 pub fn firecracker(config: &HypervisorConfig) -> CheckItem {
-    match config.asset_path(AssetType::Jailer) {
+    firecracker_with(config, || {
+        crate::backends::vmm::lookup::find(&crate::backends::vmm::lookup::Binary::JAILER, None)
+            .map(|f| f.path)
+    })
+}
+
+/// [`firecracker`] with the jailer lookup given as `find`.
+fn firecracker_with(
+    config: &HypervisorConfig,
+    find: impl FnOnce() -> Result<std::path::PathBuf, crate::backends::vmm::lookup::LookupError>,
+) -> CheckItem {
+    use crate::backends::firecracker::{jailer::DEFAULT_JAIL_ID, resolve_jailer};
+    let mut c = config.clone();
+    if let Err(e) = resolve_jailer(&mut c, find) {
+        return CheckItem::no("fc jailer", false, e.to_string(), None);
+    }
+    match c.asset_path(AssetType::Jailer) {
         Some(j) => {
-            let uid = config
-                .jailer_uid
-                .unwrap_or(crate::backends::firecracker::jailer::DEFAULT_JAIL_ID);
-            let gid = config
-                .jailer_gid
-                .unwrap_or(crate::backends::firecracker::jailer::DEFAULT_JAIL_ID);
+            let uid = c.jailer_uid.unwrap_or(DEFAULT_JAIL_ID);
+            let gid = c.jailer_gid.unwrap_or(DEFAULT_JAIL_ID);
             let who = if uid == 0 {
                 "root"
             } else {
@@ -106,7 +140,7 @@ pub fn firecracker(config: &HypervisorConfig) -> CheckItem {
                 "fc jailer",
                 false,
                 format!(
-                    "through {} as uid {uid}, gid {gid} ({who}), chrooted",
+                    "jailed as {uid}:{gid} ({who}), chrooted, through {}",
                     j.display()
                 ),
             )
@@ -115,7 +149,7 @@ pub fn firecracker(config: &HypervisorConfig) -> CheckItem {
             "fc jailer",
             false,
             format!(
-                "no jailer: Firecracker runs unjailed as this user (uid {}); set `jailer_path`",
+                "unjailed (jailer_path = \"\"): Firecracker runs as this user (uid {}); remove the empty jailer_path to jail it",
                 nix::unistd::geteuid()
             ),
             None,
@@ -177,12 +211,86 @@ mod tests {
     }
 
     #[test]
+    fn rootless_qemu_is_reported_with_its_uid_range() {
+        let mut c = default_config(HypervisorType::Qemu).config;
+        let _ = c.validate();
+        let user = |c: &HypervisorConfig| {
+            qemu(c)
+                .into_iter()
+                .find(|i| i.name == "qemu user")
+                .expect("a qemu user item")
+        };
+        let root = user(&c);
+        if nix::unistd::geteuid().is_root() {
+            assert!(
+                !root.ok && root.detail.contains("rootless = true"),
+                "{root:?}"
+            );
+        }
+        c.rootless = true;
+        let rootless = user(&c);
+        assert!(rootless.ok, "{rootless:?}");
+        assert!(
+            rootless
+                .detail
+                .contains(&crate::backends::qemu::rootless::UID_BASE.to_string()),
+            "{rootless:?}"
+        );
+    }
+
+    #[test]
     fn a_configured_jailer_is_reported_with_its_uid() {
         let mut c = default_config(HypervisorType::Firecracker).config;
         c.jailer_path = Some("/usr/bin/jailer".into());
         c.jailer_uid = Some(1234);
         let item = firecracker(&c);
         assert!(item.ok);
-        assert!(item.detail.contains("uid 1234"), "{item:?}");
+        assert!(item.detail.starts_with("jailed as 1234:65534"), "{item:?}");
+    }
+
+    #[test]
+    fn firecracker_is_jailed_as_nobody_by_default_and_unjailed_only_when_asked() {
+        use crate::backends::vmm::lookup::LookupError;
+        let c = default_config(HypervisorType::Firecracker).config;
+        let item = firecracker_with(&c, || Ok("/found/jailer".into()));
+        assert!(item.ok, "{item:?}");
+        assert!(
+            item.detail
+                .starts_with("jailed as 65534:65534 (an unprivileged uid)"),
+            "{item:?}"
+        );
+        assert!(item.detail.ends_with("/found/jailer"), "{item:?}");
+        let missing = firecracker_with(&c, || {
+            Err(LookupError::NotFound {
+                name: "jailer",
+                looked: Vec::new(),
+            })
+        });
+        assert!(
+            !missing.ok && missing.detail.contains("`jailer_path`"),
+            "{missing:?}"
+        );
+        let mut off = c.clone();
+        off.unjailed = true;
+        let item = firecracker_with(&off, || Ok("/found/jailer".into()));
+        assert!(!item.ok && item.detail.starts_with("unjailed"), "{item:?}");
+    }
+
+    #[test]
+    fn clh_seccomp_stays_on_by_default_and_debug_does_not_turn_it_off() {
+        for debug in [false, true] {
+            let mut c = default_config(HypervisorType::Clh).config;
+            c.debug = debug;
+            let args = crate::backends::clh::command_args(
+                Path::new("/run/sandvisor/vm/x/api.sock"),
+                c.debug,
+            );
+            assert!(
+                !args.iter().any(|a| a == "--seccomp"),
+                "no --seccomp flag, so Cloud Hypervisor's default (true): {args:?}"
+            );
+            let item = clh(&c);
+            assert!(item.ok && item.detail.starts_with("on "), "{item:?}");
+        }
     }
 }

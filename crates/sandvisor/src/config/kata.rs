@@ -14,8 +14,8 @@
 //!   Every key is checked against [`super::vocabulary`]:
 //!   - a key sandvisor implements sets its [`HypervisorConfig`] field, its
 //!     value parsed into the library's type (paths, enums, parameters);
-//!   - a Kata key sandvisor does not implement (`rootless`,
-//!     `valid_entropy_sources`, ...) is ignored with exactly one warning
+//!   - a Kata key sandvisor does not implement (`valid_entropy_sources`,
+//!     `sgx_epc_size`, ...) is ignored with exactly one warning
 //!     naming the key and the file, in [`RuntimeConfig::warnings`] and in
 //!     the log;
 //!   - any other key is an error naming the key, the section and the file,
@@ -458,7 +458,7 @@ pub enum TemplateRule {
     /// Firecracker without a jail, with drive placeholders: a clone's
     /// snapshot names the template VM's placeholder files, which are gone
     /// with its directory; a jail gives each clone them again.
-    #[error("firecracker templates with {0} drive placeholders (hotplug_transport = \"mmio\") need jailer_path: a clone's snapshot names the template VM's placeholder files, which only a jail recreates; set jailer_path, or hotplug_transport = \"pci\"")]
+    #[error("firecracker templates with {0} drive placeholders (hotplug_transport = \"mmio\") need the jailer: a clone's snapshot names the template VM's placeholder files, which only a jail recreates; remove jailer_path = \"\", or set hotplug_transport = \"pci\"")]
     FirecrackerPlaceholders(u32),
     /// Cloud Hypervisor: its backend makes templates (a shared memory
     /// zone and `vm.snapshot`), but the factory does not route to it.
@@ -497,7 +497,7 @@ pub fn check_template_rules(
     if config.initrd_path.is_none() {
         return Err(TemplateRule::NeedsInitrd);
     }
-    if hypervisor == HypervisorType::Firecracker && config.jailer_path.is_none() {
+    if hypervisor == HypervisorType::Firecracker && config.unjailed {
         use crate::backends::firecracker::{HotplugMode, MMIO_PLACEHOLDERS};
         let mmio = config.hotplug_transport == Some(HotplugMode::Mmio);
         let placeholders =
@@ -1070,6 +1070,7 @@ mod tests {
                 HypervisorType::Firecracker,
                 HypervisorConfig {
                     hotplug_transport: Some(crate::backends::firecracker::HotplugMode::Mmio),
+                    unjailed: true,
                     ..ok.clone()
                 },
                 Err(TemplateRule::FirecrackerPlaceholders(8)),

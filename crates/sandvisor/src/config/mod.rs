@@ -186,6 +186,9 @@ str_enum!(
 /// Errors from validating a [`HypervisorConfig`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// `unjailed = true` and a `jailer_path`.
+    #[error("unjailed = true and jailer_path = {0:?} contradict each other: keep one")]
+    UnjailedWithJailer(PathBuf),
     /// No guest kernel.
     #[error("missing kernel path (key `kernel`)")]
     MissingKernel,
@@ -324,6 +327,11 @@ pub struct HypervisorConfig {
     pub hypervisor_ctl_path: Option<PathBuf>,
     /// The jailer binary (Firecracker).
     pub jailer_path: Option<PathBuf>,
+    /// `jailer_path = ""` was written: Firecracker runs unjailed, on
+    /// purpose. Unset (`false`) with no `jailer_path`, the jailer the
+    /// lookup finds is used, and its absence is an error (sandvisor).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unjailed: bool,
     /// Jailer binaries that annotations may choose.
     #[serde(rename = "valid_jailer_paths")]
     pub jailer_path_list: Vec<String>,
@@ -446,6 +454,10 @@ pub struct HypervisorConfig {
     pub jailer_uid: Option<u32>,
     /// The gid Firecracker runs as in its jailer; unset, 65534 (sandvisor).
     pub jailer_gid: Option<u32>,
+    /// QEMU: run the VMM as an unprivileged uid of its own instead of as
+    /// the caller (Kata's `rootless`). sandvisor spawns QEMU with a uid
+    /// picked per sandbox from a reserved range; no user is created.
+    pub rootless: bool,
 }
 
 impl HypervisorConfig {
@@ -474,6 +486,9 @@ impl HypervisorConfig {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         if self.kernel_path.is_none() {
             return Err(ConfigError::MissingKernel);
+        }
+        if let (true, Some(jailer)) = (self.unjailed, &self.jailer_path) {
+            return Err(ConfigError::UnjailedWithJailer(jailer.clone()));
         }
         match (&self.image_path, &self.initrd_path) {
             (None, None) => return Err(ConfigError::MissingImageAndInitrd),

@@ -12,9 +12,11 @@
 //! - the keys of Kata's Rust runtime (`kata-types`) that name a field
 //!   sandvisor has (`boot_to_be_template`, `memory_path`, ...) or that its
 //!   files carry (`sgx_epc_size`, `overhead_vcpus`, ...);
+//! - `rootless` is honoured by QEMU only (other backends refuse it);
 //! - sandvisor's own additions: `accel`, `vhost_user_vsock_daemon`; for
 //!   Firecracker, `hotplug_transport` (`pci` or `mmio`),
-//!   `drive_placeholders`, `jailer_uid` and `jailer_gid`.
+//!   `drive_placeholders`, `jailer_uid`, `jailer_gid` and `unjailed`
+//!   (what `jailer_path = ""` means, as `env` prints it).
 //!
 //! Kata reads the same struct for every hypervisor section, so every key is
 //! known in every section. What a backend cannot honour is refused at load
@@ -257,7 +259,12 @@ static IMPLEMENTED: &[KeySpec] = &[
     set!("valid_hypervisor_paths", |c, v, h| c.hypervisor_path_list =
         strings(v)?),
     set!("path_list", |c, v, h| c.hypervisor_path_list = strings(v)?),
-    set!("jailer_path", |c, v, h| c.jailer_path = path(v)?),
+    set!("jailer_path", |c, v, h| {
+        c.jailer_path = path(v)?;
+        // An empty path is Kata's "no jailer": kept apart from an absent
+        // key, which means the jailer the lookup finds.
+        c.unjailed = c.jailer_path.is_none();
+    }),
     set!("valid_jailer_paths", |c, v, h| c.jailer_path_list =
         strings(v)?),
     set!("jailer_path_list", |c, v, h| c.jailer_path_list =
@@ -317,6 +324,7 @@ static IMPLEMENTED: &[KeySpec] = &[
     set!("block_device_cache_noflush", |c, v, h| c
         .block_device_cache_noflush =
         boolean(v)?),
+    set!("rootless", |c, v, h| c.rootless = boolean(v)?),
     set!("enable_vhost_user_store", |c, v, h| c
         .enable_vhost_user_store =
         boolean(v)?),
@@ -408,6 +416,8 @@ static IMPLEMENTED: &[KeySpec] = &[
     set!("drive_placeholders", |c, v, h| c.drive_placeholders =
         Some(uint32(v)?)),
     set!("jailer_uid", |c, v, h| c.jailer_uid = Some(uint32(v)?)),
+    // What `jailer_path = ""` sets; `env` prints it so.
+    set!("unjailed", |c, v, h| c.unjailed = boolean(v)?),
     set!("jailer_gid", |c, v, h| c.jailer_gid = Some(uint32(v)?)),
     // sandvisor.
     set!("vhost_user_vsock_daemon", |c, v, h| c
@@ -455,7 +465,6 @@ static UNIMPLEMENTED: &[KeySpec] = &ignored!(
     "remote_hypervisor_socket",
     "remote_hypervisor_timeout",
     "rootfs_type",
-    "rootless",
     "rx_rate_limiter_max_rate",
     "seccompsandbox",
     "sev_snp_guest",

@@ -102,6 +102,7 @@ impl Dirs {
             initrd_path: Some(self.initrd()),
             hypervisor_path: Some(fc),
             jailer_path: jailed.then_some(jailer),
+            unjailed: !jailed,
             num_vcpus: 1,
             default_max_vcpus: 1,
             memory_size: 256,

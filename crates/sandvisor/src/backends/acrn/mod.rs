@@ -376,6 +376,7 @@ impl Acrn {
             fds: Vec::new(),
             log: &log,
             netns: None,
+            run_as: None,
         })
         .map_err(|e| be(e.into()))?;
         let r = ProcessRef::of(p.pid());

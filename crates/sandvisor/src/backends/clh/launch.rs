@@ -126,6 +126,7 @@ impl Clh {
             fds: Vec::new(),
             log: &paths.log,
             netns: self.netns.path.as_deref(),
+            run_as: None,
         })?);
         let api = Arc::new(RestClient::new(&paths.api, Flavour::CloudHypervisor));
         self.api = Some(Arc::clone(&api));

@@ -433,6 +433,13 @@ impl Hypervisor for Clh {
         self.require("create_sandbox", &[VmState::New])?;
         let mut config = config.clone();
         config.validate()?;
+        if config.rootless {
+            return Err(Error::unsupported(
+                "create_sandbox",
+                KIND,
+                "rootless = true is implemented for qemu only (cloud hypervisor runs as the caller); set rootless = false",
+            ));
+        }
         for name in [
             VmPaths::API,
             VmPaths::CONSOLE,

@@ -29,6 +29,9 @@ pub enum FcError {
     /// The boot could not be planned.
     #[error(transparent)]
     VmConfig(#[from] VmConfigError),
+    /// No `jailer_path`, and no jailer where the lookup searched.
+    #[error("no jailer for firecracker (key `jailer_path`): install Firecracker's jailer (scripts/setup.sh), set jailer_path to it, or set jailer_path = \"\" to run Firecracker unjailed")]
+    NoJailer(#[source] crate::backends::vmm::lookup::LookupError),
     /// The VM directory could not be made or removed.
     #[error("cannot {action} VM directory {path:?}")]
     VmDir {

@@ -170,6 +170,7 @@ impl Firecracker {
             fds: Vec::new(),
             log: &f.out(),
             netns: netns.as_deref(),
+            run_as: None,
         })?);
         Ok(())
     }

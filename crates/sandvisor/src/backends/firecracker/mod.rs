@@ -407,6 +407,7 @@ impl Firecracker {
             .unwrap_or_else(|| PathBuf::from("firecracker"))
     }
 
+    /// The jailer, once [`resolve_jailer`] made `jailer_path` final.
     fn jailer(&self) -> Option<PathBuf> {
         self.config
             .asset_path(AssetType::Jailer)
@@ -520,7 +521,18 @@ impl Hypervisor for Firecracker {
         self.require("create_sandbox", &[VmState::New])?;
         let mut config = config.clone();
         config.validate()?;
+        if config.rootless {
+            return Err(Error::unsupported(
+                "create_sandbox",
+                FC,
+                "rootless = true is implemented for qemu only; firecracker's jailer already runs it as jailer_uid (65534 unless set); set rootless = false",
+            ));
+        }
         preflight(&config)?;
+        resolve_jailer(&mut config, || {
+            crate::backends::vmm::lookup::find(&crate::backends::vmm::lookup::Binary::JAILER, None)
+                .map(|f| f.path)
+        })?;
         self.config = config;
         self.apply_config_options();
         self.id = id.to_string();
@@ -716,6 +728,32 @@ impl Hypervisor for Firecracker {
     }
 }
 
+/// Makes `jailer_path` final: Firecracker runs jailed by default. A
+/// configured jailer stays; `jailer_path = ""` ([`HypervisorConfig::unjailed`])
+/// means none, logged once per process; unset, the jailer `find` gives
+/// (`$SANDVISOR_VMM_DIR`, `PATH`, Kata's paths).
+///
+/// # Errors
+/// [`FcError::NoJailer`] when none is configured, none is found and
+/// unjailed was not asked for.
+pub fn resolve_jailer(
+    config: &mut HypervisorConfig,
+    find: impl FnOnce() -> std::result::Result<PathBuf, crate::backends::vmm::lookup::LookupError>,
+) -> std::result::Result<(), FcError> {
+    static UNJAILED: std::sync::Once = std::sync::Once::new();
+    if config.unjailed {
+        config.jailer_path = None;
+        UNJAILED.call_once(|| {
+            tracing::warn!("jailer_path = \"\": firecracker runs unjailed, as this user");
+        });
+        return Ok(());
+    }
+    if config.jailer_path.is_none() {
+        config.jailer_path = Some(find().map_err(FcError::NoJailer)?);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,6 +811,7 @@ mod tests {
         let mut vm = Firecracker::with_storage(format!("/tmp/{}", "s".repeat(60)));
         let plain = HypervisorConfig {
             jailer_path: None,
+            unjailed: true,
             ..config
         };
         let e = vm
@@ -780,5 +819,62 @@ mod tests {
             .await
             .expect_err("too long");
         assert!(matches!(e, Error::Socket(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn rootless_is_refused_naming_the_key() {
+        let config = HypervisorConfig {
+            kernel_path: Some("/k".into()),
+            initrd_path: Some("/i".into()),
+            rootless: true,
+            unjailed: true,
+            ..HypervisorConfig::default()
+        };
+        let mut vm = Firecracker::with_storage("/tmp/x");
+        let e = vm
+            .create_sandbox("r", &NetworkNamespace::default(), &config, false)
+            .await
+            .expect_err("rootless");
+        assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+        assert!(e.to_string().contains("rootless = true"), "{e}");
+        assert_eq!(vm.state(), VmState::New);
+    }
+
+    #[test]
+    fn the_jailer_is_the_default_and_only_an_empty_path_opts_out() {
+        use crate::backends::vmm::lookup::LookupError;
+        let found = || Ok(PathBuf::from("/found/jailer"));
+        let missing = || {
+            Err(LookupError::NotFound {
+                name: "jailer",
+                looked: Vec::new(),
+            })
+        };
+        let mut c = HypervisorConfig::default();
+        resolve_jailer(&mut c, found).expect("found");
+        assert_eq!(c.jailer_path.as_deref(), Some(Path::new("/found/jailer")));
+
+        let mut c = HypervisorConfig {
+            jailer_path: Some("/mine/jailer".into()),
+            ..HypervisorConfig::default()
+        };
+        resolve_jailer(&mut c, found).expect("configured");
+        assert_eq!(c.jailer_path.as_deref(), Some(Path::new("/mine/jailer")));
+
+        let mut c = HypervisorConfig {
+            unjailed: true,
+            ..HypervisorConfig::default()
+        };
+        resolve_jailer(&mut c, found).expect("unjailed");
+        assert_eq!(c.jailer_path, None);
+
+        let mut c = HypervisorConfig::default();
+        let e = resolve_jailer(&mut c, missing).expect_err("required");
+        assert!(matches!(e, FcError::NoJailer(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`jailer_path`") && msg.contains("jailer_path = \"\""),
+            "{msg}"
+        );
     }
 }

@@ -22,6 +22,9 @@ pub enum QemuError {
     /// A QMP failure.
     #[error(transparent)]
     Qmp(#[from] QmpError),
+    /// What `rootless = true` cannot do.
+    #[error(transparent)]
+    Rootless(#[from] super::rootless::RootlessError),
     /// A process could not be spawned or adopted.
     #[error(transparent)]
     Process(#[from] process::ProcessError),

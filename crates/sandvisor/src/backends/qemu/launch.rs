@@ -6,8 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+
 use super::cmdline::{self, Accelerator, LaunchSpec, QemuCommand, VmPaths};
 use super::qmp::Qmp;
+use super::rootless::{self, RunAs};
 use super::{Qemu, QemuError, QemuSpec, REAP_TIMEOUT};
 use crate::backends::vmm::process::{self, Supervised};
 use crate::backends::vmm::virtiofsd;
@@ -92,6 +95,7 @@ impl Qemu {
         accel: Accelerator,
         paths: &VmPaths,
         qemu: &QemuSpec,
+        vm_dir_fd: Option<i32>,
     ) -> Result<QemuCommand, QemuError> {
         let image_size = match &qemu.nvdimm_image {
             Some(img) => Some(
@@ -113,7 +117,9 @@ impl Qemu {
             paths,
             devices: &self.devices,
             image_size,
-            vhost_net: self.vhost_net(),
+            // A rootless QEMU cannot open /dev/vhost-net.
+            vhost_net: self.vhost_net() && vm_dir_fd.is_none(),
+            vm_dir_fd,
         };
         Ok(cmdline::build_for(&spec, qemu.machine)?)
     }
@@ -130,7 +136,8 @@ impl Qemu {
             return Err(self.invalid("build the command line of"));
         };
         let accel = self.resolve_accel()?;
-        Ok(self.build_command(accel, paths, qemu)?)
+        let vm_dir_fd = self.config.rootless.then_some(rootless::VM_DIR_FD);
+        Ok(self.build_command(accel, paths, qemu, vm_dir_fd)?)
     }
 
     pub(super) async fn launch(&mut self, timeout: Duration) -> Result<(), QemuError> {
@@ -153,7 +160,21 @@ impl Qemu {
             .spec
             .as_ref()
             .expect("create_sandbox made the spec before the state became Created");
-        let cmd = self.build_command(accel, &paths, qemu)?;
+        let run_as = match self.config.rootless {
+            true => Some(self.prepare_rootless(accel, &paths)?),
+            false => None,
+        };
+        let mut cmd =
+            self.build_command(accel, &paths, qemu, run_as.map(|_| rootless::VM_DIR_FD))?;
+        if run_as.is_some() {
+            let dir = std::fs::File::open(&paths.dir).map_err(|source| QemuError::VmDir {
+                action: "open",
+                path: paths.dir.clone(),
+                source,
+            })?;
+            cmd.fds
+                .push((Arc::new(OwnedFd::from(dir)), rootless::VM_DIR_FD));
+        }
 
         if self.config.shared_fs.is_virtio_fs() {
             let share = self.devices.iter().find_map(|d| match d {
@@ -167,6 +188,7 @@ impl Qemu {
                     &paths.virtiofs,
                     &paths.virtiofsd_log,
                 )?);
+                give_socket(&paths.virtiofs, run_as)?;
             }
         }
 
@@ -181,6 +203,7 @@ impl Qemu {
             let d = vsock_daemon::start(&daemon, &daemon_paths, vsock_daemon::GUEST_CID, timeout)
                 .await?;
             tracing::info!(id = self.id, pid = d.pid(), "vhost-device-vsock ready");
+            give_socket(&paths.vsock_vhost_user, run_as)?;
             self.vsock_daemon = Some(d);
         }
         let timeout = timeout.saturating_sub(started_all.elapsed());
@@ -198,6 +221,7 @@ impl Qemu {
             fds,
             log: &paths.qemu_log,
             netns: self.netns.path.as_deref(),
+            run_as: run_as.map(|r| (r.uid, r.gid)),
         })?);
         let started = Instant::now();
         let qmp = self.wait_qmp(timeout).await?;
@@ -224,6 +248,27 @@ impl Qemu {
         Ok(())
     }
 
+    /// Picks the uid a rootless QEMU runs as and gives it the VM
+    /// directory, after checking what it will have to open.
+    fn prepare_rootless(&self, accel: Accelerator, paths: &VmPaths) -> Result<RunAs, QemuError> {
+        rootless::check_config(&self.config)?;
+        rootless::check_devices(&self.config, &self.devices)?;
+        let run_as = rootless::pick(&self.id, &paths.dir, accel)?;
+        rootless::check_assets(&self.config, run_as)?;
+        rootless::give(&paths.dir, run_as).map_err(|source| QemuError::VmDir {
+            action: "give to the rootless uid",
+            path: paths.dir.clone(),
+            source,
+        })?;
+        tracing::info!(
+            id = self.id,
+            uid = run_as.uid,
+            gid = run_as.gid,
+            "qemu runs rootless"
+        );
+        Ok(run_as)
+    }
+
     /// Kills whatever a failed start left and removes the VM directory.
     pub(super) async fn abort_start(&mut self) {
         self.qmp = None;
@@ -242,6 +287,18 @@ impl Qemu {
                 tracing::warn!(error = %e, "cannot remove VM directory after a failed start");
             }
         }
+    }
+}
+
+/// Gives a helper's socket, which QEMU connects to, to a rootless QEMU.
+fn give_socket(path: &Path, run_as: Option<RunAs>) -> Result<(), QemuError> {
+    match run_as {
+        Some(r) => rootless::give(path, r).map_err(|source| QemuError::VmDir {
+            action: "give a socket in",
+            path: path.to_path_buf(),
+            source,
+        }),
+        None => Ok(()),
     }
 }
 

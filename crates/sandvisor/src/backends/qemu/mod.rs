@@ -58,6 +58,7 @@ mod launch;
 mod migration;
 mod persist;
 pub mod qmp;
+pub mod rootless;
 mod spec;
 
 use std::path::{Path, PathBuf};
@@ -430,6 +431,9 @@ impl Hypervisor for Qemu {
         config.validate()?;
         // Reject what cannot be launched now, not at start.
         let spec = QemuSpec::new(&config).map_err(QemuError::from)?;
+        if config.rootless {
+            rootless::check_config(&config).map_err(QemuError::from)?;
+        }
         let paths = VmPaths::new(&self.storage, id);
         for name in [
             VmPaths::QMP,

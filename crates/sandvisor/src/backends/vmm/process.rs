@@ -103,6 +103,9 @@ pub struct Spawn<'a> {
     pub log: &'a Path,
     /// Enter this network namespace first (through `nsenter`).
     pub netns: Option<&'a Path>,
+    /// Run as this uid and gid, with no supplementary groups, instead of
+    /// as this process's user.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// A supervised process: our child, or one adopted by pid.
@@ -142,13 +145,26 @@ impl Supervised {
         let mut cmd = match spec.netns {
             Some(ns) => {
                 // nsenter execs the program: the pid stays the VMM's.
+                // Entering needs privilege: nsenter drops to `run_as`
+                // after it entered, and drops the supplementary groups.
                 let mut c = tokio::process::Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display()))
-                    .arg("--")
-                    .arg(spec.program);
+                c.arg(format!("--net={}", ns.display()));
+                if let Some((uid, gid)) = spec.run_as {
+                    c.arg(format!("--setuid={uid}"))
+                        .arg(format!("--setgid={gid}"));
+                }
+                c.arg("--").arg(spec.program);
                 c
             }
-            None => tokio::process::Command::new(spec.program),
+            None => {
+                let mut c = tokio::process::Command::new(spec.program);
+                if let Some((uid, gid)) = spec.run_as {
+                    // std sets the gid, drops the supplementary groups
+                    // (when root) and sets the uid, in that order.
+                    c.uid(uid).gid(gid);
+                }
+                c
+            }
         };
         cmd.args(spec.args)
             .stdin(Stdio::null())
@@ -392,6 +408,7 @@ mod tests {
             fds: Vec::new(),
             log: &log,
             netns: None,
+            run_as: None,
         })
         .expect("spawns");
         assert!(pid_alive(p.pid()));
@@ -401,6 +418,35 @@ mod tests {
         assert_eq!(exit.signal(), Some(9));
         assert_eq!(exit.to_string(), "killed by signal 9 (SIGKILL)");
         assert!(!pid_alive(p.pid()));
+    }
+
+    #[tokio::test]
+    async fn a_child_runs_as_the_uid_and_gid_asked_for() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to change uid");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("log");
+        let p = Supervised::spawn(Spawn {
+            program: Path::new("/bin/sh"),
+            args: &[
+                "-c".to_string(),
+                "echo $(id -u) $(id -g) $(id -G)".to_string(),
+            ],
+            fds: Vec::new(),
+            log: &log,
+            netns: None,
+            run_as: Some((54321, 54322)),
+        })
+        .expect("spawns");
+        let exit = p.wait(Duration::from_secs(5)).await.expect("exits");
+        assert!(exit.success(), "{exit}");
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("log").trim(),
+            "54321 54322 54322",
+            "the uid, the gid and no supplementary group"
+        );
     }
 
     #[tokio::test]
@@ -416,6 +462,7 @@ mod tests {
             fds: Vec::new(),
             log: &log,
             netns: None,
+            run_as: None,
         })
         .expect("spawns");
         let exit = p.wait(Duration::from_secs(5)).await.expect("exits");

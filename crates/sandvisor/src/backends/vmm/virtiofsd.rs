@@ -94,6 +94,7 @@ pub fn start(
         fds: vec![(fd, SOCKET_FD)],
         log,
         netns: None,
+        run_as: None,
     })?)
 }
 

@@ -166,6 +166,7 @@ pub async fn start(
         fds: Vec::new(),
         log: &paths.log,
         netns: None,
+        run_as: None,
     })?;
     let daemon = VsockDaemon {
         start_time: ProcessRef::of(process.pid()).start_time,

@@ -2,7 +2,7 @@
 //! devices by kind (agent channels, vsock, shared directories, NICs,
 //! drives, VFIO, vhost-user) and the entropy source.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{
@@ -35,10 +35,10 @@ pub(super) fn console(p: &Plan<'_>) -> Args {
     let mut a = Args::default();
     let mut console = format!(
         "socket,id=charconsole0,path={},server=on,wait=off",
-        path_opt(&p.spec.paths.console)
+        path_opt(&p.paths.console)
     );
     if p.spec.config.debug {
-        console.push_str(&format!(",logfile={}", path_opt(&p.spec.paths.console_log)));
+        console.push_str(&format!(",logfile={}", path_opt(&p.paths.console_log)));
     }
     a.push2("-chardev", console);
     a.push2("-serial", "chardev:charconsole0");
@@ -90,14 +90,14 @@ pub(super) fn cold_plugged(p: &Plan<'_>) -> Result<(Args, InheritedFds), Cmdline
     let mut net_index = 0u32;
     for dev in p.spec.devices {
         match dev {
-            Device::SerialPort(s) => serial_port(&mut a, s),
+            Device::SerialPort(s) => serial_port(&mut a, s, &p.qemu_path(&s.host_path)),
             Device::VsockPci(v) => {
                 let fd = FIRST_INHERITED_FD
                     + i32::try_from(fds.len()).expect("a VM has far fewer than 2^31 descriptors");
                 fds.push((Arc::clone(&v.vhost_fd), fd));
                 vsock(&mut a, transport, v, fd);
             }
-            Device::Fs(v) => shared_fs(&mut a, transport, c, p.spec.paths, v)?,
+            Device::Fs(v) => shared_fs(&mut a, transport, c, &p.paths, v)?,
             Device::Net(n) => {
                 net(&mut a, transport, n, net_index, p.spec.vhost_net);
                 net_index += 1;
@@ -107,7 +107,7 @@ pub(super) fn cold_plugged(p: &Plan<'_>) -> Result<(Args, InheritedFds), Cmdline
             Device::VhostUser(v) => vhost_user(&mut a, transport, v),
             // The image comes from the config, not as a device.
             Device::Image(d) => block(&mut a, transport, c, d)?,
-            Device::HybridVsock(_) => hybrid_vsock(&mut a, transport, p.spec.paths),
+            Device::HybridVsock(_) => hybrid_vsock(&mut a, transport, &p.paths),
             Device::UserNet(u) => {
                 user_net(&mut a, transport, u, net_index);
                 net_index += 1;
@@ -143,13 +143,13 @@ pub(super) fn rng(p: &Plan<'_>) -> Args {
     a
 }
 
-fn serial_port(a: &mut Args, s: &UnixSocket) {
+fn serial_port(a: &mut Args, s: &UnixSocket, host_path: &Path) {
     let chardev = truncate_id(&s.id);
     a.push2(
         "-chardev",
         format!(
             "socket,id={chardev},path={},server=on,wait=off",
-            path_opt(&s.host_path)
+            path_opt(host_path)
         ),
     );
     a.push2(

@@ -179,6 +179,11 @@ pub struct LaunchSpec<'a> {
     pub image_size: Option<u64>,
     /// Whether `/dev/vhost-net` can be used.
     pub vhost_net: bool,
+    /// QEMU runs rootless and inherits its VM directory at this
+    /// descriptor: the command line names the VM's files through
+    /// `/proc/self/fd/<n>/` (see [`super::rootless`]); the caller passes
+    /// the descriptor.
+    pub vm_dir_fd: Option<i32>,
 }
 
 /// What to execute: a program, its arguments and the descriptors it
@@ -218,6 +223,17 @@ type InheritedFds = Vec<(Arc<OwnedFd>, i32)>;
 #[derive(Debug, Default)]
 struct Args(Vec<String>);
 
+impl Plan<'_> {
+    /// `path` as QEMU names it: inside the VM directory, through the
+    /// inherited descriptor when rootless.
+    fn qemu_path(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix(&self.spec.paths.dir) {
+            Ok(rest) if self.spec.vm_dir_fd.is_some() => self.paths.dir.join(rest),
+            _ => path.to_path_buf(),
+        }
+    }
+}
+
 impl Args {
     fn push(&mut self, s: impl Into<String>) {
         self.0.push(s.into());
@@ -235,6 +251,9 @@ impl Args {
 /// the command line reads.
 struct Plan<'a> {
     spec: &'a LaunchSpec<'a>,
+    /// The VM's paths as QEMU names them: `spec.paths`, or their view
+    /// through the inherited VM directory when rootless.
+    paths: VmPaths,
     machine: MachineType,
     transport: Transport,
     image: Option<ImageMode>,
@@ -272,8 +291,13 @@ pub fn build_for(spec: &LaunchSpec<'_>, machine: MachineType) -> Result<QemuComm
     let kernel = c
         .asset_path(crate::assets::AssetType::Kernel)
         .ok_or(CmdlineError::MissingKernel)?;
+    let paths = match spec.vm_dir_fd {
+        Some(fd) => VmPaths::new(Path::new("/proc/self/fd"), &fd.to_string()),
+        None => spec.paths.clone(),
+    };
     let plan = Plan {
         spec,
+        paths,
         machine,
         transport: machine.transport(),
         image,
@@ -293,7 +317,7 @@ pub fn build_for(spec: &LaunchSpec<'_>, machine: MachineType) -> Result<QemuComm
     a.extend(machine::cpu(&plan));
     a.push2(
         "-qmp",
-        format!("unix:{},server=on,wait=off", path_opt(&spec.paths.qmp)),
+        format!("unix:{},server=on,wait=off", path_opt(&plan.paths.qmp)),
     );
     a.extend(memory::boot_memory(&plan));
     a.extend(machine::smp(&plan));

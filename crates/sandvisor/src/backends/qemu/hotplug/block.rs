@@ -1,15 +1,46 @@
 //! Block devices: virtio-blk, SCSI disks and NVDIMMs, added as a block
 //! node and a device, and removed in the reverse order.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
 
 use super::{unplug, unsupported, Placement};
 use crate::backends::qemu::cmdline;
-use crate::backends::qemu::qmp::{self, DeviceProps};
+use crate::backends::qemu::qmp::{self, DeviceProps, Qmp};
+use crate::backends::qemu::rootless::RootlessError;
 use crate::backends::qemu::{Qemu, QemuError};
 use crate::config::BlockDeviceDriver;
 use crate::device::{BlockDrive, HotplugResult};
 use crate::hypervisor::Result;
+
+/// The file name under which QEMU opens the descriptors of fd set `id`.
+pub fn fdset_path(id: i64) -> PathBuf {
+    PathBuf::from(format!("/dev/fdset/{id}"))
+}
+
+/// Opens `drive`'s file here, read-only or read-write as the drive is, and
+/// passes it to QEMU in a new fd set (`add-fd`); returns the set's id.
+async fn pass_block_file(qmp: &Qmp, drive: &BlockDrive) -> Result<i64, QemuError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!drive.read_only)
+        .open(&drive.file)
+        .map_err(|source| QemuError::BlockFile {
+            path: drive.file.clone(),
+            source,
+        })?;
+    let info = qmp
+        .execute_with_fd(
+            &qmp::AddFd {
+                opaque: Some(drive.file.display().to_string()),
+            },
+            file.as_fd(),
+            qmp::DEFAULT_TIMEOUT,
+        )
+        .await?;
+    Ok(info.fdset_id)
+}
 
 impl Qemu {
     /// Adds a block device to the running VM.
@@ -46,6 +77,16 @@ impl Qemu {
                 path: drive.file.clone(),
                 source,
             })?;
+        let qmp = self.qmp().await?;
+        // A rootless QEMU cannot open the file: it gets it by descriptor.
+        let fdset = match self.config.rootless {
+            true => Some(pass_block_file(&qmp, &drive).await?),
+            false => None,
+        };
+        let filename = match fdset {
+            Some(id) => fdset_path(id),
+            None => drive.file.clone(),
+        };
         let c = &self.config;
         let add = qmp::BlockdevAdd {
             driver: if drive.format.is_empty() {
@@ -61,12 +102,19 @@ impl Qemu {
             }),
             file: qmp::BlockdevFile {
                 driver: if host_device { "host_device" } else { "file" },
-                filename: drive.file.clone(),
+                filename,
                 aio: Some("threads"),
             },
         };
-        let qmp = self.qmp().await?;
-        qmp.execute(&add).await.map_err(QemuError::from)?;
+        let added = qmp.execute(&add).await;
+        if let Some(fdset_id) = fdset {
+            // The node holds its own copy now (or nothing took it): the
+            // set goes, and QEMU closes it with the node.
+            if let Err(e) = qmp.execute(&qmp::RemoveFd { fdset_id }).await {
+                tracing::warn!(fdset_id, error = %e, "cannot remove the fd set of a block file");
+            }
+        }
+        added.map_err(QemuError::from)?;
         let (bus, addr) = placement.bus_addr();
         let (driver_name, props) = match placement {
             Placement::Scsi => {
@@ -118,6 +166,13 @@ impl Qemu {
         drive: BlockDrive,
         dev_id: String,
     ) -> Result<HotplugResult> {
+        if self.config.rootless {
+            return Err(QemuError::from(RootlessError::Unsupported {
+                what: format!("an NVDIMM maps {:?}, which QEMU opens by path", drive.file),
+                todo: "use block_device_driver = \"virtio-blk\" or \"virtio-scsi\"",
+            })
+            .into());
+        }
         let size = std::fs::metadata(&drive.file)
             .map_err(|source| QemuError::BlockFile {
                 path: drive.file.clone(),
@@ -183,5 +238,35 @@ impl Qemu {
         .map_err(QemuError::from)?;
         tracing::info!(id = dev_id, "block device hot-unplugged");
         Ok(HotplugResult::Attached(Some(drive)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_file_passed_by_descriptor_is_named_by_its_fd_set() {
+        assert_eq!(fdset_path(3), PathBuf::from("/dev/fdset/3"));
+        let add = qmp::AddFd {
+            opaque: Some("/d.img".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&add).expect("serializes"),
+            r#"{"opaque":"/d.img"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&qmp::RemoveFd { fdset_id: 3 }).expect("serializes"),
+            r#"{"fdset-id":3}"#
+        );
+        let info: qmp::AddFdInfo =
+            serde_json::from_str(r#"{"fdset-id":1,"fd":27}"#).expect("decodes");
+        assert_eq!(
+            info,
+            qmp::AddFdInfo {
+                fdset_id: 1,
+                fd: 27
+            }
+        );
     }
 }

@@ -543,6 +543,45 @@ impl Command for CloseFd {
     type Returns = Empty;
 }
 
+/// `add-fd`: puts the descriptor passed with this command (SCM_RIGHTS)
+/// in a new fd set, which a file name `/dev/fdset/<id>` then opens, so
+/// that QEMU never opens the path itself (a rootless QEMU could not).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AddFd {
+    /// A note QEMU keeps with the descriptor, such as the path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opaque: Option<String>,
+}
+
+/// The reply of [`AddFd`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct AddFdInfo {
+    /// The set the descriptor went into.
+    #[serde(rename = "fdset-id")]
+    pub fdset_id: i64,
+    /// The descriptor's number in QEMU.
+    pub fd: i64,
+}
+
+impl Command for AddFd {
+    const NAME: &'static str = "add-fd";
+    type Returns = AddFdInfo;
+}
+
+/// `remove-fd`: drops an fd set; QEMU closes its descriptors once nothing
+/// that opened them holds them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RemoveFd {
+    /// The set.
+    #[serde(rename = "fdset-id")]
+    pub fdset_id: i64,
+}
+
+impl Command for RemoveFd {
+    const NAME: &'static str = "remove-fd";
+    type Returns = Empty;
+}
+
 /// `migrate-incoming`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrateIncoming {

@@ -57,6 +57,7 @@ fn argv(
         devices,
         image_size: image,
         vhost_net: false,
+        vm_dir_fd: None,
     };
     cmdline::build(&spec).expect("builds").args
 }
@@ -565,6 +566,7 @@ fn vsock_descriptors_are_passed_at_fixed_numbers() {
         devices: &devices,
         image_size: None,
         vhost_net: true,
+        vm_dir_fd: None,
     })
     .expect("builds");
     assert_eq!(cmd.fds.len(), 1);
@@ -596,6 +598,7 @@ fn vhost_net_is_used_when_present() {
         devices: &d,
         image_size: None,
         vhost_net: true,
+        vm_dir_fd: None,
     })
     .expect("builds");
     assert!(cmd
@@ -801,4 +804,54 @@ fn user_networking_is_slirp_on_the_link_local_plan_with_loopback_forwards() {
     assert!(a.contains(
         &"virtio-net-pci,netdev=network-0,mac=02:5a:00:00:64:02,id=virtio-usernet0".to_string()
     ));
+}
+
+/// A rootless QEMU gets the same command line, with every file of its VM
+/// directory named through the directory's inherited descriptor; paths
+/// outside that directory (kernel, initrd) stay as they are.
+#[test]
+fn golden_rootless_names_the_vm_directory_through_its_descriptor() {
+    let (c, mut d) = hybrid_vsock();
+    d.push(agent());
+    let p = paths();
+    let build = |vm_dir_fd| {
+        cmdline::build(&LaunchSpec {
+            config: &c,
+            id: "vm1",
+            uuid: UUID,
+            accel: Accelerator::Tcg,
+            host_memory_mib: HOST_MIB,
+            paths: &p,
+            devices: &d,
+            image_size: None,
+            vhost_net: false,
+            vm_dir_fd,
+        })
+        .expect("builds")
+        .args
+    };
+    let root = build(None);
+    let rootless = build(Some(crate::backends::qemu::rootless::VM_DIR_FD));
+    let want: Vec<String> = root
+        .iter()
+        .map(|a| a.replace("/run/sv/vm1/", "/proc/self/fd/64/"))
+        .collect();
+    assert_eq!(rootless, want);
+    assert!(
+        rootless
+            .iter()
+            .any(|a| a == "unix:/proc/self/fd/64/qmp.sock,server=on,wait=off"),
+        "{rootless:?}"
+    );
+    assert!(
+        rootless
+            .iter()
+            .any(|a| a.contains("path=/proc/self/fd/64/kata.sock,")),
+        "{rootless:?}"
+    );
+    assert!(
+        rootless.iter().all(|a| !a.contains("/run/sv/vm1")),
+        "{rootless:?}"
+    );
+    assert!(rootless.iter().any(|a| a == "/k/vmlinuz"), "{rootless:?}");
 }

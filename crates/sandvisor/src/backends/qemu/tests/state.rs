@@ -17,6 +17,7 @@ fn what_cannot_be_built_is_a_typed_error() {
             devices: d,
             image_size: None,
             vhost_net: false,
+            vm_dir_fd: None,
         })
         .map(|_| ())
     };
@@ -92,6 +93,7 @@ fn an_image_on_virtio_blk_gets_its_root_parameters() {
         devices: &[],
         image_size: None,
         vhost_net: false,
+        vm_dir_fd: None,
     })
     .expect("builds")
     .args;

@@ -1,0 +1,206 @@
+//! `rootless = true`: QEMU runs as an unprivileged uid of its own, and the
+//! sandbox still works: the agent answers (exec), a disk hot-plugged from
+//! a directory that uid cannot enter is usable in the guest (it is passed
+//! by descriptor), and after shutdown no file, process or user is left.
+//!
+//! Every assertion needs a booted Linux guest (under TCG here) except the
+//! uid read from `/proc` and the leftovers checked at the end.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use sandvisor::agent::AgentClient;
+use sandvisor::backends::qemu::{rootless, Qemu};
+use sandvisor::config::BlockDeviceDriver;
+use sandvisor::device::{BlockDrive, Device};
+use sandvisor::sandbox::Sandbox;
+use sandvisor_proto::{ExecRequest, ExitStatus, MountRequest};
+
+/// Runs `sh -c script` in the guest; returns stdout, failing on a non-zero
+/// exit with the guest's stderr.
+async fn sh(agent: &AgentClient, script: &str) -> String {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let outcome = agent
+        .exec(
+            ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), script.into()],
+                ..ExecRequest::default()
+            },
+            |b| out.extend_from_slice(b),
+            |b| err.extend_from_slice(b),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+    assert_eq!(
+        outcome.status,
+        ExitStatus::Code(0),
+        "{script:?} failed: {}",
+        String::from_utf8_lossy(&err)
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
+/// The real, effective, saved and filesystem uids of `pid`.
+fn uids(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status of qemu");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("a Uid line");
+    line.split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().expect("a uid"))
+        .collect()
+}
+
+/// Processes running as `uid`.
+fn processes_of(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}"))
+                .map(|m| m.uid() == uid)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A raw disk image with an ext4 file system holding `hello.txt`.
+fn ext4_image(dir: &Path, content: &str) -> std::path::PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("image root");
+    std::fs::write(root.join("hello.txt"), content).expect("file in image");
+    let image = dir.join("disk.img");
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("16M")
+        .status()
+        .expect("mkfs.ext4 runs (install e2fsprogs)");
+    assert!(status.success(), "mkfs.ext4 failed");
+    image
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_rootless_qemu_runs_unprivileged_and_still_execs_and_hotplugs() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: rootless drops from root to a uid of its own");
+        return;
+    }
+    let storage = support::storage();
+    let mut config = support::config(BlockDeviceDriver::VirtioBlock);
+    config.kernel_params.clear();
+    config.rootless = true;
+    config.validate().expect("valid config");
+    let mut sandbox = Sandbox::launch(
+        "rootless".into(),
+        Box::new(Qemu::with_storage(storage.path())),
+        &config,
+        support::BOOT_TIMEOUT,
+    )
+    .await
+    .expect("sandbox boots rootless and its agent answers");
+
+    let pids = sandbox.hypervisor().pids();
+    let qemu = *pids.first().expect("a qemu pid");
+    let ids = uids(qemu);
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    let uid = ids[0];
+    assert!(ids.iter().all(|u| *u == uid), "one uid throughout: {ids:?}");
+    assert!(
+        (rootless::UID_BASE..rootless::UID_BASE + rootless::UID_COUNT).contains(&uid),
+        "qemu runs as uid {uid}, outside the rootless range"
+    );
+    let vm_dir = storage.path().join("rootless");
+    assert_eq!(
+        std::fs::metadata(&vm_dir).expect("VM dir").uid(),
+        uid,
+        "the VM directory is the uid's"
+    );
+
+    assert_eq!(sh(sandbox.agent(), "echo rootless").await, "rootless");
+
+    // The disk's directory is root's and 0700: QEMU could not open the
+    // file by path, so the hot-plug proves it was passed by descriptor.
+    let disk_dir = tempfile::tempdir().expect("tempdir");
+    let image = ext4_image(disk_dir.path(), "passed by descriptor\n");
+    let before: Vec<String> = sandbox
+        .agent()
+        .list_block_devices()
+        .await
+        .expect("list block devices")
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    sandbox
+        .hypervisor()
+        .hotplug_add_device(Device::Block(BlockDrive {
+            file: image.clone(),
+            format: "raw".into(),
+            id: "data".into(),
+            index: 1,
+            ..BlockDrive::default()
+        }))
+        .await
+        .expect("hot-plug the disk into a rootless QEMU");
+    let mut added = None;
+    for _ in 0..50 {
+        let now = sandbox
+            .agent()
+            .list_block_devices()
+            .await
+            .expect("list block devices");
+        added = now.into_iter().find(|d| !before.contains(&d.name));
+        if added.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let added = added.expect("the guest sees the hot-plugged disk within 5 s");
+    sandbox
+        .agent()
+        .mount(MountRequest {
+            source: format!("/dev/{}", added.name),
+            target: "/mnt/data".into(),
+            fstype: "ext4".into(),
+            options: vec!["ro".into()],
+        })
+        .await
+        .expect("agent mounts the disk");
+    assert_eq!(
+        sh(sandbox.agent(), "cat /mnt/data/hello.txt").await,
+        "passed by descriptor"
+    );
+
+    sandbox.hypervisor().pause_sandbox().await.expect("pause");
+    sandbox.hypervisor().resume_sandbox().await.expect("resume");
+    assert_eq!(sh(sandbox.agent(), "echo resumed").await, "resumed");
+
+    sandbox.shutdown().await.expect("clean shutdown");
+    assert!(!support::alive(qemu), "qemu {qemu} still runs");
+    assert_eq!(
+        processes_of(uid),
+        Vec::<u32>::new(),
+        "processes of uid {uid} left"
+    );
+    assert_eq!(
+        support::entries(storage.path()),
+        Vec::<std::path::PathBuf>::new(),
+        "VM files left"
+    );
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    assert!(
+        !passwd
+            .lines()
+            .any(|l| l.split(':').nth(2) == Some(&uid.to_string())),
+        "a user for uid {uid} exists"
+    );
+}
