@@ -725,6 +725,8 @@ impl Soak {
             initrd_path: Some(self.tiny_initrd.clone()),
             hypervisor_path: Some(self.vmm_dir.join(binary)),
             jailer_path: (kind == Kind::FcJailed).then(|| self.vmm_dir.join("jailer")),
+            // Firecracker is jailed by default: the unjailed kind says so.
+            unjailed: kind == Kind::Fc,
             num_vcpus: 1,
             default_max_vcpus: max_vcpus,
             memory_size: 256,
