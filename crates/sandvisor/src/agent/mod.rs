@@ -36,6 +36,11 @@ use transport::Stream;
 const HELLO_RETRY: Duration = Duration::from_millis(500);
 /// Pause between connection attempts.
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
+/// How long one open may wait for its answer before it is dropped and
+/// retried. A hybrid vsock's `CONNECT` made while the guest's vsock was not
+/// ready can go unanswered for good; a fresh one is answered as soon as
+/// the guest listens. A listening guest answers in milliseconds.
+const OPEN_ATTEMPT: Duration = Duration::from_secs(2);
 /// Default timeout of a call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -334,15 +339,17 @@ impl AgentClient {
         let deadline = Instant::now() + wait;
         loop {
             // A hybrid vsock's `CONNECT` may get no answer while the guest
-            // is not listening: the open, too, ends at the deadline.
-            let opened = match tokio::time::timeout_at(deadline.into(), transport::open(addr)).await
-            {
-                Ok(r) => r,
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no answer to the connect within the deadline",
-                )),
-            };
+            // is not listening: each open ends after OPEN_ATTEMPT (or at the
+            // deadline), and the next one asks again.
+            let attempt_end = deadline.min(Instant::now() + OPEN_ATTEMPT);
+            let opened =
+                match tokio::time::timeout_at(attempt_end.into(), transport::open(addr)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer to the connect within the deadline",
+                    )),
+                };
             let last = match opened {
                 Ok(stream) => {
                     let mut client = AgentClient::from_stream(stream);

@@ -285,6 +285,32 @@ async fn a_hybrid_vsock_that_never_answers_connect_ends_at_the_deadline() {
     held.abort();
 }
 
+#[tokio::test]
+async fn an_unanswered_hybrid_connect_is_asked_again() {
+    // The VMM's side of a hybrid vsock whose guest was not ready for the
+    // first CONNECT: that one is never answered, the next one is.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hv.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let server = tokio::spawn(async move {
+        let (lost, _) = listener.accept().await.expect("first");
+        let (mut s, _) = listener.accept().await.expect("second");
+        let mut line = vec![0u8; "CONNECT 1024\n".len()];
+        s.read_exact(&mut line).await.expect("read");
+        assert_eq!(line, b"CONNECT 1024\n");
+        s.write_all(b"OK 1073741824\n").await.expect("write");
+        drop(lost);
+        fake_agent(s, PROTOCOL_VERSION, false, false).await;
+    });
+    let addr = AgentAddress::HybridVsock { path, port: 1024 };
+    let client = AgentClient::connect(&addr, Duration::from_secs(60))
+        .await
+        .expect("the second CONNECT is answered");
+    assert_eq!(client.address, Some(addr));
+    drop(client);
+    server.await.expect("server");
+}
+
 async fn connected(exec_io: bool) -> AgentClient {
     let (a, b) = tokio::net::UnixStream::pair().expect("pair");
     tokio::spawn(fake_agent(b, PROTOCOL_VERSION, false, exec_io));
