@@ -251,7 +251,6 @@ fn destroy(args: &ConfigArgs) -> CmdResult {
     }
     let removed = template::destroy(factory)?;
     let dir = factory.template_dir();
-    template::InitLock::remove_if_free(&dir)?;
     let line = if removed {
         format!("template {} removed\n", dir.display())
     } else {

@@ -460,7 +460,8 @@ pub async fn init(
 /// removes what the killed one left.
 #[derive(Debug)]
 pub struct InitLock {
-    _flock: nix::fcntl::Flock<std::fs::File>,
+    flock: nix::fcntl::Flock<std::fs::File>,
+    path: PathBuf,
 }
 
 impl InitLock {
@@ -536,31 +537,24 @@ impl InitLock {
         held.set_len(0).map_err(io("truncate"))?;
         held.rewind().map_err(io("rewind"))?;
         writeln!(held, "{}", std::process::id()).map_err(io("write"))?;
-        Ok(InitLock { _flock: held })
+        Ok(InitLock { flock: held, path })
     }
 
-    /// Removes the lock file of the template at `template_dir` when no
-    /// `init` holds it (for `factory destroy`); a held one stays.
+    /// Removes the lock file, then lets the lock go (for `factory
+    /// destroy`, which holds it while it removes the template). An `init`
+    /// that opened the file meanwhile sees it unlinked and opens it anew.
     ///
     /// # Errors
     /// [`FactoryError::Io`] when it cannot be removed.
-    pub fn remove_if_free(template_dir: &Path) -> Result<(), FactoryError> {
-        use nix::fcntl::{Flock, FlockArg};
-        let path = Self::path_for(template_dir);
-        let Ok(file) = std::fs::File::open(&path) else {
-            return Ok(());
-        };
-        let Ok(held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
-            return Ok(());
-        };
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FactoryError::Io {
+    pub fn remove(self) -> Result<(), FactoryError> {
+        match std::fs::remove_file(&self.path) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(FactoryError::Io {
                 action: "remove",
-                path,
-                source: e,
+                path: self.path.clone(),
+                source,
             }),
             _ => {
-                drop(held);
+                drop(self.flock);
                 Ok(())
             }
         }
@@ -683,12 +677,32 @@ fn mount_tmpfs(dir: &Path, size_mib: u32) -> Result<(), FactoryError> {
 }
 
 /// Removes the template at `factory`'s template path: unmounts its tmpfs
-/// and removes the directory. Returns whether there was anything.
+/// and removes the directory and its init lock. Returns whether there was
+/// anything.
 ///
 /// # Errors
+/// [`FactoryError::InitBusy`] while a `factory init` makes the template;
 /// [`FactoryError::Mount`] or [`FactoryError::Io`].
 pub fn destroy(factory: &FactoryConfig) -> Result<bool, FactoryError> {
     let dir = factory.template_dir();
+    // An `init` making this template holds its lock: removing the tmpfs
+    // under it would pull the memory from its template VM. Where even the
+    // parent is missing there is neither a template nor a lock.
+    let lock = match dir.parent() {
+        Some(parent) if parent.exists() => Some(InitLock::acquire(&dir)?),
+        _ => None,
+    };
+    let found = remove_template(&dir)?;
+    if let Some(lock) = lock {
+        lock.remove()?;
+    }
+    Ok(found)
+}
+
+/// Unmounts and removes the template directory `dir`; whether there was
+/// anything.
+fn remove_template(dir: &Path) -> Result<bool, FactoryError> {
+    let dir = dir.to_path_buf();
     let mut found = false;
     while is_mount_point(&dir) {
         found = true;
@@ -756,14 +770,24 @@ mod tests {
                 && msg.contains("wait for it to finish"),
             "{msg}"
         );
-        // Held: destroy leaves it; released: the next init takes it, and
-        // destroy removes it.
-        InitLock::remove_if_free(&dir).expect("remove if free");
-        assert!(lock.exists());
+        // Held: destroy is refused the same way and leaves everything;
+        // released: destroy takes it, and removes the lock file too.
+        let factory = FactoryConfig {
+            enable_template: true,
+            template_path: Some(dir.clone()),
+            ..FactoryConfig::default()
+        };
+        std::fs::create_dir(&dir).expect("template dir");
+        assert!(matches!(
+            destroy(&factory),
+            Err(FactoryError::InitBusy { .. })
+        ));
+        assert!(lock.exists() && dir.exists());
         drop(first);
-        let again = InitLock::acquire(&dir).expect("after the first ended");
-        drop(again);
-        InitLock::remove_if_free(&dir).expect("remove if free");
+        assert!(destroy(&factory).expect("destroy after the init ended"));
+        assert!(!lock.exists() && !dir.exists());
+        let again = InitLock::acquire(&dir).expect("after destroy");
+        again.remove().expect("remove");
         assert!(!lock.exists());
     }
 
