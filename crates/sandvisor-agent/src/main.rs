@@ -61,6 +61,7 @@ fn main() {
         let (loaded, failed) = modules::load_early();
         log!("loaded {loaded} modules for the agent channel ({failed} failed)");
         modules::start_device_drivers();
+        modules::follow_scsi_hotplug();
     }
     let reaper = Reaper::start();
     if init::cmdline_has(&init::cmdline(), DEBUG_CONSOLE_PARAM) {

@@ -410,10 +410,35 @@ pub fn wait_loaded() {
     }
 }
 
+/// The SCSI layer's scan mode, a parameter it lets change at run time.
+const SCSI_SCAN_PARAM: &str = "/sys/module/scsi_mod/parameters/scan";
+
+/// With `scsi_mod.scan=none` (Kata's default parameter) a SCSI layer built
+/// into the kernel skips the boot-time scan, which saves time, but also
+/// ignores the event with which a controller announces a hot-plugged
+/// disk (`scsi_scan_target` returns at once). The boot-time scan is over
+/// once init runs, so from here on the layer scans on events again. A
+/// modular SCSI layer that the agent loads gets no parameters: it scans.
+pub fn follow_scsi_hotplug() {
+    if let Err(e) = follow_scsi_hotplug_in(Path::new(SCSI_SCAN_PARAM)) {
+        log!("cannot set {SCSI_SCAN_PARAM} to sync: {e}; hot-plugged SCSI disks need a scan");
+    }
+}
+
+fn follow_scsi_hotplug_in(param: &Path) -> std::io::Result<()> {
+    match fs::read_to_string(param) {
+        Ok(mode) if mode.trim() == "none" => fs::write(param, "sync"),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Waits for the boot-time drivers, then, once, asks every SCSI host to
 /// scan its bus: with `scsi_mod.scan=none` (Kata's default, which saves
 /// the boot-time scan) disks present at boot are found only this way.
-/// Hot-plugged SCSI disks are added by their controller's event.
+/// Hot-plugged SCSI disks are added by their controller's event (see
+/// [`follow_scsi_hotplug`]).
 pub fn storage_ready() {
     static SCAN: Once = Once::new();
     wait_loaded();
@@ -432,6 +457,23 @@ pub fn storage_ready() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_mode_of_none_becomes_sync_and_others_stay() {
+        let dir = std::env::temp_dir().join(format!("sv-agent-scan-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let param = dir.join("scan");
+        fs::write(&param, "none\n").expect("write");
+        follow_scsi_hotplug_in(&param).expect("switch");
+        assert_eq!(fs::read_to_string(&param).expect("read"), "sync");
+        fs::write(&param, "async\n").expect("write");
+        follow_scsi_hotplug_in(&param).expect("keep");
+        assert_eq!(fs::read_to_string(&param).expect("read"), "async\n");
+        // A kernel without a SCSI layer (or with it not loaded yet).
+        let absent = follow_scsi_hotplug_in(&dir.join("absent"));
+        fs::remove_dir_all(&dir).expect("clean up");
+        absent.expect("nothing to do");
+    }
 
     const DEP: &str = "kernel/drivers/virtio/virtio.ko:\n\
 kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko\n\

@@ -434,14 +434,15 @@ pub async fn init(
         }
         outcome = InitOutcome::Remade;
     }
+    // This init holds the lock: what it removes, it removes unlocked.
     if dir.exists() {
-        destroy(factory)?;
+        remove_template(&dir)?;
     }
     mount_tmpfs(&dir, base.memory_size.saturating_add(STATE_ROOM_MIB))?;
     match make(factory, &base, kind, boot_timeout).await {
         Ok(()) => Ok(outcome),
         Err(e) => {
-            if let Err(undo) = destroy(factory) {
+            if let Err(undo) = remove_template(&dir) {
                 tracing::warn!(error = %undo, "cannot remove the failed template");
             }
             Err(e)
