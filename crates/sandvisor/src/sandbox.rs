@@ -381,33 +381,16 @@ impl Sandbox {
                 false
             }
         };
-        let stopped = self.hypervisor.stop_sandbox().await;
-        match stopped {
-            Ok(()) => {}
+        let stopped = match self.hypervisor.stop_sandbox().await {
             // The VMM exited on its own because it was asked to: its
             // backend may call that an unexpected exit.
             Err(e) if powered_off => {
                 tracing::debug!(id, error = %e, "stop after power-off");
+                Ok(())
             }
-            Err(source) => {
-                if let Err(e) = self.hypervisor.cleanup().await {
-                    tracing::warn!(id, error = %e, "cleaning up the sandbox failed");
-                }
-                return Err(SandboxError::Hypervisor {
-                    op: "stop",
-                    id,
-                    source: Box::new(source),
-                });
-            }
-        }
-        self.hypervisor
-            .cleanup()
-            .await
-            .map_err(|source| SandboxError::Hypervisor {
-                op: "clean up",
-                id,
-                source: Box::new(source),
-            })
+            other => other,
+        };
+        self.stopped_then_clean_up(stopped).await
     }
 
     /// Stops the VMM without asking the guest to power off, then removes
@@ -418,8 +401,19 @@ impl Sandbox {
     /// # Errors
     /// When stopping or cleaning up fails; the files are removed either way.
     pub async fn stop(mut self) -> Result<(), SandboxError> {
+        let stopped = self.hypervisor.stop_sandbox().await;
+        self.stopped_then_clean_up(stopped).await
+    }
+
+    /// Removes the VMM's files after `stopped`, the outcome of stopping it:
+    /// a failed stop is the error (the files go anyway), else a failed
+    /// clean-up is.
+    async fn stopped_then_clean_up(
+        mut self,
+        stopped: crate::hypervisor::Result<()>,
+    ) -> Result<(), SandboxError> {
         let id = self.id.clone();
-        if let Err(source) = self.hypervisor.stop_sandbox().await {
+        if let Err(source) = stopped {
             if let Err(e) = self.hypervisor.cleanup().await {
                 tracing::warn!(id, error = %e, "cleaning up the sandbox failed");
             }
