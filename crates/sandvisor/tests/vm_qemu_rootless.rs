@@ -7,43 +7,18 @@
 //! uid read from `/proc` and the leftovers checked at the end.
 
 mod support;
+use support::sh;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use sandvisor::agent::AgentClient;
 use sandvisor::backends::qemu::{rootless, Qemu};
 use sandvisor::config::BlockDeviceDriver;
 use sandvisor::device::{BlockDrive, Device};
 use sandvisor::sandbox::Sandbox;
-use sandvisor_proto::{ExecRequest, ExitStatus, MountRequest};
-
-/// Runs `sh -c script` in the guest; returns stdout, failing on a non-zero
-/// exit with the guest's stderr.
-async fn sh(agent: &AgentClient, script: &str) -> String {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let outcome = agent
-        .exec(
-            ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), script.into()],
-                ..ExecRequest::default()
-            },
-            |b| out.extend_from_slice(b),
-            |b| err.extend_from_slice(b),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
-    assert_eq!(
-        outcome.status,
-        ExitStatus::Code(0),
-        "{script:?} failed: {}",
-        String::from_utf8_lossy(&err)
-    );
-    String::from_utf8_lossy(&out).trim().to_string()
-}
+use sandvisor_proto::MountRequest;
 
 /// The real, effective, saved and filesystem uids of `pid`.
 fn uids(pid: u32) -> Vec<u32> {

@@ -5,6 +5,7 @@
 //! file written on the host.
 
 mod support;
+use support::sh;
 
 use std::path::Path;
 use std::process::Command;
@@ -15,32 +16,7 @@ use sandvisor::backends::qemu::Qemu;
 use sandvisor::config::BlockDeviceDriver;
 use sandvisor::device::{BlockDrive, Device};
 use sandvisor::sandbox::Sandbox;
-use sandvisor_proto::{ExecRequest, ExitStatus, MountRequest, OnlineCpuMemRequest};
-
-/// Runs `sh -c script` in the guest; returns stdout, failing on a non-zero
-/// exit with the guest's stderr.
-async fn sh(agent: &AgentClient, script: &str) -> String {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let outcome = agent
-        .exec(
-            ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), script.into()],
-                ..ExecRequest::default()
-            },
-            |b| out.extend_from_slice(b),
-            |b| err.extend_from_slice(b),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
-    assert_eq!(
-        outcome.status,
-        ExitStatus::Code(0),
-        "{script:?} failed: {}",
-        String::from_utf8_lossy(&err)
-    );
-    String::from_utf8_lossy(&out).trim().to_string()
-}
+use sandvisor_proto::{MountRequest, OnlineCpuMemRequest};
 
 async fn mem_total_kib(agent: &AgentClient) -> u64 {
     let line = sh(agent, "grep MemTotal /proc/meminfo").await;

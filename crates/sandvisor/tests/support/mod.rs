@@ -241,3 +241,28 @@ pub fn trace() {
         .with_test_writer()
         .try_init();
 }
+
+/// Runs `sh -c script` in the guest; returns stdout, failing on a non-zero
+/// exit with the guest's stderr.
+pub async fn sh(agent: &sandvisor::agent::AgentClient, script: &str) -> String {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let outcome = agent
+        .exec(
+            sandvisor_proto::ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), script.into()],
+                ..sandvisor_proto::ExecRequest::default()
+            },
+            |b| out.extend_from_slice(b),
+            |b| err.extend_from_slice(b),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+    assert_eq!(
+        outcome.status,
+        sandvisor_proto::ExitStatus::Code(0),
+        "{script:?} failed: {}",
+        String::from_utf8_lossy(&err)
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
+}
