@@ -256,6 +256,20 @@ impl Clh {
             .as_ref()
             .map(|p| p.api.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // virtiofsd first: when Cloud Hypervisor is gone, this load fails,
+        // and the cleanup that follows still ends the virtiofsd it knows.
+        let mut virtiofsd = Ok(());
+        self.virtiofsd = match state
+            .virtiofsd_pid
+            .map(|p| Supervised::adopt(p, "virtiofsd"))
+        {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                virtiofsd = Err(e);
+                None
+            }
+            None => None,
+        };
         let clh = Supervised::adopt(state.pid, &api)?;
         let now = crate::process::ProcessRef::of(state.pid).start_time;
         if state.vmm_start_time != 0 && now != state.vmm_start_time {
@@ -266,10 +280,7 @@ impl Clh {
             .into());
         }
         self.clh = Some(clh);
-        self.virtiofsd = match state.virtiofsd_pid {
-            Some(pid) => Some(Supervised::adopt(pid, "virtiofsd")?),
-            None => None,
-        };
+        virtiofsd?;
         self.detached = false;
         Ok(())
     }

@@ -144,11 +144,31 @@ impl Qemu {
             .as_ref()
             .map(|p| p.qmp.to_string_lossy().into_owned())
             .unwrap_or_default();
-        self.qemu = Some(Supervised::adopt(state.pid, &qmp_path)?);
-        self.virtiofsd = match state.virtiofsd_pid {
-            Some(pid) => Some(Supervised::adopt(pid, "virtiofsd")?),
+        // The helpers first: when QEMU is gone, this load fails, and the
+        // cleanup that follows still ends the helpers it knows.
+        let mut virtiofsd = Ok(());
+        self.virtiofsd = match state
+            .virtiofsd_pid
+            .map(|p| Supervised::adopt(p, "virtiofsd"))
+        {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                virtiofsd = Err(e);
+                None
+            }
             None => None,
         };
+        let vsock_daemon = self.adopt_vsock_daemon(state);
+        self.qemu = Some(Supervised::adopt(state.pid, &qmp_path)?);
+        virtiofsd?;
+        vsock_daemon?;
+        self.detached = false;
+        Ok(())
+    }
+
+    /// Adopts the recorded vhost-device-vsock; one that is gone is only
+    /// noted, for `check` to report.
+    fn adopt_vsock_daemon(&mut self, state: &HypervisorState) -> Result<(), QemuError> {
         self.vsock_daemon = None;
         self.vsock_daemon_lost = None;
         if let (Some(process), Some(paths)) = (state.vsock_daemon, &self.paths) {
@@ -171,7 +191,6 @@ impl Qemu {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.detached = false;
         Ok(())
     }
 }
