@@ -312,3 +312,70 @@ fn vm_vsock_a_new_supervisor_adopts_the_daemon() {
     env.run(&["delete", "adopt", "--force"]).ok();
     assert_gone(&env, "adopt", &[new, last, vmm, daemon]);
 }
+
+/// vhost-device-vsock's device thread ends for good when a host connection
+/// closes while the guest is paused (its rings are stopped then), and a
+/// supervisor killed in a pause closes its agent connection. QEMU holds a
+/// copy of that connection, so nothing closes, and after `resume` the new
+/// supervisor reaches the agent. Needs a booted Linux guest (the agent).
+#[test]
+fn vm_vsock_a_supervisor_killed_in_a_pause_leaves_the_agent_reachable() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_host();
+    let env = Env::new();
+    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = vsock_config(config_dir.path());
+    let state = boot(&env, "nap", &config);
+    let vmm = pid(&state, "vmm");
+    let daemon = assert_hybrid_vsock(&env, "nap", vmm);
+    let mut supervisors = vec![pid(&state, "supervisor")];
+    assert_eq!(echo(&env, "nap").ok(), "via-vsock\n");
+
+    // Twice: the second pause comes after a re-attached supervisor made
+    // a connection of its own, which replaced the first one QEMU held.
+    for round in 0..2 {
+        env.run(&["pause", "nap"]).ok();
+        let old = pid(&env.state("nap"), "supervisor");
+        kill(old, "KILL");
+        assert!(wait_gone(old, Duration::from_secs(10)), "round {round}");
+        assert_eq!(env.state("nap")["status"], "paused", "round {round}");
+        env.run(&["resume", "nap"]).ok();
+        let out = echo(&env, "nap");
+        assert_eq!(out.ok(), "via-vsock\n", "round {round}: {out:?}");
+        supervisors.push(pid(&env.state("nap"), "supervisor"));
+    }
+    assert_eq!(pid(&env.state("nap"), "vmm"), vmm);
+    assert_eq!(assert_hybrid_vsock(&env, "nap", vmm), daemon);
+
+    env.run(&["delete", "nap", "--force"]).ok();
+    supervisors.extend([vmm, daemon]);
+    assert_gone(&env, "nap", &supervisors);
+}
+
+/// With both the supervisor and QEMU killed, `delete --force` has no
+/// supervisor to ask and no VMM to re-attach to: it still ends the
+/// vhost-device-vsock the record names. Needs a booted Linux guest only to
+/// get a started sandbox.
+#[test]
+fn vm_vsock_delete_after_the_vmm_and_supervisor_died_ends_the_daemon() {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_host();
+    let env = Env::new();
+    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = vsock_config(config_dir.path());
+    let state = boot(&env, "orphan", &config);
+    let supervisor = pid(&state, "supervisor");
+    let vmm = pid(&state, "vmm");
+    let daemon = assert_hybrid_vsock(&env, "orphan", vmm);
+
+    kill(supervisor, "KILL");
+    kill(vmm, "KILL");
+    assert!(wait_gone(supervisor, Duration::from_secs(10)));
+    assert!(wait_gone(vmm, Duration::from_secs(10)));
+    assert!(alive(daemon), "the daemon outlives both");
+
+    env.run(&["delete", "orphan", "--force"]).ok();
+    assert_gone(&env, "orphan", &[supervisor, vmm, daemon]);
+}

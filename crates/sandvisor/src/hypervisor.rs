@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -241,6 +242,10 @@ pub struct Capabilities {
     pub vm_cache: bool,
     /// Another process can re-attach to the running VM (`save`/`load`).
     pub reattach: bool,
+    /// The VMM holds a copy of the agent connection
+    /// ([`Hypervisor::hold_agent_connection`]).
+    #[serde(default)]
+    pub holds_agent_connection: bool,
 }
 
 impl Capabilities {
@@ -450,6 +455,29 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
 
     /// Makes the agent socket of VM `id`.
     fn generate_socket(&self, id: &str, use_vsock: bool) -> Result<AgentSocket>;
+
+    /// Gives the VMM a copy of `connection`, the host end of the agent
+    /// connection just made, in place of the one it held before (closed
+    /// then). The connection then outlives the process that made it, so a
+    /// supervisor that dies closes nothing in the guest's channel; the
+    /// next connection, made while the guest runs, closes the old one.
+    ///
+    /// QEMU with a hybrid vsock needs it: vhost-device-vsock 0.3 ends its
+    /// device thread for good when a host connection opens or closes while
+    /// the guest is paused (its rings are stopped then), and the agent is
+    /// unreachable afterwards.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] where [`Capabilities::holds_agent_connection`]
+    /// is false; the VMM's error.
+    async fn hold_agent_connection(&mut self, connection: BorrowedFd<'_>) -> Result<()> {
+        let _ = connection;
+        Err(Error::unsupported(
+            "hold_agent_connection",
+            self.hypervisor_type(),
+            "its agent channel needs no copy held by the VMM",
+        ))
+    }
 }
 
 #[cfg(test)]

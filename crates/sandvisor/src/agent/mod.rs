@@ -14,6 +14,7 @@ mod session;
 pub mod transport;
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -186,6 +187,8 @@ pub struct AgentClient {
     features: Vec<String>,
     /// Where it connected, when [`AgentClient::connect`] made it.
     address: Option<AgentAddress>,
+    /// A second descriptor of a hybrid vsock connection.
+    duplicate: Option<OwnedFd>,
 }
 
 impl Drop for AgentClient {
@@ -351,8 +354,9 @@ impl AgentClient {
                     )),
                 };
             let last = match opened {
-                Ok(stream) => {
-                    let mut client = AgentClient::from_stream(stream);
+                Ok(opened) => {
+                    let mut client = AgentClient::from_stream(opened.stream);
+                    client.duplicate = opened.duplicate;
                     match client.handshake_until(deadline).await {
                         Ok((version, features)) => {
                             client.agent_version = version;
@@ -395,6 +399,7 @@ impl AgentClient {
             agent_version: String::new(),
             features: Vec::new(),
             address: None,
+            duplicate: None,
         }
     }
 
@@ -407,6 +412,15 @@ impl AgentClient {
     /// Sets the timeout of each call (default [`DEFAULT_TIMEOUT`]).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// The host end of a hybrid vsock connection, for a VMM to hold a copy
+    /// of: the connection then outlives this process, and a host-side
+    /// close cannot reach vhost-device-vsock while the guest is paused
+    /// (see `Hypervisor::hold_agent_connection`). `None` for other
+    /// channels.
+    pub fn connection(&self) -> Option<BorrowedFd<'_>> {
+        self.duplicate.as_ref().map(AsFd::as_fd)
     }
 
     /// The agent's version, from the handshake.

@@ -82,14 +82,32 @@ impl AgentAddress {
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug> Stream for T {}
 
+/// An open stream to the agent.
+#[derive(Debug)]
+pub struct Opened {
+    /// The stream.
+    pub stream: Box<dyn Stream>,
+    /// For a hybrid vsock, a second descriptor of the same host socket,
+    /// for a VMM to hold (see [`AgentClient::connection`]).
+    ///
+    /// [`AgentClient::connection`]: super::AgentClient::connection
+    pub duplicate: Option<OwnedFd>,
+}
+
 /// Opens a stream to `addr`. One attempt; the caller retries.
 ///
 /// # Errors
 /// The connect error; for a hybrid vsock, also a refused `CONNECT`.
-pub async fn open(addr: &AgentAddress) -> io::Result<Box<dyn Stream>> {
+pub async fn open(addr: &AgentAddress) -> io::Result<Opened> {
+    let only = |stream: Box<dyn Stream>| Opened {
+        stream,
+        duplicate: None,
+    };
     match addr {
-        AgentAddress::Unix(path) => Ok(Box::new(UnixStream::connect(path).await?)),
-        AgentAddress::Vsock { cid, port } => Ok(Box::new(VsockStream::connect(*cid, *port).await?)),
+        AgentAddress::Unix(path) => Ok(only(Box::new(UnixStream::connect(path).await?))),
+        AgentAddress::Vsock { cid, port } => {
+            Ok(only(Box::new(VsockStream::connect(*cid, *port).await?)))
+        }
         AgentAddress::HybridVsock { path, port } => {
             let mut s = UnixStream::connect(path).await?;
             s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
@@ -106,7 +124,11 @@ pub async fn open(addr: &AgentAddress) -> io::Result<Box<dyn Stream>> {
                 }
             }
             check_hybrid_reply(&line, *port)?;
-            Ok(Box::new(s))
+            let duplicate = s.as_fd().try_clone_to_owned()?;
+            Ok(Opened {
+                stream: Box::new(s),
+                duplicate: Some(duplicate),
+            })
         }
     }
 }
@@ -264,9 +286,11 @@ mod tests {
             assert_eq!(line, b"CONNECT 1024\n");
             s.write_all(b"OK 1073741824\nagent").await.expect("write");
         });
-        let mut s = open(&AgentAddress::HybridVsock { path, port: 1024 })
+        let opened = open(&AgentAddress::HybridVsock { path, port: 1024 })
             .await
             .expect("connects");
+        assert!(opened.duplicate.is_some(), "a hybrid vsock has a duplicate");
+        let mut s = opened.stream;
         let mut rest = [0u8; 5];
         s.read_exact(&mut rest).await.expect("read");
         assert_eq!(&rest, b"agent");

@@ -6,6 +6,7 @@
 //! before `stop`. [`GuestAgent`] is the part of the agent client it uses.
 
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,13 @@ pub trait GuestAgent: Send + Sync + fmt::Debug {
 
     /// The guest's `MemTotal`, in KiB.
     async fn mem_total_kib(&self) -> Result<u64, AgentLinkError>;
+
+    /// The host end of the connection, when the VMM should hold a copy of
+    /// it ([`crate::Hypervisor::hold_agent_connection`]); `None` when
+    /// there is nothing to hold.
+    fn connection(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// How long the agent waits for hot-plugged CPUs to appear.
@@ -179,5 +187,9 @@ impl GuestAgent for Client {
 
     async fn mem_total_kib(&self) -> Result<u64, AgentLinkError> {
         Ok(self.0.guest_details().await?.mem_total_kib)
+    }
+
+    fn connection(&self) -> Option<BorrowedFd<'_>> {
+        self.0.connection()
     }
 }

@@ -24,6 +24,9 @@ impl Firecracker {
             vm_template: true,
             vm_cache: true,
             reattach: true,
+            // Its hybrid vsock is the VMM's own device, not
+            // vhost-device-vsock.
+            holds_agent_connection: false,
         }
     }
 }

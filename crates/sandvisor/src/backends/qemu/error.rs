@@ -82,6 +82,15 @@ pub enum QemuError {
     /// A descriptor could not be duplicated for the child.
     #[error("cannot duplicate a descriptor for qemu")]
     DupFd(#[source] std::io::Error),
+    /// The agent connection's file status flags could not be read or set.
+    #[error("cannot {action} the agent connection's file status flags")]
+    ConnectionFlags {
+        /// `read` or `restore`.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// QEMU exited while starting.
     #[error("qemu ({binary:?}, pid {pid}) exited while starting ({exit}); its log ends with:\n{log_tail}")]
     EarlyExit {

@@ -61,6 +61,7 @@ pub mod qmp;
 pub mod rootless;
 mod spec;
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +93,9 @@ pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a process to go after SIGKILL.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The name QEMU holds the agent connection's copy under
+/// ([`Hypervisor::hold_agent_connection`]).
+pub const AGENT_CONNECTION_FD: &str = "sv-agent-connection";
 pub use self::error::QemuError;
 #[cfg(test)]
 use self::migration::fd_uri;
@@ -729,6 +733,7 @@ impl Hypervisor for Qemu {
             vm_template: !hybrid_vsock,
             vm_cache: true,
             reattach: true,
+            holds_agent_connection: hybrid_vsock,
         }
     }
 
@@ -853,6 +858,46 @@ impl Hypervisor for Qemu {
 
     async fn load(&mut self, state: HypervisorState) -> Result<()> {
         self.attach(state).await
+    }
+
+    /// QMP `getfd` under [`AGENT_CONNECTION_FD`]: QEMU closes the copy it
+    /// held under that name and keeps this one until the next, or until
+    /// it exits.
+    async fn hold_agent_connection(&mut self, connection: BorrowedFd<'_>) -> Result<()> {
+        if !self.hybrid_vsock() {
+            return Err(Error::unsupported(
+                "hold_agent_connection",
+                HypervisorType::Qemu,
+                "only a hybrid vsock's connection needs a copy held (use_vsock)",
+            ));
+        }
+        self.require("hold_agent_connection", &[VmState::Running])?;
+        let getfd = qmp::GetFd {
+            fdname: AGENT_CONNECTION_FD.to_string(),
+        };
+        // QEMU makes each descriptor it receives blocking, and that flag
+        // belongs to the socket, which the caller reads without blocking:
+        // it is set back at once.
+        let flag_error = |action| {
+            move |e: nix::errno::Errno| QemuError::ConnectionFlags {
+                action,
+                source: e.into(),
+            }
+        };
+        let raw = connection.as_raw_fd();
+        let flags =
+            nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFL).map_err(flag_error("read"))?;
+        let held = self
+            .qmp()
+            .await?
+            .execute_with_fd(&getfd, connection, qmp::DEFAULT_TIMEOUT)
+            .await
+            .map_err(QemuError::from);
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags);
+        nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_SETFL(flags))
+            .map_err(flag_error("restore"))?;
+        held?;
+        Ok(())
     }
 
     /// With `use_vsock` on a sandbox created with a hybrid vsock, the

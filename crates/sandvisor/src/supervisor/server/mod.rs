@@ -562,7 +562,10 @@ impl Owner {
                 .connect_agent(&address, left.max(Duration::from_secs(1)))
                 .await
             {
-                Ok(a) => self.agent = Some(a),
+                Ok(a) => {
+                    self.hold_connection(&*a).await;
+                    self.agent = Some(a);
+                }
                 Err(e) => {
                     // A VM whose agent never answers is of no use: stop it, as
                     // Kata does when the agent check after boot fails.
@@ -756,8 +759,24 @@ impl Owner {
         let a = agent::connect(&address, AGENT_CONNECT_TIMEOUT)
             .await
             .map_err(|e| RemoteError::failed(&id, Op::Exec, &e))?;
+        self.hold_connection(&*a).await;
         self.agent = Some(a.clone());
         Ok(a)
+    }
+
+    /// Has the VMM hold a copy of a new agent connection, where the
+    /// backend asks for it. The connection works without; it is then only
+    /// lost with this supervisor, so a failure is logged, not returned.
+    async fn hold_connection(&mut self, agent: &dyn GuestAgent) {
+        if !self.hv.capabilities().holds_agent_connection {
+            return;
+        }
+        let Some(connection) = agent.connection() else {
+            return;
+        };
+        if let Err(e) = self.hv.hold_agent_connection(connection).await {
+            tracing::warn!("the VMM cannot hold the agent connection: {e}");
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Golden command lines, without a VM; the backend's state rules are in
 //! [`state`].
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -722,6 +723,14 @@ async fn a_hybrid_vsock_sandbox_gets_a_hybrid_socket_and_says_what_it_cannot_do(
     let caps = q.capabilities();
     assert!(caps.hybrid_vsock && caps.pause && caps.reattach);
     assert!(!caps.save && !caps.vm_template, "{caps:?}");
+    // QEMU holds the agent connection's copy, but only once it runs.
+    assert!(caps.holds_agent_connection, "{caps:?}");
+    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let early = q.hold_agent_connection(ours.as_fd()).await;
+    assert!(
+        matches!(early, Err(Error::InvalidState { .. })),
+        "{early:?}"
+    );
     q.add_device(socket.clone().into_device())
         .await
         .expect("the hybrid vsock is a device");
@@ -737,6 +746,9 @@ async fn a_hybrid_vsock_sandbox_gets_a_hybrid_socket_and_says_what_it_cannot_do(
         .await
         .expect("created");
     assert!(!plain.capabilities().hybrid_vsock);
+    assert!(!plain.capabilities().holds_agent_connection);
+    let held = plain.hold_agent_connection(ours.as_fd()).await;
+    assert!(matches!(held, Err(Error::Unsupported { .. })), "{held:?}");
     let r = plain
         .add_device(Device::HybridVsock(crate::device::HybridVsock::default()))
         .await;
