@@ -379,3 +379,74 @@ fn vm_vsock_delete_after_the_vmm_and_supervisor_died_ends_the_daemon() {
     env.run(&["delete", "orphan", "--force"]).ok();
     assert_gone(&env, "orphan", &[supervisor, vmm, daemon]);
 }
+
+/// What an `exec -i` types while its sandbox is paused waits for the
+/// resume: had it reached vhost-device-vsock in the pause, the daemon's
+/// device would be gone and no exec would answer again. Needs a booted
+/// Linux guest (`cat` under the agent).
+#[test]
+fn vm_vsock_stdin_typed_in_a_pause_arrives_after_the_resume() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_host();
+    let env = Env::new();
+    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = vsock_config(config_dir.path());
+    let state = boot(&env, "typing", &config);
+    let supervisor = pid(&state, "supervisor");
+    let vmm = pid(&state, "vmm");
+    let daemon = assert_hybrid_vsock(&env, "typing", vmm);
+
+    let mut cat = env
+        .command()
+        .args(["exec", "-i", "typing", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec -i cat");
+    let mut stdin = cat.stdin.take().expect("stdin");
+    // Lines come through a channel, so that one that never comes fails
+    // the test (after a generous 60 s) instead of hanging it.
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = cat.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.expect("read")).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| {
+        lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("cat never echoed {what:?}: {e}"))
+    };
+    let line = |stdin: &mut std::process::ChildStdin, text: &str| {
+        writeln!(stdin, "{text}").expect("types");
+        stdin.flush().expect("flush");
+    };
+    line(&mut stdin, "before");
+    assert_eq!(next("before"), "before");
+
+    env.run(&["pause", "typing"]).ok();
+    line(&mut stdin, "during");
+    // Give the supervisor time to have sent it, were it not held.
+    std::thread::sleep(Duration::from_secs(1));
+    env.run(&["resume", "typing"]).ok();
+    assert_eq!(next("during"), "during");
+    let out = echo(&env, "typing");
+    assert_eq!(out.ok(), "via-vsock\n", "{out:?}");
+
+    line(&mut stdin, "after");
+    assert_eq!(next("after"), "after");
+    drop(stdin);
+    let status = cat.wait().expect("cat ends at EOF");
+    assert!(status.success(), "{status:?}");
+
+    env.run(&["delete", "typing", "--force"]).ok();
+    assert_gone(&env, "typing", &[supervisor, vmm, daemon]);
+}

@@ -179,7 +179,7 @@ impl Drop for Route<'_> {
 #[derive(Debug)]
 pub struct AgentClient {
     shared: Arc<Shared>,
-    writer: tokio::sync::Mutex<WriteHalf<Box<dyn Stream>>>,
+    writer: Arc<tokio::sync::Mutex<WriteHalf<Box<dyn Stream>>>>,
     reader: JoinHandle<()>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -189,6 +189,15 @@ pub struct AgentClient {
     address: Option<AgentAddress>,
     /// A second descriptor of a hybrid vsock connection.
     duplicate: Option<OwnedFd>,
+}
+
+/// Writes to the agent wait while this lives ([`AgentClient::hold_writes`]).
+pub struct WritesHeld(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<WriteHalf<Box<dyn Stream>>>);
+
+impl std::fmt::Debug for WritesHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WritesHeld")
+    }
 }
 
 impl Drop for AgentClient {
@@ -392,7 +401,7 @@ impl AgentClient {
         let reader = tokio::spawn(read_loop(reader, Arc::clone(&shared)));
         AgentClient {
             shared,
-            writer: tokio::sync::Mutex::new(writer),
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
             reader,
             next_id: AtomicU64::new(1),
             timeout: DEFAULT_TIMEOUT,
@@ -421,6 +430,14 @@ impl AgentClient {
     /// channels.
     pub fn connection(&self) -> Option<BorrowedFd<'_>> {
         self.duplicate.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Holds every write to the agent until the guard is dropped; waits
+    /// for a write under way to end first. For a paused guest, which
+    /// reads nothing: vhost-device-vsock loses its device for good when
+    /// host data reaches it while the guest is paused.
+    pub async fn hold_writes(&self) -> WritesHeld {
+        WritesHeld(Arc::clone(&self.writer).lock_owned().await)
     }
 
     /// The agent's version, from the handshake.

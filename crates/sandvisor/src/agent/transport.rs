@@ -79,8 +79,8 @@ impl AgentAddress {
 }
 
 /// A connected stream to the agent.
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug> Stream for T {}
+pub trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + fmt::Debug> Stream for T {}
 
 /// An open stream to the agent.
 #[derive(Debug)]

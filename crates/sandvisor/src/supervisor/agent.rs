@@ -17,7 +17,7 @@ use sandvisor_proto::{ExecRequest, ExitStatus, OnlineCpuMemRequest, Stream as Ou
 
 use super::proto::{ExecExit, ExecSpec};
 pub use crate::agent::AgentAddress;
-use crate::agent::{AgentClient, ClientError, ExecEvent as ClientEvent, ExecInput};
+use crate::agent::{AgentClient, ClientError, ExecEvent as ClientEvent, ExecInput, WritesHeld};
 use crate::hypervisor_type::HypervisorType;
 
 /// Errors from the guest agent.
@@ -81,6 +81,12 @@ pub trait GuestAgent: Send + Sync + fmt::Debug {
     /// it ([`crate::Hypervisor::hold_agent_connection`]); `None` when
     /// there is nothing to hold.
     fn connection(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Holds every write to the agent while the guard lives (a write
+    /// under way ends first); `None` when writes cannot be held.
+    async fn hold_writes(&self) -> Option<WritesHeld> {
         None
     }
 }
@@ -191,5 +197,9 @@ impl GuestAgent for Client {
 
     fn connection(&self) -> Option<BorrowedFd<'_>> {
         self.0.connection()
+    }
+
+    async fn hold_writes(&self) -> Option<WritesHeld> {
+        Some(self.0.hold_writes().await)
     }
 }

@@ -26,6 +26,7 @@ use super::layout::SandboxDir;
 use super::proto::{Op, RemoteError, Reply, Request};
 use super::state::{HelperExit, SandboxRecord, SandboxStatus};
 use super::SupervisorError;
+use crate::agent::WritesHeld;
 use crate::backends::new_hypervisor;
 use crate::hypervisor::{Helper, Hypervisor, NetworkNamespace};
 use crate::process::{Exit, Liveness, ProcessRef, Stoppable};
@@ -36,6 +37,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 const HELPER_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// How long the guest may take to power off before the VMM is stopped.
 const GUEST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pause waits for a write to the agent under way to end.
+const HOLD_WRITES_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the agent may take to answer on a running guest.
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much longer than the agent's own wait onlining may take.
@@ -186,6 +189,8 @@ struct Owner {
     watcher: Option<JoinHandle<()>>,
     /// `delete` is done: the supervisor ends once the client has the reply.
     deleted: bool,
+    /// While the guest is paused: writes to its agent wait for `resume`.
+    writes_held: Option<WritesHeld>,
 }
 
 impl Owner {
@@ -270,6 +275,7 @@ impl Owner {
             events,
             watcher: None,
             deleted: false,
+            writes_held: None,
         };
         owner.watch_vmm();
         owner.persist().await;
@@ -400,6 +406,7 @@ impl Owner {
         self.record.vmm_exit = Some(exit);
         self.record.status = SandboxStatus::Dead;
         self.agent = None;
+        self.writes_held = None;
         self.hv.disconnect().await;
         self.persist().await;
     }
@@ -441,6 +448,7 @@ impl Owner {
             w.abort();
         }
         self.agent = None;
+        self.writes_held = None;
         if let Err(e) = self.hv.stop_sandbox().await {
             tracing::warn!("stopping after {} ended: {e}", helper.name);
         }
@@ -614,20 +622,42 @@ impl Owner {
 
     async fn pause_resume(&mut self, pause: bool) -> Result<(), RemoteError> {
         if pause {
+            // A paused guest reads nothing, and host data reaching
+            // vhost-device-vsock then ends its device for good: writes to
+            // the agent (an exec's stdin) wait for the resume.
+            let held = self.hold_agent_writes().await;
             self.hv
                 .pause_sandbox()
                 .await
                 .map_err(self.hv_err(Op::Pause))?;
+            self.writes_held = held;
             self.record.status = SandboxStatus::Paused;
         } else {
             self.hv
                 .resume_sandbox()
                 .await
                 .map_err(self.hv_err(Op::Resume))?;
+            self.writes_held = None;
             self.record.status = SandboxStatus::Running;
         }
         self.persist().await;
         Ok(())
+    }
+
+    /// Holds the agent's writes, once a write under way has ended; gives
+    /// up after [`HOLD_WRITES_TIMEOUT`] (a write the guest does not take)
+    /// and pauses anyway.
+    async fn hold_agent_writes(&mut self) -> Option<WritesHeld> {
+        let agent = self.agent.as_ref()?;
+        match tokio::time::timeout(HOLD_WRITES_TIMEOUT, agent.hold_writes()).await {
+            Ok(held) => held,
+            Err(_) => {
+                tracing::warn!(
+                    "a write to the agent took over {HOLD_WRITES_TIMEOUT:?}; pausing without holding writes"
+                );
+                None
+            }
+        }
     }
 
     /// Saves the VM's device state to the config's `devices_state_path`
@@ -663,6 +693,8 @@ impl Owner {
             self.persist().await;
             return Ok(());
         }
+        // The VM goes: what is written to its agent no longer matters.
+        self.writes_held = None;
         if let Some(agent) = self.agent.take() {
             match tokio::time::timeout(GUEST_SHUTDOWN_TIMEOUT, agent.shutdown()).await {
                 Ok(Ok(())) => {}
@@ -685,6 +717,7 @@ impl Owner {
             w.abort();
         }
         self.agent = None;
+        self.writes_held = None;
         self.record.status = SandboxStatus::Stopped;
         if let Some(vmm) = self.record.vmm {
             match vmm.liveness() {
