@@ -258,18 +258,8 @@ impl Clh {
             .unwrap_or_default();
         // virtiofsd first: when Cloud Hypervisor is gone, this load fails,
         // and the cleanup that follows still ends the virtiofsd it knows.
-        let mut virtiofsd = Ok(());
-        self.virtiofsd = match state
-            .virtiofsd_pid
-            .map(|p| Supervised::adopt(p, "virtiofsd"))
-        {
-            Some(Ok(v)) => Some(v),
-            Some(Err(e)) => {
-                virtiofsd = Err(e);
-                None
-            }
-            None => None,
-        };
+        let (virtiofsd, virtiofsd_adopted) = virtiofsd::adopt(state.virtiofsd_pid);
+        self.virtiofsd = virtiofsd;
         let clh = Supervised::adopt(state.pid, &api)?;
         let now = crate::process::ProcessRef::of(state.pid).start_time;
         if state.vmm_start_time != 0 && now != state.vmm_start_time {
@@ -280,7 +270,7 @@ impl Clh {
             .into());
         }
         self.clh = Some(clh);
-        virtiofsd?;
+        virtiofsd_adopted?;
         self.detached = false;
         Ok(())
     }

@@ -12,6 +12,7 @@ use super::qmp;
 use super::{Qemu, QemuError, QemuSpec};
 use crate::backends::vmm::process::ProcessError;
 use crate::backends::vmm::process::Supervised;
+use crate::backends::vmm::virtiofsd;
 use crate::backends::vmm::vsock_daemon::{VsockDaemon, VsockDaemonError};
 use crate::config::HypervisorConfig;
 use crate::hypervisor::{HypervisorState, Result, VmState};
@@ -146,21 +147,11 @@ impl Qemu {
             .unwrap_or_default();
         // The helpers first: when QEMU is gone, this load fails, and the
         // cleanup that follows still ends the helpers it knows.
-        let mut virtiofsd = Ok(());
-        self.virtiofsd = match state
-            .virtiofsd_pid
-            .map(|p| Supervised::adopt(p, "virtiofsd"))
-        {
-            Some(Ok(v)) => Some(v),
-            Some(Err(e)) => {
-                virtiofsd = Err(e);
-                None
-            }
-            None => None,
-        };
+        let (virtiofsd, virtiofsd_adopted) = virtiofsd::adopt(state.virtiofsd_pid);
+        self.virtiofsd = virtiofsd;
         let vsock_daemon = self.adopt_vsock_daemon(state);
         self.qemu = Some(Supervised::adopt(state.pid, &qmp_path)?);
-        virtiofsd?;
+        virtiofsd_adopted?;
         vsock_daemon?;
         self.detached = false;
         Ok(())

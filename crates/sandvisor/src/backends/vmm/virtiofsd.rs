@@ -36,6 +36,18 @@ pub enum VirtiofsdError {
     Process(#[from] ProcessError),
 }
 
+/// Adopts the virtiofsd a saved state names (`pid`), for a backend's load.
+/// Returns the adopted process, if any, and the adoption's error apart, so
+/// that a load adopts its other processes before it fails: the cleanup
+/// after a failed load then still ends what it knows.
+pub fn adopt(pid: Option<u32>) -> (Option<Supervised>, Result<(), ProcessError>) {
+    match pid.map(|p| Supervised::adopt(p, "virtiofsd")) {
+        Some(Ok(v)) => (Some(v), Ok(())),
+        Some(Err(e)) => (None, Err(e)),
+        None => (None, Ok(())),
+    }
+}
+
 /// virtiofsd's arguments, as Kata 1.x passes them.
 pub fn args(config: &HypervisorConfig, source: &Path) -> Vec<String> {
     let cache = if config.virtio_fs_cache.is_empty() {
