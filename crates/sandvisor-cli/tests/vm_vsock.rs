@@ -197,46 +197,68 @@ fn assert_gone(env: &Env, id: &str, pids: &[u32]) {
     assert!(!env.sandbox_dir(id).exists(), "sandbox directory left");
 }
 
+/// A hybrid-vsock sandbox started for one test: the VM lock is held and
+/// leftover daemons are reaped while it lives. Fields drop in order: the
+/// reaper, then the environment (which deletes what is left), then the
+/// lock.
+struct Booted {
+    _config_dir: tempfile::TempDir,
+    _reaper: DaemonReaper,
+    env: Env,
+    supervisor: u32,
+    vmm: u32,
+    daemon: u32,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Creates and starts sandbox `id` with a hybrid vsock, checking that one
+/// daemon serves it.
+#[track_caller]
+fn boot_vsock(id: &str) -> Booted {
+    let one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    require_host();
+    let env = Env::new();
+    let reaper = DaemonReaper(env.runtime_dir().to_path_buf());
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = vsock_config(config_dir.path());
+    let state = boot(&env, id, &config);
+    let vmm = pid(&state, "vmm");
+    let daemon = assert_hybrid_vsock(&env, id, vmm);
+    Booted {
+        _config_dir: config_dir,
+        _reaper: reaper,
+        supervisor: pid(&state, "supervisor"),
+        vmm,
+        daemon,
+        env,
+        _one: one,
+    }
+}
+
 fn echo(env: &Env, id: &str) -> Run {
     env.run(&["exec", id, "--", "echo", "via-vsock"])
 }
 
 #[test]
 fn vm_vsock_agent_answers_through_vhost_device_vsock() {
-    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    require_host();
-    let env = Env::new();
-    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
-    let config_dir = tempfile::tempdir().expect("config dir");
-    let config = vsock_config(config_dir.path());
-    let state = boot(&env, "hv", &config);
-    let supervisor = pid(&state, "supervisor");
-    let vmm = pid(&state, "vmm");
-    let daemon = assert_hybrid_vsock(&env, "hv", vmm);
+    let b = boot_vsock("hv");
+    let (env, supervisor, vmm, daemon) = (&b.env, b.supervisor, b.vmm, b.daemon);
 
-    let out = echo(&env, "hv");
+    let out = echo(env, "hv");
     assert_eq!(out.ok(), "via-vsock\n", "{out:?}");
     // The agent serves vsock only: it knows from the kernel command line.
     let out = env.run(&["exec", "hv", "--", "cat", "/proc/cmdline"]);
     assert!(out.ok().contains("agent.use_vsock=true"), "{out:?}");
 
     env.run(&["delete", "hv", "--force"]).ok();
-    assert_gone(&env, "hv", &[supervisor, vmm, daemon]);
+    assert_gone(env, "hv", &[supervisor, vmm, daemon]);
 }
 
 #[test]
 fn vm_vsock_a_killed_daemon_ends_the_sandbox_naming_it() {
-    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    require_host();
-    let env = Env::new();
-    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
-    let config_dir = tempfile::tempdir().expect("config dir");
-    let config = vsock_config(config_dir.path());
-    let state = boot(&env, "lost", &config);
-    let supervisor = pid(&state, "supervisor");
-    let vmm = pid(&state, "vmm");
-    let daemon = assert_hybrid_vsock(&env, "lost", vmm);
-    assert_eq!(echo(&env, "lost").ok(), "via-vsock\n");
+    let b = boot_vsock("lost");
+    let (env, supervisor, vmm, daemon) = (&b.env, b.supervisor, b.vmm, b.daemon);
+    assert_eq!(echo(env, "lost").ok(), "via-vsock\n");
 
     kill(daemon, "KILL");
     assert!(
@@ -253,27 +275,19 @@ fn vm_vsock_a_killed_daemon_ends_the_sandbox_naming_it() {
         "{state:#}"
     );
     assert!(wait_gone(vmm, Duration::from_secs(20)), "QEMU was stopped");
-    echo(&env, "lost").fails_with("it is dead");
+    echo(env, "lost").fails_with("it is dead");
     let text = env.run(&["state", "lost"]);
     assert!(text.ok().contains(DAEMON), "{text:?}");
 
     env.run(&["delete", "lost", "--force"]).ok();
-    assert_gone(&env, "lost", &[supervisor, vmm, daemon]);
+    assert_gone(env, "lost", &[supervisor, vmm, daemon]);
 }
 
 #[test]
 fn vm_vsock_a_new_supervisor_adopts_the_daemon() {
-    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    require_host();
-    let env = Env::new();
-    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
-    let config_dir = tempfile::tempdir().expect("config dir");
-    let config = vsock_config(config_dir.path());
-    let state = boot(&env, "adopt", &config);
-    let old = pid(&state, "supervisor");
-    let vmm = pid(&state, "vmm");
-    let daemon = assert_hybrid_vsock(&env, "adopt", vmm);
-    assert_eq!(echo(&env, "adopt").ok(), "via-vsock\n");
+    let b = boot_vsock("adopt");
+    let (env, old, vmm, daemon) = (&b.env, b.supervisor, b.vmm, b.daemon);
+    assert_eq!(echo(env, "adopt").ok(), "via-vsock\n");
     kill(old, "KILL");
     assert!(wait_gone(old, Duration::from_secs(5)));
     assert!(
@@ -283,12 +297,12 @@ fn vm_vsock_a_new_supervisor_adopts_the_daemon() {
 
     // The next command's supervisor re-attaches: QEMU and the daemon are
     // adopted, and the agent answers through the same daemon.
-    assert_eq!(echo(&env, "adopt").ok(), "via-vsock\n");
+    assert_eq!(echo(env, "adopt").ok(), "via-vsock\n");
     let state = env.state("adopt");
     let new = pid(&state, "supervisor");
     assert_ne!(new, old);
     assert_eq!(pid(&state, "vmm"), vmm);
-    assert_eq!(assert_hybrid_vsock(&env, "adopt", vmm), daemon);
+    assert_eq!(assert_hybrid_vsock(env, "adopt", vmm), daemon);
 
     // The daemon dies while no supervisor watches: the next supervisor
     // re-attaches to QEMU, finds the daemon gone, and the exec fails
@@ -298,7 +312,7 @@ fn vm_vsock_a_new_supervisor_adopts_the_daemon() {
     kill(daemon, "KILL");
     assert!(wait_gone(new, Duration::from_secs(5)));
     assert!(wait_gone(daemon, Duration::from_secs(5)));
-    let exec = echo(&env, "adopt");
+    let exec = echo(env, "adopt");
     assert_ne!(exec.code, Some(0), "{exec:?}");
     assert!(
         exec.stderr.contains("agent channel is lost") || exec.stderr.contains("it is dead"),
@@ -310,7 +324,7 @@ fn vm_vsock_a_new_supervisor_adopts_the_daemon() {
     assert!(wait_gone(vmm, Duration::from_secs(20)), "QEMU was stopped");
 
     env.run(&["delete", "adopt", "--force"]).ok();
-    assert_gone(&env, "adopt", &[new, last, vmm, daemon]);
+    assert_gone(env, "adopt", &[new, last, vmm, daemon]);
 }
 
 /// vhost-device-vsock's device thread ends for good when a host connection
@@ -320,17 +334,10 @@ fn vm_vsock_a_new_supervisor_adopts_the_daemon() {
 /// supervisor reaches the agent. Needs a booted Linux guest (the agent).
 #[test]
 fn vm_vsock_a_supervisor_killed_in_a_pause_leaves_the_agent_reachable() {
-    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    require_host();
-    let env = Env::new();
-    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
-    let config_dir = tempfile::tempdir().expect("config dir");
-    let config = vsock_config(config_dir.path());
-    let state = boot(&env, "nap", &config);
-    let vmm = pid(&state, "vmm");
-    let daemon = assert_hybrid_vsock(&env, "nap", vmm);
-    let mut supervisors = vec![pid(&state, "supervisor")];
-    assert_eq!(echo(&env, "nap").ok(), "via-vsock\n");
+    let b = boot_vsock("nap");
+    let (env, vmm, daemon) = (&b.env, b.vmm, b.daemon);
+    let mut supervisors = vec![b.supervisor];
+    assert_eq!(echo(env, "nap").ok(), "via-vsock\n");
 
     // Twice: the second pause comes after a re-attached supervisor made
     // a connection of its own, which replaced the first one QEMU held.
@@ -341,16 +348,16 @@ fn vm_vsock_a_supervisor_killed_in_a_pause_leaves_the_agent_reachable() {
         assert!(wait_gone(old, Duration::from_secs(10)), "round {round}");
         assert_eq!(env.state("nap")["status"], "paused", "round {round}");
         env.run(&["resume", "nap"]).ok();
-        let out = echo(&env, "nap");
+        let out = echo(env, "nap");
         assert_eq!(out.ok(), "via-vsock\n", "round {round}: {out:?}");
         supervisors.push(pid(&env.state("nap"), "supervisor"));
     }
     assert_eq!(pid(&env.state("nap"), "vmm"), vmm);
-    assert_eq!(assert_hybrid_vsock(&env, "nap", vmm), daemon);
+    assert_eq!(assert_hybrid_vsock(env, "nap", vmm), daemon);
 
     env.run(&["delete", "nap", "--force"]).ok();
     supervisors.extend([vmm, daemon]);
-    assert_gone(&env, "nap", &supervisors);
+    assert_gone(env, "nap", &supervisors);
 }
 
 /// With both the supervisor and QEMU killed, `delete --force` has no
@@ -359,16 +366,8 @@ fn vm_vsock_a_supervisor_killed_in_a_pause_leaves_the_agent_reachable() {
 /// get a started sandbox.
 #[test]
 fn vm_vsock_delete_after_the_vmm_and_supervisor_died_ends_the_daemon() {
-    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    require_host();
-    let env = Env::new();
-    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
-    let config_dir = tempfile::tempdir().expect("config dir");
-    let config = vsock_config(config_dir.path());
-    let state = boot(&env, "orphan", &config);
-    let supervisor = pid(&state, "supervisor");
-    let vmm = pid(&state, "vmm");
-    let daemon = assert_hybrid_vsock(&env, "orphan", vmm);
+    let b = boot_vsock("orphan");
+    let (env, supervisor, vmm, daemon) = (&b.env, b.supervisor, b.vmm, b.daemon);
 
     kill(supervisor, "KILL");
     kill(vmm, "KILL");
@@ -377,7 +376,7 @@ fn vm_vsock_delete_after_the_vmm_and_supervisor_died_ends_the_daemon() {
     assert!(alive(daemon), "the daemon outlives both");
 
     env.run(&["delete", "orphan", "--force"]).ok();
-    assert_gone(&env, "orphan", &[supervisor, vmm, daemon]);
+    assert_gone(env, "orphan", &[supervisor, vmm, daemon]);
 }
 
 /// What an `exec -i` types while its sandbox is paused waits for the
@@ -389,16 +388,8 @@ fn vm_vsock_stdin_typed_in_a_pause_arrives_after_the_resume() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
 
-    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    require_host();
-    let env = Env::new();
-    let _reaper = DaemonReaper(env.runtime_dir().to_path_buf());
-    let config_dir = tempfile::tempdir().expect("config dir");
-    let config = vsock_config(config_dir.path());
-    let state = boot(&env, "typing", &config);
-    let supervisor = pid(&state, "supervisor");
-    let vmm = pid(&state, "vmm");
-    let daemon = assert_hybrid_vsock(&env, "typing", vmm);
+    let b = boot_vsock("typing");
+    let (env, supervisor, vmm, daemon) = (&b.env, b.supervisor, b.vmm, b.daemon);
 
     let mut cat = env
         .command()
@@ -438,7 +429,7 @@ fn vm_vsock_stdin_typed_in_a_pause_arrives_after_the_resume() {
     std::thread::sleep(Duration::from_secs(1));
     env.run(&["resume", "typing"]).ok();
     assert_eq!(next("during"), "during");
-    let out = echo(&env, "typing");
+    let out = echo(env, "typing");
     assert_eq!(out.ok(), "via-vsock\n", "{out:?}");
 
     line(&mut stdin, "after");
@@ -448,5 +439,5 @@ fn vm_vsock_stdin_typed_in_a_pause_arrives_after_the_resume() {
     assert!(status.success(), "{status:?}");
 
     env.run(&["delete", "typing", "--force"]).ok();
-    assert_gone(&env, "typing", &[supervisor, vmm, daemon]);
+    assert_gone(env, "typing", &[supervisor, vmm, daemon]);
 }
