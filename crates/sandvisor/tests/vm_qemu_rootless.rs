@@ -10,13 +10,9 @@ mod support;
 use support::sh;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use sandvisor::backends::qemu::{rootless, Qemu};
 use sandvisor::config::BlockDeviceDriver;
-use sandvisor::device::{BlockDrive, Device};
 use sandvisor::sandbox::Sandbox;
 use sandvisor_proto::MountRequest;
 
@@ -45,23 +41,6 @@ fn processes_of(uid: u32) -> Vec<u32> {
                 .unwrap_or(false)
         })
         .collect()
-}
-
-/// A raw disk image with an ext4 file system holding `hello.txt`.
-fn ext4_image(dir: &Path, content: &str) -> std::path::PathBuf {
-    let root = dir.join("root");
-    std::fs::create_dir_all(&root).expect("image root");
-    std::fs::write(root.join("hello.txt"), content).expect("file in image");
-    let image = dir.join("disk.img");
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&image)
-        .arg("16M")
-        .status()
-        .expect("mkfs.ext4 runs (install e2fsprogs)");
-    assert!(status.success(), "mkfs.ext4 failed");
-    image
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,40 +85,13 @@ async fn vm_rootless_qemu_runs_unprivileged_and_still_execs_and_hotplugs() {
     // The disk's directory is root's and 0700: QEMU could not open the
     // file by path, so the hot-plug proves it was passed by descriptor.
     let disk_dir = tempfile::tempdir().expect("tempdir");
-    let image = ext4_image(disk_dir.path(), "passed by descriptor\n");
-    let before: Vec<String> = sandbox
-        .agent()
-        .list_block_devices()
-        .await
-        .expect("list block devices")
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
-    sandbox
-        .hypervisor()
-        .hotplug_add_device(Device::Block(BlockDrive {
-            file: image.clone(),
-            format: "raw".into(),
-            id: "data".into(),
-            index: 1,
-            ..BlockDrive::default()
-        }))
-        .await
-        .expect("hot-plug the disk into a rootless QEMU");
-    let mut added = None;
-    for _ in 0..50 {
-        let now = sandbox
-            .agent()
-            .list_block_devices()
-            .await
-            .expect("list block devices");
-        added = now.into_iter().find(|d| !before.contains(&d.name));
-        if added.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let added = added.expect("the guest sees the hot-plugged disk within 5 s");
+    let image = support::ext4_image(disk_dir.path(), "passed by descriptor\n");
+    let added = support::hotplug_data_disk(
+        &mut sandbox,
+        &image,
+        "hot-plug the disk into a rootless QEMU",
+    )
+    .await;
     sandbox
         .agent()
         .mount(MountRequest {

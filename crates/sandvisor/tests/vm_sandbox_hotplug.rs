@@ -7,14 +7,9 @@
 mod support;
 use support::sh;
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
 use sandvisor::agent::AgentClient;
 use sandvisor::backends::qemu::Qemu;
 use sandvisor::config::BlockDeviceDriver;
-use sandvisor::device::{BlockDrive, Device};
 use sandvisor::sandbox::Sandbox;
 use sandvisor_proto::{MountRequest, OnlineCpuMemRequest};
 
@@ -24,23 +19,6 @@ async fn mem_total_kib(agent: &AgentClient) -> u64 {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no MemTotal in {line:?}"))
-}
-
-/// A raw disk image with an ext4 file system holding `hello.txt`.
-fn ext4_image(dir: &Path, content: &str) -> std::path::PathBuf {
-    let root = dir.join("root");
-    std::fs::create_dir_all(&root).expect("image root");
-    std::fs::write(root.join("hello.txt"), content).expect("file in image");
-    let image = dir.join("disk.img");
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&image)
-        .arg("16M")
-        .status()
-        .expect("mkfs.ext4 runs (install e2fsprogs)");
-    assert!(status.success(), "mkfs.ext4 failed");
-    image
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,40 +78,8 @@ async fn vm_resize_hotplug_memory_and_disk_are_usable_in_the_guest() {
 
     // A disk hot-plugged while the guest runs, mounted through the agent.
     let disk_dir = tempfile::tempdir().expect("tempdir");
-    let image = ext4_image(disk_dir.path(), "written on the host\n");
-    let before: Vec<String> = sandbox
-        .agent()
-        .list_block_devices()
-        .await
-        .expect("list block devices")
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
-    sandbox
-        .hypervisor()
-        .hotplug_add_device(Device::Block(BlockDrive {
-            file: image.clone(),
-            format: "raw".into(),
-            id: "data".into(),
-            index: 1,
-            ..BlockDrive::default()
-        }))
-        .await
-        .expect("hot-plug the disk");
-    let mut added = None;
-    for _ in 0..50 {
-        let now = sandbox
-            .agent()
-            .list_block_devices()
-            .await
-            .expect("list block devices");
-        added = now.into_iter().find(|d| !before.contains(&d.name));
-        if added.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let added = added.expect("the guest sees the hot-plugged disk within 5 s");
+    let image = support::ext4_image(disk_dir.path(), "written on the host\n");
+    let added = support::hotplug_data_disk(&mut sandbox, &image, "hot-plug the disk").await;
     assert_eq!(added.size_bytes, 16 * 1024 * 1024, "{added:?}");
     sandbox
         .agent()

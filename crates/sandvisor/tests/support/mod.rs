@@ -266,3 +266,64 @@ pub async fn sh(agent: &sandvisor::agent::AgentClient, script: &str) -> String {
     );
     String::from_utf8_lossy(&out).trim().to_string()
 }
+
+/// A raw disk image with an ext4 file system holding `hello.txt`.
+pub fn ext4_image(dir: &Path, content: &str) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("image root");
+    std::fs::write(root.join("hello.txt"), content).expect("file in image");
+    let image = dir.join("disk.img");
+    let status = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("16M")
+        .status()
+        .expect("mkfs.ext4 runs (install e2fsprogs)");
+    assert!(status.success(), "mkfs.ext4 failed");
+    image
+}
+
+/// Hot-plugs `image` into `sandbox` as the raw disk `data` (index 1) and
+/// waits up to 5 s for the guest to list a disk it did not list before;
+/// returns that disk. `what` says what failed when the hot-plug does.
+pub async fn hotplug_data_disk(
+    sandbox: &mut sandvisor::sandbox::Sandbox,
+    image: &Path,
+    what: &str,
+) -> sandvisor_proto::BlockDevice {
+    use sandvisor::device::{BlockDrive, Device};
+    let before: Vec<String> = sandbox
+        .agent()
+        .list_block_devices()
+        .await
+        .expect("list block devices")
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    sandbox
+        .hypervisor()
+        .hotplug_add_device(Device::Block(BlockDrive {
+            file: image.to_path_buf(),
+            format: "raw".into(),
+            id: "data".into(),
+            index: 1,
+            ..BlockDrive::default()
+        }))
+        .await
+        .expect(what);
+    let mut added = None;
+    for _ in 0..50 {
+        let now = sandbox
+            .agent()
+            .list_block_devices()
+            .await
+            .expect("list block devices");
+        added = now.into_iter().find(|d| !before.contains(&d.name));
+        if added.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    added.expect("the guest sees the hot-plugged disk within 5 s")
+}
