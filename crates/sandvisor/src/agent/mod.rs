@@ -192,7 +192,9 @@ pub struct AgentClient {
 }
 
 /// Writes to the agent wait while this lives ([`AgentClient::hold_writes`]).
-pub struct WritesHeld(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<WriteHalf<Box<dyn Stream>>>);
+pub struct WritesHeld {
+    _guard: tokio::sync::OwnedMutexGuard<WriteHalf<Box<dyn Stream>>>,
+}
 
 impl std::fmt::Debug for WritesHeld {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -437,7 +439,9 @@ impl AgentClient {
     /// reads nothing: vhost-device-vsock loses its device for good when
     /// host data reaches it while the guest is paused.
     pub async fn hold_writes(&self) -> WritesHeld {
-        WritesHeld(Arc::clone(&self.writer).lock_owned().await)
+        WritesHeld {
+            _guard: Arc::clone(&self.writer).lock_owned().await,
+        }
     }
 
     /// The agent's version, from the handshake.

@@ -647,7 +647,7 @@ impl Owner {
     /// Holds the agent's writes, once a write under way has ended; gives
     /// up after [`HOLD_WRITES_TIMEOUT`] (a write the guest does not take)
     /// and pauses anyway.
-    async fn hold_agent_writes(&mut self) -> Option<WritesHeld> {
+    async fn hold_agent_writes(&self) -> Option<WritesHeld> {
         let agent = self.agent.as_ref()?;
         match tokio::time::timeout(HOLD_WRITES_TIMEOUT, agent.hold_writes()).await {
             Ok(held) => held,
